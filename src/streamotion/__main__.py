@@ -1,0 +1,3 @@
+from streamotion.cli import main
+
+main()

@@ -1,0 +1,494 @@
+"""The StreamPipeline API (``streamotion.io/v1alpha1``): the single source of truth.
+
+Everything else derives from these pydantic models: the CRD (``streamotion crd``), the
+CLI's validation (``streamotion validate``), the API reference in ``docs/api.md`` and the
+typed objects the operator, producers and streaming job work with.
+
+Cross-field rules are declared once, as :class:`Rule`: a CEL expression the API server
+enforces (``x-kubernetes-validations``) and the equivalent Python check the CLI runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+GROUP = "streamotion.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "StreamPipeline"
+PLURAL = "streampipelines"
+SINGULAR = "streampipeline"
+SHORT_NAMES = ["sp"]
+
+# Longest pipeline name: every derived child must stay within its own limit
+# (RayService <= 47 characters, DNS-1035 for SparkApplication and Services).
+MAX_PIPELINE_NAME = 30
+MAX_SOURCE_NAME = 20
+
+DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
+DNS1035_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+DNS1123_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS1123_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$"
+JVM_MEMORY_PATTERN = r"^[0-9]+[kmgt]$"
+
+SourceType = Literal["reddit", "mastodon", "bluesky", "x", "http", "replay"]
+SOURCE_TYPES: tuple[str, ...] = SourceType.__args__  # type: ignore[attr-defined]
+SinkType = Literal["postgres", "bigquery"]
+SINK_TYPES: tuple[str, ...] = SinkType.__args__  # type: ignore[attr-defined]
+Phase = Literal["Pending", "Provisioning", "Running", "Degraded", "Suspended", "Failed"]
+CONDITION_TYPES = (
+    "Ready",
+    "TopicsReady",
+    "SourcesReady",
+    "ProcessingReady",
+    "ModelReady",
+    "SinksReady",
+    "DashboardsReady",
+)
+
+SecretName = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=253,
+        pattern=DNS1123_SUBDOMAIN,
+    ),
+]
+Duration = Annotated[
+    str,
+    Field(max_length=32, pattern=DURATION_PATTERN, description="A duration such as 500ms, 5s, 1m or 2h."),
+]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A cross-field rule: CEL for the API server, the same check in Python for the CLI."""
+
+    cel: str
+    message: str
+    check: Callable[[dict[str, Any]], bool]
+    field_path: str | None = None
+
+    def schema(self) -> dict[str, str]:
+        out = {"rule": self.cel, "message": self.message}
+        if self.field_path:
+            out["fieldPath"] = self.field_path
+        return out
+
+
+def exactly_block_of_type(block: str) -> Rule:
+    """``block`` must be present exactly when ``type`` names it."""
+    return Rule(
+        cel=f"has(self.{block}) == (self.type == '{block}')",
+        message=f"the '{block}' block is required when type is '{block}' and not allowed otherwise",
+        field_path=f".{block}",
+        check=lambda obj: (block in obj) == (obj.get("type") == block),
+    )
+
+
+class ApiModel(BaseModel):
+    """Base: camelCase field names, unknown fields refused."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        alias_generator=to_camel,
+        populate_by_name=True,
+        use_attribute_docstrings=True,
+    )
+    cel_rules: ClassVar[tuple[Rule, ...]] = ()
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema, handler):  # type: ignore[override]
+        schema = handler(core_schema)
+        target = handler.resolve_ref_schema(schema)
+        if cls.cel_rules:
+            target["x-kubernetes-validations"] = [r.schema() for r in cls.cel_rules]
+        return schema
+
+
+def _nested(model: type[ApiModel]) -> Any:
+    """A nested object whose schema default is the object with all its own defaults filled in."""
+    default = model().model_dump(mode="json", by_alias=True, exclude_none=True)
+    return Field(default_factory=model, json_schema_extra={"default": default})
+
+
+# ---------------------------------------------------------------------------------------- kafka
+class KafkaSpec(ApiModel):
+    """The Strimzi Kafka cluster that carries the pipeline's topics."""
+
+    cluster: str = Field("streamotion", min_length=1, max_length=63, pattern=DNS1123_LABEL)
+    """Name of the Strimzi Kafka resource."""
+    namespace: str | None = Field(None, min_length=1, max_length=63, pattern=DNS1123_LABEL)
+    """Namespace of the Kafka resource; defaults to the operator's configured Kafka namespace."""
+    partitions: int = Field(3, ge=1, le=1000)
+    """Partitions of the raw-events topic. Can grow, never shrink (Kafka cannot remove partitions)."""
+    replicas: int = Field(1, ge=1, le=10)
+    """Replication factor of every topic."""
+    retention_hours: int = Field(168, ge=1, le=87600)
+    """How long raw events and dead letters are kept, in hours (the window for backfills)."""
+    bootstrap_servers: str | None = Field(None, max_length=1024)
+    """Bootstrap address override (host:port,...). Defaults to the Strimzi cluster's plain listener."""
+
+
+# -------------------------------------------------------------------------------------- sources
+class RedditSource(ApiModel):
+    """Comment stream over subreddits, through PRAW."""
+
+    subreddits: list[Annotated[str, Field(min_length=2, max_length=64, pattern=r"^[A-Za-z0-9_]+$")]] = Field(
+        min_length=1, max_length=100
+    )
+    """Subreddits to stream comments from (without the r/ prefix)."""
+    credentials_secret: SecretName
+    """Secret with keys client_id, client_secret and user_agent (a Reddit "script" app)."""
+
+
+class MastodonSource(ApiModel):
+    """A Mastodon instance's streaming timeline, through Mastodon.py."""
+
+    cel_rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="self.timeline != 'hashtag' || (has(self.hashtags) && size(self.hashtags) > 0)",
+            message="timeline 'hashtag' needs at least one entry in hashtags",
+            field_path=".hashtags",
+            check=lambda o: o.get("timeline") != "hashtag" or len(o.get("hashtags") or []) > 0,
+        ),
+    )
+    instance: str = Field("https://mastodon.social", max_length=256, pattern=r"^https?://[^\s/]+/?$")
+    """Base URL of the Mastodon instance."""
+    timeline: Literal["public", "local", "hashtag"] = "public"
+    """Which timeline to stream."""
+    hashtags: list[Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[^#\s]+$")]] = Field(
+        default_factory=list, max_length=20
+    )
+    """Hashtags (without #) for the hashtag timeline; one stream each."""
+    access_token_secret: SecretName | None = None
+    """Secret with key access_token; many instances require one for streaming."""
+
+
+class BlueskySource(ApiModel):
+    """Bluesky posts through a public Jetstream WebSocket (no credentials)."""
+
+    endpoint: str = Field(
+        "wss://jetstream2.us-east.bsky.network/subscribe", max_length=512, pattern=r"^wss?://\S+$"
+    )
+    """Jetstream subscribe endpoint."""
+
+
+class XSource(ApiModel):
+    """X (Twitter) API v2 filtered stream."""
+
+    rules: list[Annotated[str, Field(min_length=1, max_length=1024)]] = Field(min_length=1, max_length=25)
+    """Filtered-stream rules, in X's rule syntax (for example "covid lang:fr")."""
+    bearer_token_secret: SecretName
+    """Secret with key bearer_token."""
+
+
+class HttpSource(ApiModel):
+    """An HTTP ingest endpoint (POST /v1/events) for your own applications."""
+
+    port: int = Field(8080, ge=1024, le=65535)
+    """Container port of the ingest service."""
+    token_secret: SecretName
+    """Secret with key token: clients send it as a bearer token."""
+    max_batch_size: int = Field(1000, ge=1, le=1000)
+    """Most events one request may carry."""
+
+
+class ReplaySource(ApiModel):
+    """Replays a labelled data set at a fixed rate: demos, load tests, backtests."""
+
+    dataset: str = Field("goemotions", min_length=1, max_length=2048)
+    """"goemotions" (the sample bundled in the image), or a URL or path of a JSONL or GoEmotions-style TSV file."""
+    rate_per_second: float = Field(20, gt=0, le=1_000_000)
+    """Events per second."""
+    loop: bool = True
+    """Start again at the end of the data set."""
+    limit: int | None = Field(None, ge=1)
+    """Stop after this many events (default: no limit)."""
+
+
+class Source(ApiModel):
+    """One input stream; it runs as its own producer Deployment."""
+
+    cel_rules: ClassVar[tuple[Rule, ...]] = tuple(exactly_block_of_type(t) for t in SOURCE_TYPES)
+    name: str = Field(min_length=1, max_length=MAX_SOURCE_NAME, pattern=DNS1123_LABEL)
+    """Unique name within the pipeline (DNS-1123 label); it names the producer and tags each event."""
+    type: SourceType
+    """Platform; the block of the same name carries its settings."""
+    replicas: int = Field(1, ge=0, le=10)
+    """Producer replicas (0 pauses this source)."""
+    languages: list[Annotated[str, Field(pattern=r"^[a-z]{2,3}$")]] = Field(
+        default_factory=list, max_length=50
+    )
+    """Keep only events in these ISO 639-1 languages (empty: all)."""
+    keywords: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
+        default_factory=list, max_length=100
+    )
+    """Keep only events containing one of these words (case-insensitive; empty: all)."""
+    redact_pii: bool = Field(False, alias="redactPII")
+    """Redact e-mail addresses, phone numbers, @handles and URL tokens before publishing."""
+    reddit: RedditSource | None = None
+    mastodon: MastodonSource | None = None
+    bluesky: BlueskySource | None = None
+    x: XSource | None = None
+    http: HttpSource | None = None
+    replay: ReplaySource | None = None
+
+
+# ----------------------------------------------------------------------------------- processing
+class ExecutorSpec(ApiModel):
+    """Spark executors."""
+
+    instances: int = Field(1, ge=1, le=100)
+    cores: int = Field(1, ge=1, le=64)
+    memory: str = Field("2g", pattern=JVM_MEMORY_PATTERN)
+    """JVM memory such as 2g or 512m."""
+
+
+class DriverSpec(ApiModel):
+    """Spark driver."""
+
+    cores: int = Field(1, ge=1, le=64)
+    memory: str = Field("1g", pattern=JVM_MEMORY_PATTERN)
+
+
+class CheckpointSpec(ApiModel):
+    """Where the streaming job keeps its checkpoint (offsets and state)."""
+
+    size: str = Field("1Gi", pattern=QUANTITY_PATTERN)
+    """Size of the PersistentVolumeClaim the operator creates (ignored with uri)."""
+    storage_class: str = Field("", max_length=253)
+    """StorageClass of that claim ("" for the cluster's default)."""
+    uri: str | None = Field(None, max_length=1024, pattern=r"^[a-z][a-z0-9+.-]*://\S+$")
+    """An object-store or HDFS URI (gs://bucket/path); no claim is created then."""
+
+
+class ProcessingSpec(ApiModel):
+    """The Spark Structured Streaming job."""
+
+    trigger: Duration = "5s"
+    """Micro-batch interval."""
+    window: Duration = "1m"
+    """Tumbling window of the aggregates."""
+    watermark: Duration = "2m"
+    """How late an event may arrive and still count in its window's aggregates."""
+    max_events_per_trigger: int = Field(5000, ge=1, le=10_000_000)
+    """Most events one micro-batch reads."""
+    starting_offsets: Literal["earliest", "latest"] = "earliest"
+    """Where a new job starts reading (a restarted job always resumes from its checkpoint)."""
+    sentiment_threshold: float = Field(0.15, ge=0, le=1)
+    """Positive when P(joy) minus P(anger, disgust, fear, sadness) exceeds this, negative below its negative."""
+    driver: DriverSpec = _nested(DriverSpec)
+    executors: ExecutorSpec = _nested(ExecutorSpec)
+    checkpoint: CheckpointSpec = _nested(CheckpointSpec)
+
+
+# ---------------------------------------------------------------------------------------- model
+class ModelReplicas(ApiModel):
+    """Autoscaling bounds of the model deployment."""
+
+    cel_rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="self.min <= self.max",
+            message="min must not exceed max",
+            check=lambda o: o.get("min", 1) <= o.get("max", 2),
+        ),
+    )
+    min: int = Field(1, ge=0, le=100)
+    max: int = Field(2, ge=1, le=100)
+
+
+class ModelSpec(ApiModel):
+    """The emotion classifier, served by Ray Serve."""
+
+    name: str = Field("j-hartmann/emotion-english-distilroberta-base", min_length=1, max_length=512)
+    """Hugging Face model id, or a path inside the model image."""
+    taxonomy: Literal["ekman", "original"] = "ekman"
+    """Canonical labels: Ekman's 7, or the 28 GoEmotions labels."""
+    replicas: ModelReplicas = _nested(ModelReplicas)
+    max_batch_size: int = Field(64, ge=1, le=1024)
+    """Largest batch the server forms."""
+    batch_wait_ms: int = Field(10, ge=0, le=10_000)
+    """How long a batch waits to fill, in milliseconds."""
+    max_length: int = Field(128, ge=8, le=512)
+    """Longer texts are truncated to this many tokens."""
+    device: Literal["cpu", "gpu"] = "cpu"
+    """gpu requests one nvidia.com/gpu per replica."""
+    backend: Literal["torch", "onnx"] = "torch"
+    """Inference runtime."""
+
+
+# ---------------------------------------------------------------------------------------- sinks
+class PostgresSink(ApiModel):
+    """PostgreSQL tables and views."""
+
+    host: str = Field(min_length=1, max_length=253)
+    port: int = Field(5432, ge=1, le=65535)
+    database: str = Field("streamotion", min_length=1, max_length=63)
+    schema_: str = Field("public", alias="schema", min_length=1, max_length=63, pattern=r"^[a-z_][a-z0-9_]*$")
+    """Schema of the tables (created if missing)."""
+    credentials_secret: SecretName
+    """Secret with keys username and password (a CloudNativePG app secret works as is)."""
+    ssl_mode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] = "prefer"
+
+
+class BigQuerySink(ApiModel):
+    """BigQuery tables, day-partitioned on event time."""
+
+    project: str = Field(min_length=1, max_length=128)
+    dataset: str = Field(min_length=1, max_length=1024, pattern=r"^[A-Za-z0-9_]+$")
+    location: str = Field("US", min_length=1, max_length=64)
+    credentials_secret: str = Field(
+        "", max_length=253, pattern=r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*)?$"
+    )
+    """Secret with a service-account key under key.json; empty: Workload Identity."""
+
+
+class Sink(ApiModel):
+    """Where classified events and aggregates are written."""
+
+    cel_rules: ClassVar[tuple[Rule, ...]] = tuple(exactly_block_of_type(t) for t in SINK_TYPES)
+    type: SinkType
+    postgres: PostgresSink | None = None
+    bigquery: BigQuerySink | None = None
+
+
+class DashboardsSpec(ApiModel):
+    """Grafana dashboards (ConfigMaps picked up by Grafana's sidecar) and Prometheus monitors."""
+
+    enabled: bool = True
+    namespace: str = Field("monitoring", min_length=1, max_length=63, pattern=DNS1123_LABEL)
+    """Namespace watched by Grafana's dashboard sidecar."""
+
+
+class StreamPipelineSpec(ApiModel):
+    """Desired state of a pipeline: sources -> Kafka -> Spark + model -> sinks."""
+
+    suspend: bool = False
+    """true: producers and job stopped; topics and data kept."""
+    kafka: KafkaSpec = _nested(KafkaSpec)
+    sources: list[Source] = Field(
+        min_length=1,
+        max_length=16,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    """Inputs, 1 to 16, names unique."""
+    processing: ProcessingSpec = _nested(ProcessingSpec)
+    model: ModelSpec = _nested(ModelSpec)
+    sinks: list[Sink] = Field(min_length=1, max_length=4)
+    """Outputs, 1 to 4."""
+    dashboards: DashboardsSpec = _nested(DashboardsSpec)
+
+
+# --------------------------------------------------------------------------------------- status
+class Condition(ApiModel):
+    """The standard Kubernetes condition (metav1.Condition)."""
+
+    type: str = Field(
+        max_length=316,
+        pattern=r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$",
+    )
+    status: Literal["True", "False", "Unknown"]
+    observed_generation: int | None = Field(None, ge=0)
+    last_transition_time: str = Field(json_schema_extra={"format": "date-time"})
+    reason: str = Field(min_length=1, max_length=1024, pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")
+    message: str = Field(max_length=32768)
+
+
+class TopicsStatus(ApiModel):
+    """The pipeline's Kafka topics."""
+
+    namespace: str | None = None
+    raw: str | None = None
+    dead_letter: str | None = None
+    ready: bool = False
+
+
+class SourceStatus(ApiModel):
+    name: str
+    ready: bool = False
+    replicas: int = 0
+    available_replicas: int = 0
+    message: str | None = None
+
+
+class ProcessingStatus(ApiModel):
+    application: str | None = None
+    state: str | None = None
+    spec_hash: str | None = None
+    ready: bool = False
+    message: str | None = None
+
+
+class ModelStatus(ApiModel):
+    service: str | None = None
+    name: str | None = None
+    ready: bool = False
+    message: str | None = None
+
+
+class SinkStatus(ApiModel):
+    type: str
+    target: str | None = None
+    ready: bool = False
+    message: str | None = None
+
+
+class StreamPipelineStatus(ApiModel):
+    """Observed state, written by the operator."""
+
+    observed_generation: int | None = None
+    phase: Phase | None = None
+    sources_ready: str | None = None
+    """Ready sources out of all, such as 2/3."""
+    sinks_ready: str | None = None
+    """Ready sinks out of all, such as 1/1."""
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    topics: TopicsStatus | None = None
+    sources: list[SourceStatus] = Field(default_factory=list)
+    processing: ProcessingStatus | None = None
+    model: ModelStatus | None = None
+    sinks: list[SinkStatus] = Field(default_factory=list)
+
+
+class ObjectMeta(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str = Field(min_length=1, max_length=MAX_PIPELINE_NAME, pattern=DNS1035_LABEL)
+    namespace: str | None = None
+
+
+class StreamPipeline(BaseModel):
+    """A streaming emotion-analytics pipeline: sources -> Kafka -> Spark + model -> sinks."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    api_version: Literal["streamotion.io/v1alpha1"] = Field(API_VERSION, alias="apiVersion")
+    kind: Literal["StreamPipeline"] = KIND
+    metadata: ObjectMeta
+    spec: StreamPipelineSpec
+    status: StreamPipelineStatus | None = None
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    @property
+    def namespace(self) -> str:
+        return self.metadata.namespace or "default"
+
+
+def all_rules() -> dict[str, Rule]:
+    """Every cross-field rule, by its CEL expression."""
+    out: dict[str, Rule] = {}
+    for model in (MastodonSource, Source, ModelReplicas, Sink):
+        for rule in model.cel_rules:
+            out[rule.cel] = rule
+    return out

@@ -1,0 +1,57 @@
+"""`streamotion dev ...`: real servers on this machine for development and tests."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(
+    help="Start real servers on loopback for development (Kubernetes API, Kafka, ...).", no_args_is_help=True
+)
+console = Console(stderr=True)
+
+
+def wait_for_signal() -> None:
+    """Block until Ctrl-C or SIGTERM."""
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+
+
+@app.command("control-plane")
+def control_plane(
+    kubeconfig: Path = typer.Option(
+        Path(".streamotion/kubeconfig"), help="Where to write the admin kubeconfig."
+    ),
+    crds: list[Path] = typer.Option(
+        [], "--crds", help="Also install every CRD file under these directories."
+    ),
+    no_controller_manager: bool = typer.Option(False, help="Run only etcd and kube-apiserver."),
+) -> None:
+    """Run etcd, kube-apiserver and kube-controller-manager on loopback until Ctrl-C."""
+    from streamotion.dev.controlplane import ControlPlane, bin_dir
+
+    cp = ControlPlane(
+        kubeconfig_path=kubeconfig.resolve(),
+        crd_dirs=crds,
+        controller_manager=not no_controller_manager,
+        log=console.print,
+    )
+    with console.status("Starting etcd, kube-apiserver and kube-controller-manager..."):
+        cp.start()
+    try:
+        console.print(f"[green]Kubernetes API ready[/] at {cp.server}")
+        console.print(f"  export KUBECONFIG={cp.kubeconfig_path}")
+        console.print(f"  export PATH={bin_dir()}:$PATH   # kubectl of the same version")
+        console.print("  kubectl apply -f examples/ && kubectl get sp")
+        console.print("Ctrl-C stops everything.")
+        typer.echo(str(cp.kubeconfig_path))
+        wait_for_signal()
+    finally:
+        console.print("Stopping...")
+        cp.stop()

@@ -1,0 +1,35 @@
+"""Build or fetch every real server the tests and local runs use (``make prepare``).
+
+Each step is idempotent and caches under ``~/.cache/streamotion``; a second run takes seconds.
+Components add their step to ``STEPS`` as "module:function".
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import time
+
+STEPS: list[tuple[str, str]] = [
+    (
+        "Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager, kubectl)",
+        "streamotion.dev.controlplane:ensure_binaries",
+    ),
+]
+
+
+def main(argv: list[str] | None = None) -> int:
+    only = set(argv if argv is not None else sys.argv[1:])
+    for title, target in STEPS:
+        module, func = target.split(":")
+        if only and not any(o in target for o in only):
+            continue
+        start = time.monotonic()
+        print(f"==> {title}", flush=True)
+        result = getattr(importlib.import_module(module), func)()
+        print(f"    ready in {time.monotonic() - start:.1f}s{f': {result}' if result else ''}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
