@@ -11,9 +11,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("STREAMOTION_SHARED", ROOT.parent / "shared"))
 UPSTREAM_CRDS = SHARED / "crds"
 
-pytest_plugins = [
-    "tests.fixtures.k8s",
-]
+# Every module in tests/fixtures/ is a fixture plugin (k8s, kafka, postgres, model, ...).
+pytest_plugins = sorted(
+    f"tests.fixtures.{p.stem}" for p in (ROOT / "tests" / "fixtures").glob("*.py") if p.stem != "__init__"
+)
 
 
 @pytest.fixture(scope="session")

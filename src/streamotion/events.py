@@ -1,0 +1,90 @@
+"""The event contract shared by every producer and the streaming job (schema version 1).
+
+Producers publish :class:`Event` as JSON to the pipeline's raw topic with key ``platform:id``;
+anything that cannot become a valid event goes to the dead-letter topic as :class:`DeadLetter`.
+``streamotion.events.json_schema()`` is the published JSON Schema (``docs/event.schema.json``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+SCHEMA_VERSION = 1
+Platform = Literal["reddit", "mastodon", "bluesky", "x", "http", "replay"]
+AUTHOR_KEY_ENV = "STREAMOTION_AUTHOR_KEY"  # HMAC key for author hashing (a Secret in clusters)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Event(BaseModel):
+    """One piece of text from a platform, normalised."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1, max_length=256, description="Stable and unique within the source.")
+    source: str = Field(min_length=1, max_length=63, description="The pipeline's source name.")
+    platform: Platform
+    channel: str | None = Field(None, max_length=256, description="Subreddit, hashtag, app, ...")
+    author: str | None = Field(
+        None, max_length=128, description="Keyed hash of the handle, never the handle."
+    )
+    text: str = Field(min_length=1, max_length=100_000)
+    lang: str | None = Field(None, max_length=16, description="ISO 639-1 code when known.")
+    created_at: datetime = Field(description="Event time, UTC.")
+    url: str | None = Field(None, max_length=2048)
+    ingested_at: datetime = Field(default_factory=utcnow)
+    schema_version: Literal[1] = SCHEMA_VERSION
+
+    @field_validator("created_at", "ingested_at")
+    @classmethod
+    def _utc(cls, v: datetime) -> datetime:
+        return v.replace(tzinfo=UTC) if v.tzinfo is None else v.astimezone(UTC)
+
+    @property
+    def key(self) -> str:
+        return message_key(self.platform, self.id)
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json().encode()
+
+
+class DeadLetter(BaseModel):
+    """A payload that could not become (or be processed as) a valid event."""
+
+    reason: str
+    stage: Literal["producer", "job"]
+    source: str | None = None
+    payload: str  # the original payload, as text (undecodable bytes replaced)
+    topic: str | None = None
+    partition: int | None = None
+    offset: int | None = None
+    failed_at: datetime = Field(default_factory=utcnow)
+
+
+def message_key(platform: str, event_id: str) -> str:
+    return f"{platform}:{event_id}"
+
+
+def hash_author(handle: str | None, key: str | bytes | None = None) -> str | None:
+    """A keyed, stable pseudonym for an author handle (HMAC-SHA256, 32 hex chars)."""
+    if not handle:
+        return None
+    if key is None:
+        key = os.environ.get(AUTHOR_KEY_ENV, "streamotion-dev-author-key")
+    if isinstance(key, str):
+        key = key.encode()
+    return hmac.new(key, handle.strip().lower().encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def json_schema() -> dict[str, Any]:
+    schema = Event.model_json_schema()
+    schema["$id"] = f"https://streamotion.io/schemas/event/v{SCHEMA_VERSION}.json"
+    return schema
