@@ -11,7 +11,7 @@ import importlib
 
 import typer
 
-from streamotion.cli import api, bench, dev
+from streamotion.cli import api, bench, dev, run
 
 app = typer.Typer(
     name="streamotion",
@@ -23,6 +23,7 @@ app = typer.Typer(
 api.register(app)
 app.add_typer(dev.app, name="dev")
 app.add_typer(bench.app, name="bench")
+app.add_typer(run.app, name="run")
 
 COMPONENT_CLIS = (
     "streamotion_operator.cli",
