@@ -7,20 +7,21 @@ EXTRAS ?= operator,ingest,jobs,serving,dev
 export PIP_CACHE_DIR ?= $(HOME)/.cache/streamotion/pip
 export PIP_DISABLE_PIP_VERSION_CHECK = 1
 PYTEST_ARGS ?=
+comma := ,
+STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
 .PHONY: help venv prepare lint format generate test local up down images
 
 help:  ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-$(VENV)/.installed-$(subst $(comma),-,$(EXTRAS)): pyproject.toml
+$(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
 	@rm -f $(VENV)/.installed-*; touch $@
 
-comma := ,
-venv: $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))  ## create or update .venv (the CLI lands at .venv/bin/streamotion)
+venv: $(STAMP)  ## create or update .venv (the CLI lands at .venv/bin/streamotion)
 
 prepare: venv  ## build or fetch the real servers the tests use, into ~/.cache/streamotion
 	$(PY) -m streamotion.dev.prepare
