@@ -57,7 +57,9 @@ def test_dev_control_plane_serves_kubectl_and_stops_cleanly(tmp_path, shared):
         kubectl = str(bin_dir() / "kubectl")
 
         def run(*args):
-            return subprocess.run([kubectl, *args], env=env, capture_output=True, text=True, check=True).stdout
+            return subprocess.run(
+                [kubectl, *args], env=env, capture_output=True, text=True, check=True
+            ).stdout
 
         run("apply", "-f", str(ROOT / "examples"))
         names = run("get", "sp", "-o", "name").split()
