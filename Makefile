@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
-EXTRAS ?= operator,ingest,jobs,serving,dev
+EXTRAS ?= operator,ingest,jobs,serving,dashboards,dev
 export PIP_CACHE_DIR ?= $(HOME)/.cache/streamotion/pip
 export PIP_DISABLE_PIP_VERSION_CHECK = 1
 PYTEST_ARGS ?=
@@ -40,3 +40,62 @@ generate: venv  ## regenerate the CRD and docs/api.md from the API models
 
 test: venv prepare lint  ## every test, against real servers (the CI command)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# First run: when the Hugging Face hub is unreachable and no model is trained yet, --train fine-tunes
+# one on LOCAL_TRAIN_LIMIT GoEmotions rows (cached; later runs reuse it). LOCAL_ARGS=--tiny-model: smoke run.
+LOCAL_PIPELINE ?= examples/local.yaml
+LOCAL_TRAIN_LIMIT ?= 2000
+LOCAL_ARGS ?= --train --train-limit $(LOCAL_TRAIN_LIMIT)
+
+local: venv  ## run examples/local.yaml end to end on this machine (installs what is missing first)
+	$(PY) -m streamotion.local.prepare
+	$(VENV)/bin/streamotion run $(LOCAL_PIPELINE) --local --summary-json reports/summary.json $(LOCAL_ARGS)
+
+# ---------------------------------------------------------------- deploy (Docker, kind, Helm, kubectl)
+IMAGE_PREFIX ?= streamotion/
+IMAGE_TAG ?= dev
+IMAGES := operator ingest jobs serving
+KIND_CLUSTER ?= streamotion
+RELEASE ?= streamotion
+NAMESPACE ?= streamotion
+# helm on PATH, else the pinned one `make prepare` builds into ~/.cache/streamotion/helm (needs .venv and Go).
+HELM ?= $(shell command -v helm 2>/dev/null || { test -x $(PY) && $(PY) -c 'from streamotion.dev.helm import ensure_helm; print(ensure_helm(log=lambda *a: None))'; })
+HELM_REPOS := kubeflow-spark=https://kubeflow.github.io/spark-operator \
+  kuberay=https://ray-project.github.io/kuberay-helm/ \
+  prometheus-community=https://prometheus-community.github.io/helm-charts \
+  cnpg=https://cloudnative-pg.github.io/charts
+
+images:  ## build the operator, ingest, jobs and serving images (docker), tagged streamotion/NAME:dev
+	@command -v docker >/dev/null || { echo "make images needs docker" >&2; exit 1; }
+	@for c in $(IMAGES); do \
+	  echo "==> $(IMAGE_PREFIX)$$c:$(IMAGE_TAG) ($$c/Dockerfile)"; \
+	  DOCKER_BUILDKIT=1 docker build -f $$c/Dockerfile -t $(IMAGE_PREFIX)$$c:$(IMAGE_TAG) . || exit 1; \
+	done
+
+up: images  ## kind cluster, images, Helm install, the demo pipeline; prints the Grafana URL
+	@for t in kind kubectl; do command -v $$t >/dev/null || { echo "make up needs $$t on PATH" >&2; exit 1; }; done
+	@test -n "$(HELM)" || { echo "make up needs helm on PATH (or \`make venv\` and Go for the pinned build)" >&2; exit 1; }
+	@kind get clusters 2>/dev/null | grep -qx '$(KIND_CLUSTER)' \
+	  || kind create cluster --name $(KIND_CLUSTER) --config kind-config.yaml --wait 180s
+	kubectl config use-context kind-$(KIND_CLUSTER)
+	@for c in $(IMAGES); do echo "==> kind load $(IMAGE_PREFIX)$$c:$(IMAGE_TAG)"; \
+	  kind load docker-image --name $(KIND_CLUSTER) $(IMAGE_PREFIX)$$c:$(IMAGE_TAG) || exit 1; done
+	@for r in $(HELM_REPOS); do $(HELM) repo add --force-update $${r%%=*} $${r#*=} >/dev/null || exit 1; done
+	$(HELM) dependency build charts/streamotion
+	@echo "==> StreamPipeline CRD (Helm installs crds/ only on a first install; this also upgrades it)"
+	kubectl apply --server-side --force-conflicts -f charts/streamotion/crds/
+	$(HELM) upgrade --install $(RELEASE) charts/streamotion -n $(NAMESPACE) --create-namespace \
+	  -f charts/streamotion/values-kind.yaml --set image.tag=$(IMAGE_TAG) --wait --timeout 20m
+	kubectl apply -n $(NAMESPACE) -f examples/demo.yaml
+	@echo "==> waiting for StreamPipeline demo to be Ready (first start pulls Kafka, Spark and Ray images)"
+	kubectl wait -n $(NAMESPACE) streampipeline/demo --for=condition=Ready --timeout=30m \
+	  || { kubectl get -n $(NAMESPACE) streampipeline/demo -o wide; exit 1; }
+	kubectl get -n $(NAMESPACE) streampipeline -o wide
+	@echo ""
+	@echo "Grafana:  http://localhost:3000   user: admin   password:"
+	@echo "  kubectl -n $(NAMESPACE) get secret $(RELEASE)-grafana -o jsonpath='{.data.admin-password}' | base64 -d; echo"
+	@echo "HTTP ingest (sources of type http): http://localhost:8080"
+
+down:  ## delete the kind cluster that `make up` created
+	@command -v kind >/dev/null || { echo "make down needs kind" >&2; exit 1; }
+	kind delete cluster --name $(KIND_CLUSTER)

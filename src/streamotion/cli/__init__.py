@@ -31,6 +31,7 @@ COMPONENT_CLIS = (
     "streamotion_serving.cli",
     "streamotion_jobs.cli",
     "streamotion.local.cli",
+    "streamotion.dashboards.cli",
 )
 for _name in COMPONENT_CLIS:
     try:

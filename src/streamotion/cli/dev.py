@@ -55,3 +55,32 @@ def control_plane(
     finally:
         console.print("Stopping...")
         cp.stop()
+
+
+@app.command("kafka")
+def kafka(
+    workdir: Path | None = typer.Option(
+        None, help="Data and logs directory (default: a temporary one, removed on exit)."
+    ),
+    topic: list[str] = typer.Option([], "--topic", help="Create these topics (name or name:partitions)."),
+    heap: str = typer.Option("512m", help="Broker JVM heap (-Xmx)."),
+) -> None:
+    """Run a single-node Apache Kafka broker (KRaft) on loopback until Ctrl-C; prints its bootstrap address."""
+    from streamotion.dev.kafka import KAFKA_VERSION, KafkaBroker
+
+    broker = KafkaBroker(workdir=workdir.resolve() if workdir else None, heap=heap, log=console.print)
+    try:
+        with console.status(f"Starting Apache Kafka {KAFKA_VERSION} (KRaft, single node)..."):
+            broker.start()
+        for spec in topic:
+            name, _, parts = spec.partition(":")
+            broker.create_topic(name, partitions=int(parts or 1))
+            console.print(f"  topic {name} ({parts or 1} partition(s))")
+        console.print(f"[green]Kafka ready[/] at {broker.bootstrap} (logs: {broker.log_path})")
+        console.print(f"  export STREAMOTION_KAFKA_BOOTSTRAP={broker.bootstrap}")
+        console.print("Ctrl-C stops it.")
+        typer.echo(broker.bootstrap)
+        wait_for_signal()
+    finally:
+        console.print("Stopping Kafka...")
+        broker.stop()

@@ -15,6 +15,18 @@ STEPS: list[tuple[str, str]] = [
         "Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager, kubectl)",
         "streamotion.dev.controlplane:ensure_binaries",
     ),
+    ("Apache Kafka broker jars (Maven Central, KRaft)", "streamotion.dev.kafka:ensure_jars"),
+    ("Helm (pinned, from its Go module; chart tests and make up)", "streamotion.dev.helm:ensure_helm"),
+    (
+        "Prometheus (Debian package; dashboard and alert tests)",
+        "streamotion.dev.prometheus:ensure_prometheus",
+    ),
+    ("PostgreSQL server (Debian packages; sink tests)", "streamotion.dev.postgres:ensure_postgres"),
+    (
+        "Spark Kafka connector (Maven Central via Ivy, pinned to pyspark)",
+        "streamotion_jobs.spark:ensure_kafka_connector",
+    ),
+    ("BigQuery emulator (bqemulator from PyPI, own venv)", "streamotion.dev.bigquery:ensure_bqemulator"),
 ]
 
 

@@ -1,0 +1,291 @@
+"""``streamotion bench pipeline``: the streaming job end to end on this machine.
+
+One run, same model for every figure: a real Kafka broker, PostgreSQL and the model service
+(Ray Serve; the tiny local model unless --model names another), the job on ``local[*]``.
+
+* raw_model_texts_per_s: the model service alone, batched requests;
+* e2e_events_per_s: events already in Kafka (saturation), rows landing in PostgreSQL per second;
+* per_row_http_events_per_s: the same with the ancestors' pattern, one HTTP call per row;
+* p50/p99_latency_s: event time (set at produce time) to the row's commit in PostgreSQL while a
+  producer sends at half the measured e2e throughput; p99_latency_over_trigger relates it to the
+  trigger interval.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import typer
+
+
+def _log(msg: str) -> None:
+    typer.echo(f"[bench pipeline] {msg}", err=True)
+
+
+def _pipeline(name: str, schema: str, trigger: str, max_events: int):
+    from streamotion.api.validate import parse
+
+    return parse(
+        {
+            "apiVersion": "streamotion.io/v1alpha1",
+            "kind": "StreamPipeline",
+            "metadata": {"name": name, "namespace": "bench"},
+            "spec": {
+                "sources": [{"name": "bench", "type": "http", "http": {"tokenSecret": "t"}}],
+                "processing": {
+                    "trigger": trigger,
+                    "window": "1m",
+                    "watermark": "10m",
+                    "maxEventsPerTrigger": max_events,
+                },
+                "sinks": [
+                    {
+                        "type": "postgres",
+                        "postgres": {"host": "127.0.0.1", "schema": schema, "credentialsSecret": "pg"},
+                    }
+                ],
+            },
+        }
+    )
+
+
+TEXTS = [
+    "I love this so much, what a wonderful day #happy",
+    "This is awful and I hate it @someone https://example.com/x",
+    "I am so scared and worried about tomorrow",
+    "Wow I am really surprised by the news today",
+    "So sad and lonely today, I want to cry #sad",
+    "Thanks everyone, I am grateful and proud of the team",
+    "Gross, that was disgusting and wrong",
+]
+
+
+def _event(i: int, created_at: datetime | None = None) -> bytes:
+    from streamotion.events import Event
+
+    return Event(
+        id=f"b{i}",
+        source="bench",
+        platform="http",
+        channel=f"c{i % 3}",
+        author=f"a{i % 50}",
+        text=f"{TEXTS[i % len(TEXTS)]} number {i}",
+        lang="en",
+        created_at=created_at or datetime.now(UTC),
+    ).to_json()
+
+
+def _produce(bootstrap: str, topic: str, start: int, n: int) -> None:
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20})
+    for i in range(start, start + n):
+        producer.produce(topic, key=f"http:b{i}".encode(), value=_event(i))
+        if i % 1000 == 0:
+            producer.poll(0)
+    producer.flush(60)
+
+
+def _count(dsn: str, schema: str) -> int:
+    import psycopg
+
+    try:
+        with psycopg.connect(dsn, options=f"-c search_path={schema}") as conn:
+            return conn.execute("SELECT count(*) FROM events").fetchone()[0]
+    except psycopg.errors.UndefinedTable:
+        return 0
+
+
+def _throughput(dsn: str, schema: str) -> float:
+    """Rows per second after the first micro-batch (its start-up is not throughput)."""
+    import psycopg
+
+    with psycopg.connect(dsn, options=f"-c search_path={schema}") as conn:
+        first_batch_end, last, n = conn.execute(
+            """SELECT (SELECT max(written_at) FROM events WHERE batch_id = (SELECT min(batch_id) FROM events)),
+                      max(written_at),
+                      count(*) FILTER (WHERE batch_id > (SELECT min(batch_id) FROM events))
+               FROM events"""
+        ).fetchone()
+    seconds = (last - first_batch_end).total_seconds()
+    return n / seconds if seconds > 0 else float("nan")
+
+
+def _run_job(cfg, spark, stop: threading.Event, per_row: bool = False) -> threading.Thread:
+    from streamotion_jobs.job import StreamingJob
+
+    job = StreamingJob(cfg, spark, log=_log, dead_letter_topic=False, per_row_model_calls=per_row)
+    thread = threading.Thread(target=job.run, kwargs={"stop": stop, "backoff_max_s": 5}, daemon=True)
+    thread.start()
+    return thread
+
+
+def _wait(dsn: str, schema: str, n: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _count(dsn, schema) >= n:
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"only {_count(dsn, schema)} of {n} rows after {timeout:.0f}s")
+
+
+def _raw_model(url: str, n: int, batch: int = 256) -> float:
+    from streamotion_jobs.classify import ModelClient
+
+    client = ModelClient(url, batch_size=batch)
+    texts = [f"{TEXTS[i % len(TEXTS)]} number {i}" for i in range(n)]
+    client.classify(texts[:batch])  # warm-up
+    start = time.monotonic()
+    client.classify(texts)
+    return n / (time.monotonic() - start)
+
+
+def bench_pipeline(
+    events: int = typer.Option(3000, help="Events for the saturation run."),
+    per_row_events: int = typer.Option(400, help="Events for the one-HTTP-call-per-row run."),
+    latency_s: float = typer.Option(30, help="Seconds of producing at half load for the latency run."),
+    trigger: str = typer.Option("1s", help="Trigger interval of the job."),
+    max_events_per_trigger: int = typer.Option(1000, help="maxEventsPerTrigger of the job."),
+    model: str | None = typer.Option(None, help="Model directory (default: a tiny local model)."),
+    model_url: str | None = typer.Option(None, help="Use this running model service instead."),
+    master: str = typer.Option("local[*]", help="Spark master."),
+) -> None:
+    """End-to-end events/s and latency of the streaming job, against raw model throughput and the
+    ancestors' one-HTTP-call-per-row pattern, in the same run."""
+    import os
+
+    import psycopg
+
+    from streamotion.bench import Result, emit
+    from streamotion.dev.kafka import KafkaBroker
+    from streamotion.dev.postgres import PostgresServer
+    from streamotion.naming import topic_names
+    from streamotion_jobs.config import JobConfig, parse_duration
+    from streamotion_jobs.spark import session
+
+    work = Path(tempfile.mkdtemp(prefix="streamotion-bench-pipeline-"))
+    results: list[Result] = []
+    with KafkaBroker() as kafka, PostgresServer() as pg:
+        server = None
+        if not model_url:
+            from streamotion_serving.server import ServeProcess
+
+            if not model:
+                from streamotion_serving.tiny import build_tiny_model
+
+                model = str(build_tiny_model(work / "tiny-model"))
+            server = ServeProcess(
+                {"model": model, "taxonomy": "ekman", "max_batch_size": 64, "batch_wait_ms": 10},
+                log_path=work / "serve.log",
+            )
+            _log(f"starting the model service ({model})...")
+            server.start()
+            model_url = server.url
+        try:
+            os.environ["STREAMOTION_KAFKA_BOOTSTRAP"] = kafka.bootstrap
+            os.environ["STREAMOTION_MODEL_URL"] = model_url
+            os.environ["STREAMOTION_PG_DSN"] = pg.dsn
+            _log("raw model throughput...")
+            raw = _raw_model(model_url, max(1000, events // 2))
+            _log(f"raw model: {raw:.0f} texts/s")
+            spark = session("streamotion-bench", master=master)
+
+            def setup(kind: str, n: int, max_events: int = max_events_per_trigger):
+                schema = f"bench_{kind}_{uuid.uuid4().hex[:6]}"
+                p = _pipeline(f"b{kind}{uuid.uuid4().hex[:4]}", schema, trigger, max_events)
+                names = topic_names(p)
+                kafka.create_topic(names["raw"], partitions=2)
+                kafka.create_topic(names["deadLetter"])
+                cfg = JobConfig.from_pipeline(p, checkpoint=str(work / f"ckpt-{schema}"))
+                return cfg, schema, names["raw"]
+
+            # saturation: everything is in Kafka before the job starts
+            cfg, schema, topic = setup("e2e", events)
+            _produce(kafka.bootstrap, topic, 0, events)
+            stop = threading.Event()
+            thread = _run_job(cfg, spark, stop)
+            _log(f"e2e: {events} events queued, job running...")
+            _wait(pg.dsn, schema, events, timeout=1800)
+            e2e = _throughput(pg.dsn, schema)
+            _log(f"e2e: {e2e:.1f} events/s")
+
+            # latency at half that load (the same job keeps running)
+            rate = max(1.0, e2e / 2)
+            n_latency = int(rate * latency_s)
+            _log(f"latency: producing {n_latency} events at {rate:.1f}/s...")
+            sent_from = time.monotonic()
+            from confluent_kafka import Producer
+
+            producer = Producer({"bootstrap.servers": kafka.bootstrap, "linger.ms": 5})
+            for k in range(n_latency):
+                target = sent_from + k / rate
+                delay = target - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                i = events + k
+                producer.produce(topic, key=f"http:b{i}".encode(), value=_event(i))
+                producer.poll(0)
+            producer.flush(60)
+            _wait(pg.dsn, schema, events + n_latency, timeout=600)
+            stop.set()
+            thread.join(120)
+            with psycopg.connect(pg.dsn, options=f"-c search_path={schema}") as conn:
+                p50, p99 = conn.execute(
+                    """SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY s),
+                              percentile_cont(0.99) WITHIN GROUP (ORDER BY s)
+                       FROM (SELECT extract(epoch FROM written_at - created_at) AS s FROM events
+                             WHERE id NOT IN (SELECT 'b' || g FROM generate_series(0, %s - 1) g)) x""",
+                    (events,),
+                ).fetchone()
+
+            # the ancestors' pattern: one HTTP call per row
+            # several micro-batches, so that throughput is measured after the first one
+            cfg_row, schema_row, topic_row = setup("row", per_row_events, max(20, per_row_events // 5))
+            _produce(kafka.bootstrap, topic_row, 0, per_row_events)
+            stop_row = threading.Event()
+            thread_row = _run_job(cfg_row, spark, stop_row, per_row=True)
+            _wait(pg.dsn, schema_row, per_row_events, timeout=1800)
+            stop_row.set()
+            thread_row.join(120)
+            per_row = _throughput(pg.dsn, schema_row)
+            _log(f"per-row HTTP: {per_row:.1f} events/s")
+            spark.stop()
+        finally:
+            if server is not None:
+                server.stop()
+            shutil.rmtree(work, ignore_errors=True)
+    trigger_s = parse_duration(trigger)
+    results = [
+        Result("e2e_events_per_s", e2e, "events/s"),
+        Result("raw_model_texts_per_s", raw, "texts/s"),
+        Result("per_row_http_events_per_s", per_row, "events/s"),
+        Result("e2e_vs_raw_model", e2e / raw, "ratio"),
+        Result("e2e_vs_per_row", e2e / per_row, "ratio"),
+        Result("p50_latency_s", float(p50), "s"),
+        Result("p99_latency_s", float(p99), "s"),
+        Result("p99_latency_over_trigger", float(p99) / trigger_s, "ratio"),
+    ]
+    emit(
+        "pipeline",
+        results,
+        config=json.loads(
+            json.dumps(
+                {
+                    "events": events,
+                    "per_row_events": per_row_events,
+                    "latency_rate_per_s": rate,
+                    "trigger": trigger,
+                    "max_events_per_trigger": max_events_per_trigger,
+                    "model": model or model_url,
+                    "master": master,
+                }
+            )
+        ),
+    )

@@ -1,0 +1,357 @@
+"""PostgreSQL sink (psycopg 3): one transaction per micro-batch, recorded with its batch id.
+
+Inside that transaction: skip if ``(query_id, batch_id)`` is in ``batches``; insert the events
+(``ON CONFLICT (event_id) DO NOTHING``); insert the dead letters (keyed by topic/partition/offset);
+recompute every aggregate of the windows the new on-time events touched, from the events table
+(upsert on window start + dimensions), so aggregates always equal a GROUP BY over event rows;
+record the batch and the new watermark. Either all of it commits or none of it does.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from datetime import UTC, datetime
+from importlib import resources
+from typing import Any
+
+import pandas as pd
+
+from streamotion_jobs.sinks import US, Batch, Sink, next_watermark, with_windows
+
+MIGRATIONS_LOCK = 0x5354524D  # pg_advisory_xact_lock key: one migrator at a time
+
+
+def migrations() -> list[tuple[int, str, str]]:
+    """(version, name, sql) of every file in migrations/postgres, in order."""
+    folder = resources.files("streamotion_jobs") / "migrations" / "postgres"
+    out = []
+    for entry in folder.iterdir():
+        if entry.name.endswith(".sql"):
+            version = int(entry.name.split("_", 1)[0])
+            out.append((version, entry.name, entry.read_text()))
+    return sorted(out)
+
+
+def _ts(us: Any) -> datetime | None:
+    if us is None or (isinstance(us, float) and math.isnan(us)) or us is pd.NA:
+        return None
+    return datetime.fromtimestamp(int(us) / US, UTC)
+
+
+def _val(v: Any) -> Any:
+    if v is None or v is pd.NA:
+        return None
+    if isinstance(v, float) and math.isnan(v):
+        return None
+    if isinstance(v, str) and "\x00" in v:
+        return _text(v)
+    return v
+
+
+def _text(v: Any) -> str:
+    """PostgreSQL text cannot hold NUL characters: they become U+FFFD (the rest is kept)."""
+    return str(v).replace("\x00", "\ufffd")
+
+
+def _list(v: Any) -> list[str]:
+    if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)):
+        return []
+    return [str(x) for x in list(v)]
+
+
+EVENT_COLUMNS = (
+    "event_id",
+    "id",
+    "source",
+    "platform",
+    "channel",
+    "author",
+    "text",
+    "clean_text",
+    "lang",
+    "created_at",
+    "ingested_at",
+    "url",
+    "hashtags",
+    "terms",
+    "text_length",
+    "emotion",
+    "score",
+    "scores",
+    "sentiment",
+    "sentiment_index",
+    "model_version",
+    "window_start",
+    "window_end",
+    "late",
+    "kafka_topic",
+    "kafka_partition",
+    "kafka_offset",
+    "query_id",
+    "batch_id",
+    "classified_at",
+)
+
+
+def event_rows(events: pd.DataFrame, query_id: str, batch_id: int) -> list[tuple]:
+    rows = []
+    for r in events.to_dict("records"):
+        rows.append(
+            (
+                _text(r["event_id"]),
+                _text(r["id"]),
+                _text(r["source"]),
+                r["platform"],
+                _val(r["channel"]),
+                _val(r["author"]),
+                _text(r["text"]),
+                _text(r["clean_text"]),
+                _val(r["lang"]),
+                _ts(r["created_at_us"]),
+                _ts(r["ingested_at_us"]),
+                _val(r["url"]),
+                _list(r["hashtags"]),
+                _list(r["terms"]),
+                int(r["text_length"]),
+                r["emotion"],
+                float(r["score"]),
+                r["scores"],
+                r["sentiment"],
+                float(r["sentiment_index"]),
+                r["model_version"],
+                _ts(r["window_start_us"]),
+                _ts(r["window_end_us"]),
+                bool(r["late"]),
+                _val(r["kafka_topic"]),
+                None if _val(r["kafka_partition"]) is None else int(r["kafka_partition"]),
+                None if _val(r["kafka_offset"]) is None else int(r["kafka_offset"]),
+                query_id,
+                batch_id,
+                _ts(r.get("classified_at_us")),
+            )
+        )
+    return rows
+
+
+# Aggregates of the given windows, recomputed from the on-time event rows (upsert).
+AGGREGATES_SQL = (
+    """
+    INSERT INTO emotion_window AS t (window_start, window_end, source, channel, lang, emotion,
+                                     events, mean_score, mean_sentiment_index, updated_at)
+    SELECT window_start, window_end, source, coalesce(channel, ''), coalesce(lang, ''), emotion,
+           count(*), avg(score), avg(sentiment_index), now()
+    FROM events WHERE window_start = ANY(%(windows)s) AND NOT late
+    GROUP BY window_start, window_end, source, coalesce(channel, ''), coalesce(lang, ''), emotion
+    ON CONFLICT (window_start, source, channel, lang, emotion) DO UPDATE
+    SET events = excluded.events, mean_score = excluded.mean_score,
+        mean_sentiment_index = excluded.mean_sentiment_index, updated_at = excluded.updated_at
+    """,
+    """
+    INSERT INTO hashtag_window AS t (window_start, window_end, hashtag, events, updated_at)
+    SELECT window_start, window_end, h, count(*), now()
+    FROM events, unnest(hashtags) AS h
+    WHERE window_start = ANY(%(windows)s) AND NOT late
+    GROUP BY window_start, window_end, h
+    ON CONFLICT (window_start, hashtag) DO UPDATE
+    SET events = excluded.events, updated_at = excluded.updated_at
+    """,
+    """
+    INSERT INTO term_window AS t (window_start, window_end, lang, term, events, updated_at)
+    SELECT window_start, window_end, coalesce(lang, ''), w, count(*), now()
+    FROM events, unnest(terms) AS w
+    WHERE window_start = ANY(%(windows)s) AND NOT late
+    GROUP BY window_start, window_end, coalesce(lang, ''), w
+    ON CONFLICT (window_start, lang, term) DO UPDATE
+    SET events = excluded.events, updated_at = excluded.updated_at
+    """,
+    """
+    INSERT INTO author_activity AS t (window_start, window_end, author, events, mean_text_length, updated_at)
+    SELECT window_start, window_end, author, count(*), avg(text_length), now()
+    FROM events
+    WHERE window_start = ANY(%(windows)s) AND NOT late AND author IS NOT NULL
+    GROUP BY window_start, window_end, author
+    ON CONFLICT (window_start, author) DO UPDATE
+    SET events = excluded.events, mean_text_length = excluded.mean_text_length,
+        updated_at = excluded.updated_at
+    """,
+)
+
+
+class PostgresSink(Sink):
+    name = "postgres"
+
+    def __init__(self, dsn: str, schema: str = "public", connect_timeout: int = 10, log=print) -> None:
+        self.dsn = dsn
+        self.schema = schema
+        self.connect_timeout = connect_timeout
+        self.log = log
+        self._conn = None
+
+    # ------------------------------------------------------------------------ connection
+    def connect(self):
+        import psycopg
+
+        conn = psycopg.connect(
+            self.dsn,
+            connect_timeout=self.connect_timeout,
+            options=f"-c search_path={self.schema}",
+            autocommit=True,
+        )
+        return conn
+
+    def _connection(self):
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            self._conn = self.connect()
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            finally:
+                self._conn = None
+
+    # ------------------------------------------------------------------------ migrations
+    def open(self) -> None:
+        """Create the schema and apply pending versioned migrations (in one transaction)."""
+        from psycopg import sql
+
+        conn = self._connection()
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATIONS_LOCK,))
+            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.schema)))
+            conn.execute(
+                """CREATE TABLE IF NOT EXISTS schema_migrations (
+                       version integer PRIMARY KEY, name text NOT NULL,
+                       applied_at timestamptz NOT NULL DEFAULT now())"""
+            )
+            applied = {v for (v,) in conn.execute("SELECT version FROM schema_migrations")}
+            for version, name, text in migrations():
+                if version in applied:
+                    continue
+                self.log(f"postgres: applying migration {name} in schema {self.schema}")
+                conn.execute(text)
+                conn.execute("INSERT INTO schema_migrations (version, name) VALUES (%s, %s)", (version, name))
+
+    # ------------------------------------------------------------------------ batches
+    def write(self, batch: Batch) -> bool:
+        try:
+            return self._write(batch)
+        except Exception:
+            self.close()  # a broken or aborted connection is not reused
+            raise
+
+    def _write(self, batch: Batch) -> bool:
+        conn = self._connection()
+        started = time.monotonic()
+        with conn.transaction():
+            cur = conn.cursor()
+            done = cur.execute(
+                "SELECT 1 FROM batches WHERE query_id = %s AND batch_id = %s",
+                (batch.query_id, batch.batch_id),
+            ).fetchone()
+            if done:
+                return False
+            (watermark,) = cur.execute("SELECT max(watermark) FROM batches").fetchone()
+            watermark_us = None if watermark is None else int(watermark.timestamp() * US)
+            events = with_windows(batch.events, batch.window_s, watermark_us)
+            cur.execute("CREATE TEMP TABLE staging_events (LIKE events INCLUDING DEFAULTS) ON COMMIT DROP")
+            cols = ", ".join(EVENT_COLUMNS)
+            with cur.copy(f"COPY staging_events ({cols}) FROM STDIN") as copy:
+                for row in event_rows(events, batch.query_id, batch.batch_id):
+                    copy.write_row(row)
+            inserted = cur.execute(
+                f"""INSERT INTO events ({cols}) SELECT {cols} FROM staging_events
+                    ON CONFLICT (event_id) DO NOTHING RETURNING window_start, late"""
+            ).fetchall()
+            windows = sorted({ws for ws, late in inserted if not late})
+            if windows:
+                for statement in AGGREGATES_SQL:
+                    cur.execute(statement, {"windows": windows})
+            dead = batch.dead_letters
+            if not dead.empty:
+                cur.executemany(
+                    """INSERT INTO dead_letters (kafka_topic, kafka_partition, kafka_offset, reason, payload,
+                                                query_id, batch_id)
+                       VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING""",
+                    [
+                        (
+                            r["kafka_topic"],
+                            int(r["kafka_partition"]),
+                            int(r["kafka_offset"]),
+                            _text(r["error"]),
+                            _text(_val(r["payload"]) or ""),
+                            batch.query_id,
+                            batch.batch_id,
+                        )
+                        for r in dead.to_dict("records")
+                    ],
+                )
+            new_watermark = next_watermark(watermark_us, events, batch.watermark_s)
+            late = sum(1 for _, is_late in inserted if is_late)
+            cur.execute(
+                """INSERT INTO batches (query_id, batch_id, events, late_events, dead_letters, watermark)
+                   VALUES (%s, %s, %s, %s, %s, %s)""",
+                (
+                    batch.query_id,
+                    batch.batch_id,
+                    len(inserted),
+                    late,
+                    len(dead),
+                    _ts(new_watermark),
+                ),
+            )
+        batch.stats["postgres_s"] = time.monotonic() - started
+        batch.stats["postgres_inserted"] = len(inserted)
+        return True
+
+    # ------------------------------------------------------------------------ re-scoring
+    def write_scores(self, scored: pd.DataFrame) -> int:
+        """Backfill results: one row per (event_id, model_version), replaced when run again."""
+        conn = self._connection()
+        rows = [
+            (
+                r["event_id"],
+                r["model_version"],
+                _ts(r["created_at_us"]),
+                r["source"],
+                r["emotion"],
+                float(r["score"]),
+                r["scores"],
+                r["sentiment"],
+                float(r["sentiment_index"]),
+            )
+            for r in scored.to_dict("records")
+        ]
+        with conn.transaction():
+            conn.cursor().executemany(
+                """INSERT INTO event_scores (event_id, model_version, created_at, source, emotion, score, scores,
+                                            sentiment, sentiment_index)
+                   VALUES (%s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s)
+                   ON CONFLICT (event_id, model_version) DO UPDATE
+                   SET emotion = excluded.emotion, score = excluded.score, scores = excluded.scores,
+                       sentiment = excluded.sentiment, sentiment_index = excluded.sentiment_index,
+                       scored_at = now()""",
+                rows,
+            )
+        return len(rows)
+
+    def read_events(self, start: datetime, end: datetime) -> pd.DataFrame:
+        """Events with created_at in [start, end), for backfills from the sink."""
+        conn = self._connection()
+        cur = conn.execute(
+            """SELECT event_id, id, source, platform, channel, author, text, clean_text, lang,
+                      (extract(epoch FROM created_at) * 1000000)::bigint AS created_at_us,
+                      (extract(epoch FROM ingested_at) * 1000000)::bigint AS ingested_at_us,
+                      url, hashtags, terms, text_length, kafka_topic, kafka_partition, kafka_offset
+               FROM events WHERE created_at >= %s AND created_at < %s ORDER BY created_at""",
+            (start, end),
+        )
+        names = [d.name for d in cur.description]
+        return pd.DataFrame(cur.fetchall(), columns=names)
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True)

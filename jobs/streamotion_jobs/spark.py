@@ -1,0 +1,106 @@
+"""The SparkSession the job runs in, with the Kafka connector from Maven Central.
+
+The connector (``spark-sql-kafka-0-10_2.12``) is pinned to the running pyspark's version and
+resolved through ``spark.jars.packages`` (Ivy) into ``~/.cache/streamotion/ivy``: the first run
+downloads it (``make prepare`` does that once), later runs resolve from the cache.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+SCALA_BINARY = "2.12"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("STREAMOTION_CACHE", Path.home() / ".cache" / "streamotion"))
+
+
+def spark_version() -> str:
+    import pyspark
+
+    return pyspark.__version__
+
+
+def kafka_package() -> str:
+    return f"org.apache.spark:spark-sql-kafka-0-10_{SCALA_BINARY}:{spark_version()}"
+
+
+def ivy_dir() -> Path:
+    return cache_dir() / "ivy"
+
+
+def connector_in_image() -> bool:
+    """The job image bakes the connector into $SPARK_HOME/jars: nothing to resolve then."""
+    home = os.environ.get("SPARK_HOME")
+    return bool(home) and any(Path(home, "jars").glob("spark-sql-kafka-0-10_*.jar"))
+
+
+def base_conf(app_name: str = "streamotion-job", master: str | None = None) -> dict[str, str]:
+    conf = {"spark.app.name": app_name}
+    if not connector_in_image():
+        conf["spark.jars.packages"] = kafka_package()
+        conf["spark.jars.ivy"] = str(ivy_dir())
+    conf |= {
+        "spark.sql.session.timeZone": "UTC",
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        "spark.sql.streaming.forceDeleteTempCheckpointLocation": "true",
+        "spark.ui.showConsoleProgress": "false",
+        # Structured Streaming metrics (input rate, batch duration, ...) for Prometheus
+        "spark.sql.streaming.metricsEnabled": "true",
+        # Python workers fork from a daemon that has already imported pandas, pyarrow and the job
+        "spark.python.daemon.module": "streamotion_jobs.daemon",
+    }
+    if master:
+        conf["spark.master"] = master
+    if master and master.startswith("local"):
+        conf.update(
+            {
+                "spark.sql.shuffle.partitions": "2",
+                "spark.default.parallelism": "2",
+                "spark.ui.enabled": "false",
+                # loopback only: the driver and block manager never listen on other interfaces
+                "spark.driver.host": "127.0.0.1",
+                "spark.driver.bindAddress": "127.0.0.1",
+                "spark.driver.memory": os.environ.get("STREAMOTION_SPARK_DRIVER_MEMORY", "1g"),
+                "spark.sql.streaming.stopTimeout": "30s",
+            }
+        )
+    return conf
+
+
+def session(
+    app_name: str = "streamotion-job", master: str | None = None, extra: dict[str, str] | None = None
+):
+    """getOrCreate a SparkSession; ``master=None`` leaves it to spark-submit (the cluster)."""
+    # Python workers run this interpreter (the one with pandas, pyarrow and streamotion installed)
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    if master and master.startswith("local"):
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    from pyspark.sql import SparkSession
+
+    builder = SparkSession.builder
+    for key, value in {**base_conf(app_name, master), **(extra or {})}.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel(os.environ.get("STREAMOTION_SPARK_LOG_LEVEL", "WARN"))
+    return spark
+
+
+def ensure_kafka_connector() -> str:
+    """Resolve the Kafka connector and its dependencies into the Ivy cache (``make prepare``)."""
+    jars = ivy_dir() / "jars"
+    wanted = f"org.apache.spark_spark-sql-kafka-0-10_{SCALA_BINARY}-{spark_version()}.jar"
+    if (jars / wanted).exists():
+        return f"{kafka_package()} cached in {jars}"
+    spark = session("streamotion-prepare", master="local[1]")
+    try:
+        spark.range(1).count()
+    finally:
+        spark.stop()
+    if not (jars / wanted).exists():
+        raise RuntimeError(f"{kafka_package()} was not resolved into {jars}")
+    return f"resolved {kafka_package()} into {jars}"

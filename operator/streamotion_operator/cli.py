@@ -1,0 +1,141 @@
+"""``streamotion render``, ``streamotion operator`` and ``streamotion bench operator``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from streamotion_operator.config import OperatorConfig
+
+
+def render(
+    file: Path = typer.Argument(..., exists=True, dir_okay=False, help="A StreamPipeline YAML file."),
+    namespace: str = typer.Option(None, "--namespace", "-n", help="Namespace when the file names none."),
+    kafka_namespace: str = typer.Option(
+        None, envvar="STREAMOTION_KAFKA_NAMESPACE", help="Kafka's namespace when the pipeline names none."
+    ),
+) -> None:
+    """Print the objects the operator would create for FILE (multi-document YAML, same builder code)."""
+    from streamotion_operator.render import render_file
+
+    cfg = OperatorConfig.from_env(kafka_namespace=kafka_namespace)
+    try:
+        docs = render_file(file, cfg, namespace=namespace)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(dump_yaml(docs), nl=False)
+
+
+def dump_yaml(docs: list[dict]) -> str:
+    """Multi-document YAML; multi-line strings (pipeline file, serve config) as literal blocks."""
+    import yaml
+
+    class Dumper(yaml.SafeDumper):
+        pass
+
+    def text(dumper, value):
+        style = "|" if "\n" in value else None
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+    Dumper.add_representer(str, text)
+    return yaml.dump_all(docs, Dumper=Dumper, sort_keys=False, width=120)
+
+
+def operator(
+    kubeconfig: Path = typer.Option(None, envvar="KUBECONFIG", help="Kubeconfig (default: in-cluster)."),
+    producer_image: str = typer.Option(None, envvar="STREAMOTION_PRODUCER_IMAGE", help="Producer image."),
+    job_image: str = typer.Option(None, envvar="STREAMOTION_JOB_IMAGE", help="Spark job image."),
+    model_image: str = typer.Option(None, envvar="STREAMOTION_MODEL_IMAGE", help="Ray Serve model image."),
+    kafka_namespace: str = typer.Option(
+        None,
+        envvar="STREAMOTION_KAFKA_NAMESPACE",
+        help="Kafka's namespace when a pipeline names none (kafka).",
+    ),
+    resync_seconds: float = typer.Option(
+        None, envvar="STREAMOTION_RESYNC_SECONDS", help="Full reconcile at least this often (30)."
+    ),
+    metrics_port: int = typer.Option(
+        None, envvar="STREAMOTION_METRICS_PORT", help="Prometheus metrics port (9108; 0: off)."
+    ),
+    health_port: int = typer.Option(
+        None, envvar="STREAMOTION_HEALTH_PORT", help="Liveness endpoint /healthz port (8080; 0: off)."
+    ),
+    peering: str = typer.Option(
+        None,
+        envvar="STREAMOTION_PEERING",
+        help="kopf peering name for several replicas (default: standalone).",
+    ),
+    priority: int = typer.Option(0, envvar="STREAMOTION_PRIORITY", help="Peering priority."),
+    log_format: str = typer.Option("json", envvar="STREAMOTION_LOG_FORMAT", help="json or plain."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Run the StreamPipeline operator (kopf): reconciles every pipeline in the cluster."""
+    import asyncio
+
+    import kopf
+    from prometheus_client import start_http_server
+
+    from streamotion_operator.handlers import Runtime, make_registry, make_settings, quiet_logs
+
+    cfg = OperatorConfig.from_env(
+        producer_image=producer_image,
+        job_image=job_image,
+        model_image=model_image,
+        kafka_namespace=kafka_namespace,
+        resync_seconds=resync_seconds,
+        metrics_port=metrics_port,
+        health_port=health_port,
+    )
+    kopf.configure(
+        verbose=verbose, log_format=kopf.LogFormat.JSON if log_format == "json" else kopf.LogFormat.PLAIN
+    )
+    if not verbose:
+        quiet_logs()
+    rt = Runtime(cfg, kubeconfig)
+    if cfg.metrics_port:
+        start_http_server(cfg.metrics_port, registry=rt.metrics.registry)
+    asyncio.run(
+        kopf.operator(
+            registry=make_registry(rt),
+            settings=make_settings(cfg, peering=peering),
+            clusterwide=True,
+            standalone=not peering,
+            peering_name=peering,
+            priority=priority,
+            liveness_endpoint=f"http://0.0.0.0:{cfg.health_port}/healthz" if cfg.health_port else None,
+        )
+    )
+
+
+def bench_operator(
+    pipelines: int = typer.Option(50, help="Pipelines applied at once for apply_to_children_50_s."),
+    crds: Path = typer.Option(None, help="Upstream CRDs (default ../shared/crds)."),
+) -> None:
+    """Apply-to-children latency (1 and N pipelines), steady-state reconcile rate, operator memory."""
+    from streamotion_operator.bench import run
+
+    run(pipelines=pipelines, crds=crds)
+
+
+def rbac(
+    output: Path = typer.Option(None, "-o", help="Write here instead of stdout."),
+) -> None:
+    """Print the operator's least-privilege RBAC rules (the chart's ClusterRole uses them)."""
+    from streamotion_operator.rbac import rules_yaml
+
+    text = rules_yaml()
+    if output:
+        output.write_text(text)
+    else:
+        typer.echo(text, nl=False)
+
+
+def register(app: typer.Typer) -> None:
+    from streamotion.cli.bench import app as bench_app
+
+    app.command("render")(render)
+    app.command("operator")(operator)
+    app.command("operator-rbac", hidden=True)(rbac)
+    bench_app.command("operator")(bench_operator)

@@ -1,0 +1,82 @@
+"""Operator configuration: images, namespaces and timings, from environment variables or flags."""
+
+from __future__ import annotations
+
+import json
+import os
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+VERSION = "0.1.0"
+
+
+def _default_dashboards_dir() -> str:
+    """grafana/dashboards next to the sources (a checkout), or where the operator image puts it."""
+    here = Path(__file__).resolve().parents[2] / "grafana" / "dashboards"
+    return str(here) if here.parent.exists() else "/opt/streamotion/grafana/dashboards"
+
+
+@dataclass
+class OperatorConfig:
+    """Everything the builders and the controller need besides the pipeline itself.
+
+    Each field can be set by the environment variable ``STREAMOTION_<FIELD IN UPPER CASE>``
+    (for example ``STREAMOTION_PRODUCER_IMAGE``) or by the matching ``streamotion operator`` flag.
+    """
+
+    producer_image: str = f"ghcr.io/streamotion/producer:{VERSION}"
+    job_image: str = f"ghcr.io/streamotion/job:{VERSION}"
+    model_image: str = f"ghcr.io/streamotion/model:{VERSION}"
+    image_pull_policy: str = "IfNotPresent"
+    kafka_namespace: str = "kafka"
+    """Namespace of the Strimzi Kafka cluster when a pipeline does not name one."""
+    spark_version: str = "3.5.7"
+    ray_version: str = "2.60.0"
+    spark_driver_cluster_role: str = "streamotion-spark-driver"
+    """ClusterRole bound (per pipeline namespace) to the Spark driver's ServiceAccount."""
+    dashboards_dir: str = field(default_factory=_default_dashboards_dir)
+    resync_seconds: float = 30.0
+    """Full reconcile of every pipeline at least this often (drift repair, readiness)."""
+    min_interval_seconds: float = 0.5
+    """Least time between two reconciles of one pipeline (coalesces bursts of child events)."""
+    workers: int = 8
+    """Pipelines reconciled in parallel."""
+    metrics_port: int = 9108
+    health_port: int = 8080
+    model_node_selector: dict[str, str] = field(default_factory=dict)
+    """nodeSelector of the model's Ray workers when spec.model.device is gpu (JSON in the env var)."""
+    model_tolerations: list[dict[str, Any]] = field(default_factory=list)
+    """Tolerations of the model's Ray workers when spec.model.device is gpu (JSON in the env var)."""
+    gcp_service_account: str = ""
+    """GKE Workload Identity: annotates each pipeline's Spark ServiceAccount (iam.gke.io/gcp-service-account)."""
+    http_service_type: str = "ClusterIP"
+    """Service type of http sources (NodePort on kind)."""
+    http_node_port: int | None = None
+    """nodePort of http sources' ingest port when http_service_type is NodePort."""
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> OperatorConfig:
+        env = os.environ if env is None else env
+        hints = typing.get_type_hints(cls)
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            name = f"STREAMOTION_{f.name.upper()}"
+            raw = env.get(name)
+            if raw is None or raw == "":
+                continue
+            hint = str(hints[f.name])
+            try:
+                if hint.startswith(("dict", "list")):
+                    values[f.name] = json.loads(raw)
+                elif "float" in hint:
+                    values[f.name] = float(raw)
+                elif "int" in hint:
+                    values[f.name] = int(raw)
+                else:
+                    values[f.name] = raw
+            except ValueError as exc:
+                raise ValueError(f"{name}={raw!r}: {exc}") from exc
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)

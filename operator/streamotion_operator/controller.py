@@ -1,0 +1,591 @@
+"""One reconcile of one StreamPipeline: apply what changed, prune what is gone, report honest status.
+
+Synchronous and independent of kopf, so the kopf handlers, the tests and the benchmark all drive
+the same code. A reconcile with nothing to change makes no write (children keep their
+resourceVersion), so it can run as often as needed to repair drift.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from streamotion import naming
+from streamotion.api.models import API_VERSION, KIND, PLURAL, StreamPipeline
+from streamotion_operator import builders
+from streamotion_operator.builders import KINDS, Kind
+from streamotion_operator.config import OperatorConfig
+from streamotion_operator.kube import ApiError, Kube
+from streamotion_operator.metrics import Metrics
+
+log = logging.getLogger("streamotion.operator")
+
+PIPELINE_KIND = Kind(API_VERSION, KIND, PLURAL)
+APPLIED_HASH_ANNOTATION = "streamotion.io/applied-hash"
+# Kinds whose children are deleted when the spec no longer asks for them (topics never: data).
+PRUNABLE = ("Deployment", "Service", "PodMonitor", "PrometheusRule", "PersistentVolumeClaim", "ConfigMap")
+TRANSIENT_REASONS = {"DependencyMissing", "NamespaceMissing", "SecretMissing", "PartitionsDecreaseRefused"}
+COMPONENT_CONDITIONS = (
+    "TopicsReady",
+    "SourcesReady",
+    "ProcessingReady",
+    "ModelReady",
+    "SinksReady",
+    "DashboardsReady",
+)
+
+EventFn = Callable[[dict[str, Any], str, str, str], None]
+
+
+def now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def is_subset(want: Any, have: Any) -> bool:
+    """Whether every field of ``want`` has the same value in ``have`` (server defaults ignored)."""
+    if isinstance(want, dict):
+        # the API server drops empty maps and lists (a ConfigMap without data): absent equals empty
+        return isinstance(have, dict) and all(
+            is_subset(v, have[k]) if k in have else v in ({}, [], None) for k, v in want.items()
+        )
+    if isinstance(want, list):
+        return (
+            isinstance(have, list)
+            and len(want) == len(have)
+            and all(is_subset(w, h) for w, h in zip(want, have, strict=True))
+        )
+    if isinstance(want, bool) or isinstance(have, bool):
+        return want is have
+    if isinstance(want, int | float) and isinstance(have, int | float):
+        return want == have
+    return want == have
+
+
+@dataclass
+class Problem:
+    condition: str
+    reason: str
+    message: str
+
+
+@dataclass
+class Outcome:
+    """What one reconcile did and found."""
+
+    status: dict[str, Any] | None = None
+    created: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    gone: bool = False
+
+
+class Controller:
+    def __init__(
+        self,
+        kube: Kube,
+        cfg: OperatorConfig | None = None,
+        metrics: Metrics | None = None,
+        event: EventFn | None = None,
+        io_workers: int = 6,
+    ):
+        self.kube = kube
+        self.cfg = cfg or OperatorConfig.from_env()
+        self.metrics = metrics or Metrics()
+        self.event = event or (lambda body, type_, reason, message: None)
+        self._io = ThreadPoolExecutor(max_workers=io_workers, thread_name_prefix="kube-io")
+        # resourceVersion of each object as this controller last wrote it: watch events that only
+        # echo our own writes need no new reconcile.
+        self.own_versions: dict[tuple[str, str, str], str] = {}
+        self._locks: dict[tuple[str, str], threading.Lock] = {}
+        self._locks_lock = threading.Lock()
+
+    def close(self) -> None:
+        self._io.shutdown(wait=False, cancel_futures=True)
+
+    def lock(self, namespace: str, name: str) -> threading.Lock:
+        """Serializes reconcile and cleanup of one pipeline (a daemon and the delete handler)."""
+        with self._locks_lock:
+            return self._locks.setdefault((namespace, name), threading.Lock())
+
+    # ---------------------------------------------------------------------------- reconcile
+    def reconcile(self, namespace: str, name: str) -> Outcome:
+        started = time.perf_counter()
+        try:
+            with self.lock(namespace, name):
+                out = self._reconcile(namespace, name)
+        except Exception as exc:
+            self.metrics.reconciles.labels("error").inc()
+            self.metrics.errors.labels(type(exc).__name__).inc()
+            raise
+        finally:
+            self.metrics.duration.observe(time.perf_counter() - started)
+        self.metrics.reconciles.labels(
+            "changed" if out.created or out.updated or out.deleted else "noop"
+        ).inc()
+        return out
+
+    def _reconcile(self, namespace: str, name: str) -> Outcome:
+        out = Outcome()
+        body = self.kube.get(PIPELINE_KIND, namespace, name)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            out.gone = True
+            self.metrics.observe(namespace, name, None, False)
+            return out
+        generation = body["metadata"].get("generation")
+        old_status = body.get("status") or {}
+        try:
+            p = StreamPipeline.model_validate(
+                {k: body[k] for k in ("apiVersion", "kind", "metadata", "spec")}
+            )
+        except ValidationError as exc:
+            out.problems.append(Problem("Ready", "InvalidSpec", _validation_message(exc)))
+            out.status = self._status(body, None, {}, out, generation)
+            self._write_status(body, out.status, old_status)
+            return out
+
+        if not old_status.get("phase"):
+            # First sight: say so before creating anything (Pending -> Provisioning -> Running).
+            pending = {
+                "phase": "Pending",
+                "conditions": [
+                    {
+                        "type": "Ready",
+                        "status": "Unknown",
+                        "lastTransitionTime": now(),
+                        "reason": "Pending",
+                        "message": "creating the pipeline's children",
+                    }
+                ],
+            }
+            self._write_status(body, pending, old_status)
+            self.event(body, "Normal", "Pending", "creating the pipeline's children")
+            old_status = body["status"] = pending
+        desired = builders.build(p, self.cfg)
+        owner = {
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "name": name,
+            "uid": body["metadata"]["uid"],
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+        live = self._live(p, out)
+        wanted_keys = set()
+        current: dict[tuple[str, str, str], dict[str, Any]] = {}
+        to_apply: list[tuple[dict[str, Any], dict[str, Any] | None, str]] = []
+        for obj in desired:
+            kind = KINDS[obj["kind"]]
+            cond = builders.COMPONENT_CONDITION[builders.component_of(obj)]
+            if not self.kube.installed(kind):
+                self._missing_crd(kind, cond, out)
+                continue
+            if obj["metadata"]["namespace"] == namespace:
+                obj["metadata"]["ownerReferences"] = [owner]
+            k = builders.key(obj)
+            wanted_keys.add(k)
+            have = live.get(k)
+            if obj["kind"] == "KafkaTopic" and have:
+                self._guard_partitions(obj, have, out)
+            obj["metadata"].setdefault("annotations", {})[APPLIED_HASH_ANNOTATION] = builders.spec_hash(obj)
+            if have is not None and is_subset(obj, have):
+                current[k] = have
+            else:
+                to_apply.append((obj, have, cond))
+
+        def apply(item):
+            try:
+                return self.kube.apply(item[0])
+            except ApiError as exc:
+                return exc
+
+        # Independent objects: written concurrently (server-side apply, one field manager).
+        for (obj, have, cond), result in zip(to_apply, self._io.map(apply, to_apply), strict=True):
+            if isinstance(result, ApiError):
+                out.problems.append(self._apply_problem(obj, cond, result, p))
+                continue
+            current[builders.key(obj)] = result
+            self.own_versions[builders.key(obj)] = result.get("metadata", {}).get("resourceVersion", "")
+            label = f"{obj['kind']} {obj['metadata']['namespace']}/{obj['metadata']['name']}"
+            (out.updated if have is not None else out.created).append(label)
+            self.metrics.applied.labels(obj["kind"], "update" if have is not None else "create").inc()
+        for k in live:
+            if k in wanted_keys or k[0] not in PRUNABLE:
+                continue
+            try:
+                if self.kube.delete(KINDS[k[0]], k[1], k[2]):
+                    out.deleted.append(f"{k[0]} {k[1]}/{k[2]}")
+                    self.metrics.applied.labels(k[0], "delete").inc()
+            except ApiError as exc:
+                log.warning("deleting %s %s/%s failed: %s", *k, exc)
+        self._check_secrets(p, out)
+        out.status = self._status(body, p, current, out, generation)
+        self._write_status(body, out.status, old_status)
+        self._events(body, old_status, out)
+        return out
+
+    # -------------------------------------------------------------------------------- reads
+    def _live(self, p: StreamPipeline, out: Outcome) -> dict[tuple[str, str, str], dict[str, Any]]:
+        sel = {naming.PIPELINE_LABEL: p.name, naming.PIPELINE_NS_LABEL: p.namespace}
+        live = {}
+        kinds = [kind for kind in KINDS.values() if self.kube.installed(kind)]
+        for kind, items in zip(
+            kinds, self._io.map(lambda k: self.kube.list(k, None, sel), kinds), strict=True
+        ):
+            for item in items:
+                item.setdefault("kind", kind.kind)
+                item.setdefault("apiVersion", kind.api_version)
+                live[builders.key(item)] = item
+        return live
+
+    def _missing_crd(self, kind: Kind, cond: str, out: Outcome) -> None:
+        msg = f"{kind.describe()} is not installed in the cluster: install {kind.crd} (its CRD is missing)"
+        if not any(pr.condition == cond and pr.message == msg for pr in out.problems):
+            out.problems.append(Problem(cond, "DependencyMissing", msg))
+
+    def _guard_partitions(self, obj: dict[str, Any], have: dict[str, Any], out: Outcome) -> None:
+        current = (have.get("spec") or {}).get("partitions")
+        wanted = obj["spec"]["partitions"]
+        if isinstance(current, int) and wanted < current:
+            obj["spec"]["partitions"] = current
+            out.problems.append(
+                Problem(
+                    "TopicsReady",
+                    "PartitionsDecreaseRefused",
+                    f"spec.kafka.partitions {wanted} is less than the {current} partitions topic "
+                    f"{obj['spec']['topicName']} has: Kafka cannot remove partitions; kept {current}",
+                )
+            )
+
+    def _apply_problem(self, obj: dict[str, Any], cond: str, exc: ApiError, p: StreamPipeline) -> Problem:
+        ns = obj["metadata"]["namespace"]
+        if exc.status == 404 and ns != p.namespace:
+            field_path = (
+                "spec.kafka.namespace" if obj["kind"] == "KafkaTopic" else "spec.dashboards.namespace"
+            )
+            return Problem(cond, "NamespaceMissing", f"namespace {ns} ({field_path}) not found")
+        log.warning("apply failed: %s", exc)
+        return Problem(cond, "ApplyFailed", str(exc)[:1000])
+
+    def _check_secrets(self, p: StreamPipeline, out: Outcome) -> None:
+        core_secret = Kind("v1", "Secret", "secrets")
+        cache: dict[str, dict[str, Any] | None] = {}
+        for ref in builders.secret_refs(p):
+            if ref.name not in cache:
+                cache[ref.name] = self.kube.get(core_secret, p.namespace, ref.name)
+            secret = cache[ref.name]
+            cond = "SourcesReady" if ref.component.startswith("source:") else "SinksReady"
+            if secret is None:
+                msg = f"Secret {p.namespace}/{ref.name} ({ref.what}) not found"
+                out.problems.append(Problem(cond, "SecretMissing", msg))
+                continue
+            keys = set(secret.get("data") or {}) | set(secret.get("stringData") or {})
+            missing = [k for k in ref.keys if k not in keys]
+            if missing:
+                msg = f"Secret {p.namespace}/{ref.name} ({ref.what}) lacks key(s) {', '.join(missing)}"
+                out.problems.append(Problem(cond, "SecretMissing", msg))
+
+    # ------------------------------------------------------------------------------- status
+    def _status(
+        self,
+        body: dict[str, Any],
+        p: StreamPipeline | None,
+        current: dict[tuple[str, str, str], dict[str, Any]],
+        out: Outcome,
+        generation: int | None,
+    ) -> dict[str, Any]:
+        old = body.get("status") or {}
+        status: dict[str, Any] = {"observedGeneration": generation}
+        problems: dict[str, list[Problem]] = {}
+        for pr in out.problems:
+            problems.setdefault(pr.condition, []).append(pr)
+        waiting: dict[str, list[str]] = {c: [] for c in COMPONENT_CONDITIONS}
+        if p is not None:
+            self._component_status(p, current, status, waiting, problems)
+        suspended = bool(p and p.spec.suspend)
+        conds: dict[str, tuple[str, str, str]] = {}
+        for c in COMPONENT_CONDITIONS:
+            if p is None:
+                conds[c] = ("Unknown", "InvalidSpec", "the spec could not be read")
+            elif c in problems:
+                first = problems[c][0]
+                conds[c] = ("False", first.reason, "; ".join(x.message for x in problems[c]))
+            elif suspended and c in ("SourcesReady", "ProcessingReady", "ModelReady"):
+                conds[c] = ("False", "Suspended", "spec.suspend is true")
+            elif waiting[c]:
+                conds[c] = ("False", "NotReady", "; ".join(waiting[c]))
+            elif c == "DashboardsReady" and not p.spec.dashboards.enabled:
+                conds[c] = ("True", "Disabled", "spec.dashboards.enabled is false")
+            else:
+                conds[c] = ("True", "Ready", "ready")
+        not_ready = [c for c in COMPONENT_CONDITIONS if conds[c][0] != "True"]
+        if "Ready" in problems:
+            conds["Ready"] = ("False", problems["Ready"][0].reason, problems["Ready"][0].message)
+        elif suspended:
+            conds["Ready"] = ("False", "Suspended", "the pipeline is suspended (spec.suspend: true)")
+        elif not_ready:
+            msg = "; ".join(f"{c}: {conds[c][2]}" for c in not_ready)
+            conds["Ready"] = ("False", conds[not_ready[0]][1], msg[:4000])
+        else:
+            conds["Ready"] = ("True", "Ready", "all components are ready")
+
+        old_conds = {c.get("type"): c for c in old.get("conditions") or []}
+        status["conditions"] = []
+        for ctype in ("Ready", *COMPONENT_CONDITIONS):
+            st, reason, message = conds[ctype]
+            prev = old_conds.get(ctype)
+            changed = not prev or prev.get("status") != st
+            status["conditions"].append(
+                {
+                    "type": ctype,
+                    "status": st,
+                    "observedGeneration": generation,
+                    "lastTransitionTime": now() if changed else prev.get("lastTransitionTime", now()),
+                    "reason": reason,
+                    "message": message,
+                }
+            )
+        # Phase
+        hard = any(pr.reason in TRANSIENT_REASONS or pr.reason == "ApplyFailed" for pr in out.problems)
+        failed = (status.get("processing") or {}).get("state") == "FAILED" or "Ready" in problems
+        if failed:
+            phase = "Failed"
+        elif suspended:
+            phase = "Suspended"
+        elif conds["Ready"][0] == "True":
+            phase = "Running"
+        elif hard or (
+            old.get("phase") in ("Running", "Degraded") and old.get("observedGeneration") == generation
+        ):
+            phase = "Degraded"  # was running this very spec: something broke
+        else:
+            phase = "Provisioning"  # new, or rolling out a changed spec
+        status["phase"] = phase
+        if p is not None:
+            self.metrics.observe(p.namespace, p.name, phase, conds["Ready"][0] == "True")
+        return status
+
+    def _component_status(self, p, current, status, waiting, problems) -> None:
+        by_kind: dict[str, dict[str, dict[str, Any]]] = {}
+        for (kind, _ns, n), obj in current.items():
+            by_kind.setdefault(kind, {})[n] = obj
+        # topics
+        topics = naming.topic_names(p)
+        ready_topics = True
+        for role in topics:
+            rn = naming.topic_resource_name(p, role)
+            obj = by_kind.get("KafkaTopic", {}).get(rn)
+            ok, why = _condition_ready(obj, f"KafkaTopic {builders.kafka_namespace(p, self.cfg)}/{rn}")
+            if not ok:
+                ready_topics = False
+                if "TopicsReady" not in problems:
+                    waiting["TopicsReady"].append(why)
+        status["topics"] = {
+            "namespace": builders.kafka_namespace(p, self.cfg),
+            "raw": topics["raw"],
+            "deadLetter": topics["deadLetter"],
+            "ready": ready_topics and "TopicsReady" not in problems,
+        }
+        # sources
+        sources = []
+        secret_msgs = {pr.message for pr in problems.get("SourcesReady", [])}
+        for s in p.spec.sources:
+            dn = naming.producer_name(p, s.name)
+            obj = by_kind.get("Deployment", {}).get(dn)
+            want = 0 if p.spec.suspend else s.replicas
+            st = (obj or {}).get("status") or {}
+            avail = int(st.get("availableReplicas") or 0)
+            msg = None
+            if obj is None:
+                msg = f"Deployment {dn} not created yet"
+            elif (st.get("observedGeneration") or 0) < obj["metadata"].get("generation", 0):
+                msg = f"Deployment {dn} is rolling out"
+            elif avail < want:
+                msg = f"Deployment {dn} has {avail}/{want} available replicas"
+            secret = builders.source_secret(s)
+            if secret and any(f"/{secret} " in m for m in secret_msgs):
+                msg = next(m for m in secret_msgs if f"/{secret} " in m)
+            sources.append(
+                {
+                    "name": s.name,
+                    "ready": msg is None,
+                    "replicas": want,
+                    "availableReplicas": avail,
+                    **({"message": msg} if msg else {}),
+                }
+            )
+            if msg and "SourcesReady" not in problems and not p.spec.suspend:
+                waiting["SourcesReady"].append(f"source {s.name}: {msg}")
+        status["sources"] = sources
+        status["sourcesReady"] = f"{sum(s['ready'] for s in sources)}/{len(sources)}"
+        # processing
+        an = naming.spark_app_name(p)
+        app = by_kind.get("SparkApplication", {}).get(an)
+        app_state = ((app or {}).get("status") or {}).get("applicationState") or {}
+        state = app_state.get("state")
+        proc_msg = None
+        if app is None:
+            proc_msg = f"SparkApplication {an} not created"
+        elif state != "RUNNING":
+            proc_msg = f"SparkApplication {an} is {state or 'not submitted yet'}"
+            if app_state.get("errorMessage"):
+                proc_msg += f": {app_state['errorMessage']}"
+        status["processing"] = {
+            "application": an,
+            **({"state": state} if state else {}),
+            **(
+                {"specHash": app["metadata"].get("annotations", {}).get(builders.SPEC_HASH_ANNOTATION)}
+                if app
+                else {}
+            ),
+            "ready": proc_msg is None and "ProcessingReady" not in problems,
+            **({"message": proc_msg} if proc_msg else {}),
+        }
+        if proc_msg and "ProcessingReady" not in problems and not p.spec.suspend:
+            waiting["ProcessingReady"].append(proc_msg)
+        # model
+        rn = naming.ray_service_name(p)
+        ok, why = _condition_ready(by_kind.get("RayService", {}).get(rn), f"RayService {rn}")
+        status["model"] = {
+            "service": rn,
+            "name": p.spec.model.name,
+            "ready": ok and "ModelReady" not in problems,
+            **({"message": why} if not ok else {}),
+        }
+        if not ok and "ModelReady" not in problems and not p.spec.suspend:
+            waiting["ModelReady"].append(why)
+        # sinks
+        sinks = []
+        sink_msgs = [pr.message for pr in problems.get("SinksReady", [])]
+        for i, sink in enumerate(p.spec.sinks):
+            if sink.postgres:
+                pg = sink.postgres
+                target = f"{pg.host}:{pg.port}/{pg.database}.{pg.schema_}"
+            else:
+                target = f"{sink.bigquery.project}.{sink.bigquery.dataset}"
+            msg = next((m for m in sink_msgs if f"spec.sinks[{i}]" in m), None)
+            sinks.append(
+                {
+                    "type": sink.type,
+                    "target": target,
+                    "ready": msg is None,
+                    **({"message": msg} if msg else {}),
+                }
+            )
+        status["sinks"] = sinks
+        status["sinksReady"] = f"{sum(s['ready'] for s in sinks)}/{len(sinks)}"
+        # dashboards
+        if p.spec.dashboards.enabled:
+            cm = naming.dashboard_config_map_name(p)
+            if (
+                "ConfigMap",
+                p.spec.dashboards.namespace,
+                cm,
+            ) not in current and "DashboardsReady" not in problems:
+                waiting["DashboardsReady"].append(f"ConfigMap {p.spec.dashboards.namespace}/{cm} not created")
+
+    def _write_status(self, body: dict[str, Any], status: dict[str, Any], old: dict[str, Any]) -> None:
+        patch = _status_patch(status, old)
+        if not patch:
+            return
+        m = body["metadata"]
+        try:
+            written = self.kube.patch_status(PIPELINE_KIND, m["namespace"], m["name"], patch)
+            self.own_versions[(KIND, m["namespace"], m["name"])] = written["metadata"]["resourceVersion"]
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+
+    def _events(self, body: dict[str, Any], old: dict[str, Any], out: Outcome) -> None:
+        if out.created:
+            self.event(body, "Normal", "Created", _summary("created", out.created))
+        if out.updated:
+            self.event(body, "Normal", "Updated", _summary("updated", out.updated))
+        if out.deleted:
+            self.event(body, "Normal", "Deleted", _summary("deleted", out.deleted))
+        new = out.status or {}
+        if new.get("phase") != old.get("phase"):
+            ready = next((c for c in new.get("conditions", []) if c["type"] == "Ready"), {})
+            type_ = "Warning" if new.get("phase") in ("Degraded", "Failed") else "Normal"
+            self.event(body, type_, new.get("phase") or "Unknown", ready.get("message", ""))
+        old_reasons = {c["type"]: c.get("reason") for c in old.get("conditions") or []}
+        for c in new.get("conditions", []):
+            if (
+                c["status"] == "False"
+                and c["reason"] in TRANSIENT_REASONS | {"ApplyFailed"}
+                and old_reasons.get(c["type"]) != c["reason"]
+                and c["type"] != "Ready"
+            ):
+                self.event(body, "Warning", c["reason"], f"{c['type']}: {c['message']}")
+
+    # ------------------------------------------------------------------------------- delete
+    def cleanup(self, namespace: str, name: str) -> list[str]:
+        """Delete the children no ownerReference covers (other namespaces): topics, dashboards."""
+        with self.lock(namespace, name):
+            return self._cleanup(namespace, name)
+
+    def _cleanup(self, namespace: str, name: str) -> list[str]:
+        sel = {naming.PIPELINE_LABEL: name, naming.PIPELINE_NS_LABEL: namespace}
+        deleted = []
+        for kind in (KINDS["KafkaTopic"], KINDS["ConfigMap"]):
+            if not self.kube.installed(kind, ttl=0):
+                continue
+            for item in self.kube.list(kind, None, sel):
+                m = item["metadata"]
+                if m.get("namespace") == namespace and kind.kind == "ConfigMap":
+                    continue  # garbage-collected through its ownerReference
+                if self.kube.delete(kind, m["namespace"], m["name"]):
+                    deleted.append(f"{kind.kind} {m['namespace']}/{m['name']}")
+        self.metrics.observe(namespace, name, None, False)
+        return deleted
+
+
+def _condition_ready(obj: dict[str, Any] | None, what: str) -> tuple[bool, str]:
+    if obj is None:
+        return False, f"{what} not created"
+    conds = {c.get("type"): c for c in (obj.get("status") or {}).get("conditions") or []}
+    ready = conds.get("Ready")
+    if ready and ready.get("status") == "True":
+        return True, ""
+    if ready:
+        detail = ready.get("message") or ready.get("reason") or "not Ready"
+        return False, f"{what} is not Ready: {detail}"
+    return False, f"{what} has no Ready condition yet"
+
+
+def _status_patch(new: dict[str, Any], old: dict[str, Any]) -> dict[str, Any]:
+    """A JSON merge patch from ``old`` to ``new`` (nulls remove fields; lists are replaced)."""
+    patch: dict[str, Any] = {}
+    for k, v in new.items():
+        o = old.get(k)
+        if isinstance(v, dict) and isinstance(o, dict):
+            sub = _status_patch(v, o)
+            if sub:
+                patch[k] = sub
+        elif v != o:
+            patch[k] = v
+    for k in old:
+        if k not in new:
+            patch[k] = None
+    return patch
+
+
+def _summary(verb: str, items: list[str]) -> str:
+    shown = ", ".join(items[:8])
+    return f"{verb} {shown}" + (f" and {len(items) - 8} more" if len(items) > 8 else "")
+
+
+def _validation_message(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        loc = ".".join(str(x) for x in err["loc"])
+        parts.append(f"{loc}: {err['msg']}")
+    return "; ".join(parts)

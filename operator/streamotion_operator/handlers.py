@@ -1,0 +1,297 @@
+"""kopf wiring: one daemon per StreamPipeline drives the Controller; child events wake it up.
+
+* a daemon per pipeline reconciles on start, whenever the pipeline or one of its watched
+  children changes, and at least every ``resync_seconds`` (drift repair, readiness);
+* a delete handler (behind the ``streamotion.io/cleanup`` finalizer) removes the children in
+  other namespaces; the namespaced ones go with the garbage collector (ownerReferences);
+* everything is registered on a fresh registry, so several operators can run in one process
+  (tests) and nothing happens at import time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import kopf
+
+from streamotion import naming
+from streamotion.api.models import GROUP, KIND, PLURAL, VERSION
+from streamotion_operator.builders import KINDS
+from streamotion_operator.config import OperatorConfig
+from streamotion_operator.controller import Controller
+from streamotion_operator.kube import Kube
+from streamotion_operator.metrics import Metrics
+
+# Children whose changes should wake their pipeline's daemon at once (status, deletion).
+WATCHED_CHILDREN = ("Deployment", "KafkaTopic", "SparkApplication", "RayService")
+
+
+class Runtime:
+    """State shared by the handlers of one operator instance."""
+
+    def __init__(
+        self,
+        cfg: OperatorConfig,
+        kubeconfig: str | Path | None = None,
+        metrics: Metrics | None = None,
+    ):
+        self.cfg = cfg
+        self.kubeconfig = str(kubeconfig) if kubeconfig else None
+        self.kube = Kube.from_kubeconfig(self.kubeconfig)
+        self.metrics = metrics or Metrics()
+        self.controller = Controller(self.kube, cfg, self.metrics, event=self.post_event)
+        self.pool = ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="reconcile")
+        self.wakeups: dict[tuple[str, str], asyncio.Event] = {}
+        self.log = logging.getLogger("streamotion.operator")
+
+    def wakeup(self, namespace: str | None, name: str | None) -> None:
+        if not namespace or not name:
+            return
+        ev = self.wakeups.get((namespace, name))
+        if ev is not None:
+            ev.set()
+
+    def post_event(self, body: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        m = body["metadata"]
+        try:
+            self.kube.request(
+                "POST",
+                f"/api/v1/namespaces/{m['namespace']}/events",
+                body={
+                    "apiVersion": "v1",
+                    "kind": "Event",
+                    "metadata": {"generateName": f"{m['name']}.", "namespace": m["namespace"]},
+                    "involvedObject": {
+                        "apiVersion": body.get("apiVersion"),
+                        "kind": body.get("kind"),
+                        "name": m["name"],
+                        "namespace": m["namespace"],
+                        "uid": m.get("uid"),
+                        "resourceVersion": m.get("resourceVersion"),
+                    },
+                    "type": type_,
+                    "reason": reason,
+                    "message": message[:1024],
+                    "source": {"component": naming.MANAGED_BY},
+                    "reportingComponent": naming.MANAGED_BY,
+                    "firstTimestamp": _now(),
+                    "lastTimestamp": _now(),
+                    "count": 1,
+                },
+            )
+        except Exception as exc:  # events are best effort
+            self.log.warning("posting event %s on %s/%s failed: %s", reason, m["namespace"], m["name"], exc)
+
+    def connection_info(self) -> kopf.ConnectionInfo:
+        cfg = self.kube.api.configuration
+        header = cfg.get_api_key_with_prefix("BearerToken") or cfg.get_api_key_with_prefix("authorization")
+        parts = header.split(" ", 1) if header else []
+        scheme, token = (None, None) if not parts else (None, parts[0]) if len(parts) == 1 else parts
+        return kopf.ConnectionInfo(
+            server=cfg.host,
+            ca_path=cfg.ssl_ca_cert,
+            insecure=not cfg.verify_ssl,
+            scheme=scheme,
+            token=token,
+            certificate_path=cfg.cert_file,
+            private_key_path=cfg.key_file,
+        )
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.controller.close()
+        self.kube.close()
+
+
+def _now() -> str:
+    from streamotion_operator.controller import now
+
+    return now()
+
+
+def make_settings(
+    cfg: OperatorConfig, *, fast: bool = False, peering: str | None = None
+) -> kopf.OperatorSettings:
+    settings = kopf.OperatorSettings()
+    settings.persistence.finalizer = naming.FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="streamotion.io")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="streamotion.io", key="last-handled-configuration"
+    )
+    settings.posting.level = logging.WARNING
+    settings.execution.max_workers = max(8, cfg.workers)
+    settings.watching.server_timeout = 60 if fast else 600
+    settings.watching.client_timeout = 90 if fast else 660
+    settings.watching.connect_timeout = 10
+    settings.watching.reconnect_backoff = 0.2 if fast else 1.0
+    settings.queueing.idle_timeout = 1.0 if fast else 5.0
+    settings.background.cancellation_polling = 1 if fast else 10
+    if peering:
+        settings.peering.name = peering
+        settings.peering.standalone = False
+    else:
+        settings.peering.standalone = True
+    return settings
+
+
+def make_registry(rt: Runtime) -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.login(registry=registry)
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        return rt.connection_info()
+
+    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry, id="wake-pipeline")
+    async def pipeline_changed(name: str, namespace: str, meta, **_: Any) -> None:
+        if rt.controller.own_versions.get((KIND, namespace, name)) != meta.get("resourceVersion"):
+            rt.wakeup(namespace, name)
+
+    @kopf.daemon(GROUP, VERSION, PLURAL, registry=registry, cancellation_timeout=10)
+    async def pipeline_daemon(stopped, name: str, namespace: str, logger, **_: Any) -> None:
+        key = (namespace, name)
+        wake = rt.wakeups.setdefault(key, asyncio.Event())
+        loop = asyncio.get_running_loop()
+        failures = 0
+        try:
+            while not stopped:
+                wake.clear()
+                delay = rt.cfg.resync_seconds
+                try:
+                    out = await loop.run_in_executor(rt.pool, rt.controller.reconcile, namespace, name)
+                    failures = 0
+                    if out.created or out.updated or out.deleted:
+                        logger.info(
+                            f"applied: created {out.created or '-'}; updated {out.updated or '-'}; "
+                            f"deleted {out.deleted or '-'}; phase {(out.status or {}).get('phase')}"
+                        )
+                except Exception as exc:
+                    failures += 1
+                    delay = min(rt.cfg.resync_seconds, 0.5 * 2**failures)
+                    logger.error(f"reconcile failed (attempt {failures}, retry in {delay:.1f}s): {exc}")
+                await asyncio.sleep(rt.cfg.min_interval_seconds)  # coalesce bursts of child events
+                await _wait_any(wake, stopped, max(0.0, delay - rt.cfg.min_interval_seconds))
+        finally:
+            if rt.wakeups.get(key) is wake:
+                rt.wakeups.pop(key, None)
+
+    @kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry, retries=5, backoff=2)
+    async def pipeline_deleted(name: str, namespace: str, retry: int, logger, **_: Any) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            deleted = await loop.run_in_executor(rt.pool, rt.controller.cleanup, namespace, name)
+        except Exception as exc:
+            if retry >= 4:  # never hold the finalizer forever
+                logger.error(f"cleanup failed, giving up (children may remain): {exc}")
+                return
+            raise kopf.TemporaryError(f"cleanup failed: {exc}", delay=2) from exc
+        if deleted:
+            logger.info(f"deleted {', '.join(deleted)}")
+
+    managed = {"app.kubernetes.io/managed-by": naming.MANAGED_BY}
+    for kind_name in WATCHED_CHILDREN:
+        kind = KINDS[kind_name]
+
+        async def child_changed(labels: dict[str, str], meta, body, type: str, **_: Any) -> None:
+            key = (body.get("kind"), meta.get("namespace") or "", meta.get("name"))
+            if type != "DELETED" and rt.controller.own_versions.get(key) == meta.get("resourceVersion"):
+                return  # the echo of our own write
+            rt.wakeup(labels.get(naming.PIPELINE_NS_LABEL), labels.get(naming.PIPELINE_LABEL))
+
+        kopf.on.event(
+            kind.group or "",
+            kind.version,
+            kind.plural,
+            labels=managed,
+            registry=registry,
+            id=f"wake-{kind_name}",
+        )(child_changed)
+
+    return registry
+
+
+async def _wait_any(event: asyncio.Event, stopped, timeout: float) -> None:
+    tasks = [asyncio.ensure_future(event.wait()), asyncio.ensure_future(stopped.wait())]
+    try:
+        await asyncio.wait(tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in tasks:
+            t.cancel()
+
+
+class QuietEventHandlers(logging.Filter):
+    """Drops kopf's "Handler ... succeeded" lines of the wake-up handlers (one per watch event)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        return not msg.startswith("Handler 'wake-")
+
+
+def quiet_logs() -> None:
+    logging.getLogger("kopf.objects").addFilter(QuietEventHandlers())
+
+
+class OperatorThread:
+    """The operator in a background thread with its own event loop (tests, benchmarks)."""
+
+    def __init__(
+        self,
+        kubeconfig: str | Path,
+        cfg: OperatorConfig | None = None,
+        *,
+        fast: bool = True,
+        liveness_endpoint: str | None = None,
+    ):
+        self.cfg = cfg or OperatorConfig()
+        self.runtime = Runtime(self.cfg, kubeconfig)
+        self.settings = make_settings(self.cfg, fast=fast)
+        self.registry = make_registry(self.runtime)
+        self.liveness_endpoint = liveness_endpoint
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+
+    @property
+    def controller(self) -> Controller:
+        return self.runtime.controller
+
+    def start(self, timeout: float = 60) -> OperatorThread:
+        self._thread = threading.Thread(target=self._run, name="streamotion-operator", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise TimeoutError(f"operator not ready after {timeout}s: {self.error}")
+        return self
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(
+                kopf.operator(
+                    registry=self.registry,
+                    settings=self.settings,
+                    clusterwide=True,
+                    standalone=True,
+                    stop_flag=self._stop,
+                    ready_flag=self._ready,
+                    liveness_endpoint=self.liveness_endpoint,
+                )
+            )
+        except BaseException as exc:
+            self.error = exc
+            self._ready.set()
+
+    def stop(self, timeout: float = 30) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout)
+        self.runtime.close()
+
+    def __enter__(self) -> OperatorThread:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()

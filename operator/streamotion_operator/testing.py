@@ -1,0 +1,196 @@
+"""Helpers for tests and the benchmark: no kubelet or upstream operators run there, so child
+readiness is simulated the way those controllers report it (status subresources)."""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from streamotion import naming
+from streamotion.api.models import API_VERSION, KIND
+from streamotion_operator.builders import KINDS, Kind
+from streamotion_operator.controller import PIPELINE_KIND, now
+from streamotion_operator.kube import ApiError, Kube
+
+T = TypeVar("T")
+POD = Kind("v1", "Pod", "pods")
+SECRET = Kind("v1", "Secret", "secrets")
+
+BASE_SPEC: dict[str, Any] = {
+    "kafka": {"cluster": "streamotion", "partitions": 3},
+    "sources": [
+        {
+            "name": "reddit",
+            "type": "reddit",
+            "reddit": {"subreddits": ["worldnews"], "credentialsSecret": "reddit-credentials"},
+        },
+        {"name": "demo", "type": "replay", "replay": {"dataset": "goemotions", "ratePerSecond": 5}},
+    ],
+    "processing": {"executors": {"instances": 1, "cores": 1, "memory": "1g"}},
+    "model": {"name": "j-hartmann/emotion-english-distilroberta-base", "replicas": {"min": 1, "max": 2}},
+    "sinks": [{"type": "postgres", "postgres": {"host": "pg", "credentialsSecret": "pg-app"}}],
+    "dashboards": {"enabled": True, "namespace": "monitoring"},
+}
+SECRETS = {
+    "reddit-credentials": {
+        "client_id": "id",
+        "client_secret": "s3cr3t-value",
+        "user_agent": "streamotion-test",
+    },
+    "pg-app": {"username": "app", "password": "pg-s3cr3t-value"},
+}
+
+
+def wait_for(fn: Callable[[], T], timeout: float = 60, interval: float = 0.25, what: str = "condition") -> T:
+    """Poll ``fn`` until it returns something truthy; fail with its last value after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        try:
+            last = fn()
+        except AssertionError as exc:
+            last = exc
+        else:
+            if last:
+                return last
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+        time.sleep(interval)
+
+
+def pipeline(name: str, namespace: str, spec: dict[str, Any] | None = None, **changes: Any) -> dict[str, Any]:
+    spec = copy.deepcopy(spec or BASE_SPEC)
+    spec.update(changes)
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": spec,
+    }
+
+
+def create_secrets(kube: Kube, namespace: str, secrets: dict[str, dict[str, str]] | None = None) -> None:
+    for name, data in (secrets or SECRETS).items():
+        kube.request(
+            "POST",
+            SECRET.path(namespace),
+            body={"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "stringData": data},
+        )
+
+
+def apply_pipeline(kube: Kube, body: dict[str, Any]) -> dict[str, Any]:
+    m = body["metadata"]
+    return kube.request(
+        "PATCH",
+        PIPELINE_KIND.path(m["namespace"], m["name"]),
+        body=body,
+        query={"fieldManager": "test-user", "force": "true"},
+        content_type="application/apply-patch+yaml",
+    )
+
+
+def get_pipeline(kube: Kube, namespace: str, name: str) -> dict[str, Any] | None:
+    return kube.get(PIPELINE_KIND, namespace, name)
+
+
+def condition(body: dict[str, Any] | None, ctype: str) -> dict[str, Any]:
+    for c in ((body or {}).get("status") or {}).get("conditions") or []:
+        if c["type"] == ctype:
+            return c
+    return {}
+
+
+def children(kube: Kube, namespace: str, name: str) -> dict[tuple[str, str, str], dict[str, Any]]:
+    """Every live child of the pipeline, by (kind, namespace, name)."""
+    sel = {naming.PIPELINE_LABEL: name, naming.PIPELINE_NS_LABEL: namespace}
+    out = {}
+    for kind in KINDS.values():
+        if not kube.installed(kind, ttl=0):
+            continue
+        for item in kube.list(kind, None, sel):
+            out[(kind.kind, item["metadata"]["namespace"], item["metadata"]["name"])] = item
+    return out
+
+
+def versions(kube: Kube, namespace: str, name: str) -> dict[tuple[str, str, str], str]:
+    """resourceVersion of every child (any write, status included, changes it)."""
+    return {k: v["metadata"]["resourceVersion"] for k, v in children(kube, namespace, name).items()}
+
+
+def generations(kube: Kube, namespace: str, name: str) -> dict[tuple[str, str, str], str]:
+    """What says a child's desired state changed: its generation, else (no generation) its resourceVersion."""
+    return {
+        k: str(v["metadata"].get("generation") or v["metadata"]["resourceVersion"])
+        for k, v in children(kube, namespace, name).items()
+    }
+
+
+def _status(kube: Kube, kind: Kind, namespace: str, name: str, status: dict[str, Any]) -> None:
+    kube.request(
+        "PATCH",
+        kind.path(namespace, name) + "/status",
+        body={"status": status},
+        content_type="application/merge-patch+json",
+    )
+
+
+def set_status(kube: Kube, kind: str, namespace: str, name: str, status: dict[str, Any]) -> None:
+    """Merge-patch a child's status the way its controller would."""
+    _status(kube, KINDS[kind], namespace, name, status)
+
+
+def ready_condition(**extra: Any) -> dict[str, Any]:
+    return {
+        "type": "Ready",
+        "status": "True",
+        "lastTransitionTime": now(),
+        "reason": "Ready",
+        "message": "",
+        **extra,
+    }
+
+
+def make_ready(kube: Kube, namespace: str, name: str, *, topics: bool = True, pods: bool = True,
+               job: bool = True, model: bool = True) -> None:  # fmt: skip
+    """Report every child Ready the way its controller would (Strimzi, kubelet, spark-operator, KubeRay)."""
+    kids = children(kube, namespace, name)
+    for (kind, ns, n), obj in kids.items():
+        if kind == "KafkaTopic" and topics:
+            gen = obj["metadata"].get("generation", 1)
+            _status(kube, KINDS[kind], ns, n, {"conditions": [ready_condition()], "observedGeneration": gen})
+        elif kind == "SparkApplication" and job:
+            _status(kube, KINDS[kind], ns, n, {"applicationState": {"state": "RUNNING"}, "driverInfo": {}})
+        elif kind == "RayService" and model:
+            cond = {**ready_condition(), "reason": "RayServiceReady"}
+            _status(kube, KINDS[kind], ns, n, {"conditions": [cond]})
+    if pods:
+        make_pods_ready(
+            kube, namespace, {naming.PIPELINE_LABEL: name, "app.kubernetes.io/component": "producer"}
+        )
+
+
+def make_pods_ready(kube: Kube, namespace: str, selector: dict[str, str]) -> int:
+    """What a kubelet reports for a started pod: Running and Ready (the ReplicaSet counts it available)."""
+    n = 0
+    for pod in kube.list(POD, namespace, selector):
+        conds = {c["type"]: c for c in (pod.get("status") or {}).get("conditions") or []}
+        if conds.get("Ready", {}).get("status") == "True":
+            continue
+        t = now()
+        status = {
+            "phase": "Running",
+            "conditions": [
+                {"type": c, "status": "True", "lastTransitionTime": t}
+                for c in ("PodScheduled", "Initialized", "ContainersReady", "Ready")
+            ],
+            "startTime": t,
+        }
+        try:
+            _status(kube, POD, namespace, pod["metadata"]["name"], status)
+            n += 1
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+    return n

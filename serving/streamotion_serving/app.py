@@ -1,0 +1,190 @@
+"""The Ray Serve application of the emotion model (``streamotion_serving.app:build_app``).
+
+HTTP API (see ``streamotion.model_api``): ``POST /v1/classify``, ``GET /v1/model``, ``GET /healthz``,
+``GET /metrics`` (Prometheus, this replica), ``GET /docs`` and ``GET /openapi.json``.
+
+Every text of every request goes through one ``@serve.batch`` queue, so concurrent requests share
+model batches; inside a batch, texts run in buckets of similar length. The model runs in a worker
+thread, so the replica keeps accepting requests (and filling the next batch) while a batch runs.
+"""
+
+# No `from __future__ import annotations`: FastAPI must see the real types through Ray Serve's ingress.
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from ray import serve
+
+from streamotion.model_api import MAX_TEXTS, ClassifyRequest, ClassifyResponse, ModelInfo
+from streamotion_serving import metrics
+from streamotion_serving.model import EmotionModel, ModelConfig
+
+log = logging.getLogger("streamotion.serving")
+
+APP_NAME = "streamotion-model"
+DEPLOYMENT_NAME = "EmotionClassifier"
+
+
+@dataclass
+class ServeConfig(ModelConfig):
+    """Model settings plus dynamic batching."""
+
+    max_batch_size: int = 64  # texts per model batch
+    batch_wait_ms: float = 5.0  # how long a batch waits to fill
+
+
+api = FastAPI(
+    title="Streamotion emotion model",
+    version="1",
+    description="Classifies texts into emotions (Ekman 7 or the 28 GoEmotions labels), batched across requests.",
+)
+
+
+@api.exception_handler(RequestValidationError)
+async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+    metrics.ERRORS.labels(request.url.path, "invalid_request").inc()
+    errors = [
+        {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+        for e in exc.errors()
+    ]
+    summary = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors)
+    return JSONResponse(status_code=422, content={"detail": errors, "message": summary})
+
+
+@api.middleware("http")
+async def _observe(request: Request, call_next):
+    start = time.perf_counter()
+    path = request.url.path
+    endpoint = path if path in ("/v1/classify", "/v1/model", "/healthz", "/metrics") else "other"
+    try:
+        response = await call_next(request)
+    except Exception:
+        metrics.REQUESTS.labels(endpoint, "500").inc()
+        metrics.ERRORS.labels(endpoint, "internal").inc()
+        raise
+    metrics.REQUESTS.labels(endpoint, str(response.status_code)).inc()
+    metrics.REQUEST_LATENCY.labels(endpoint).observe(time.perf_counter() - start)
+    return response
+
+
+@serve.deployment(name=DEPLOYMENT_NAME, max_ongoing_requests=256, health_check_period_s=10)
+@serve.ingress(api)
+class EmotionClassifier:
+    def __init__(self, config: dict[str, Any]):
+        cfg = ServeConfig(**config)
+        self.cfg = cfg
+        self.model = EmotionModel(cfg)
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        self._classify_batch.set_max_batch_size(cfg.max_batch_size)
+        self._classify_batch.set_batch_wait_timeout_s(cfg.batch_wait_ms / 1000.0)
+        info = self.model.info()
+        metrics.MODEL_INFO.labels(info["name"], info["version"], info["backend"], info["device"]).set(1)
+        self.model.classify(["warm up"])  # first call allocates; keep it out of the first request
+        log.info(
+            "serving %s (%s, %s, %d threads)",
+            info["name"],
+            info["backend"],
+            info["device"],
+            self.model.threads,
+        )
+
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005)
+    async def _classify_batch(self, texts: list[str]) -> list[dict[str, Any]]:
+        metrics.BATCH_SIZE.observe(len(texts))
+        start = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        results = await loop.run_in_executor(self.pool, self.model.classify, texts)
+        metrics.INFERENCE_LATENCY.observe(time.perf_counter() - start)
+        return results
+
+    @api.post(
+        "/v1/classify",
+        response_model=ClassifyResponse,
+        summary=f"Classify 1 to {MAX_TEXTS} texts; one result per text, in order",
+    )
+    async def classify(self, body: ClassifyRequest) -> dict[str, Any]:
+        results = await asyncio.gather(*(self._classify_batch(t) for t in body.texts))
+        metrics.TEXTS.inc(len(results))
+        return {"results": results}
+
+    @api.get("/v1/model", response_model=ModelInfo, summary="The model being served")
+    async def model_info(self) -> dict[str, Any]:
+        return self.model.info()
+
+    @api.get("/healthz", summary="200 when the model can classify")
+    async def healthz(self) -> dict[str, str]:
+        return {"status": "ok", "version": self.model.version}
+
+    @api.get("/metrics", summary="Prometheus metrics of this replica", response_class=PlainTextResponse)
+    async def prometheus(self) -> Response:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    def check_health(self) -> None:
+        if self.model is None:
+            raise RuntimeError("model not loaded")
+
+
+DEPLOYMENT_ARGS = ("num_replicas", "autoscaling", "max_ongoing_requests", "num_cpus", "num_gpus")
+
+
+def build_app(args: dict[str, Any] | None = None) -> serve.Application:
+    """Ray Serve application builder (RayService ``serveConfigV2``: ``import_path:
+    streamotion_serving.app:build_app`` and these ``args``, all optional, snake_case):
+
+    Model:
+      - ``model``: local model directory or Hugging Face id (default: latest trained model in
+        ``~/.cache/streamotion/models``)
+      - ``taxonomy``: ``ekman`` (default) or ``original`` (28 GoEmotions labels)
+      - ``label_map``: ``{model_label: canonical_label}`` for models with other label names
+      - ``max_length``: tokens per text, longer texts are truncated (default 128)
+      - ``backend``: ``torch`` (default) or ``onnx`` (needs ``streamotion model export``)
+      - ``quantized``: onnx backend, use the dynamic int8 model (default false)
+      - ``device``: ``auto`` (default: GPU when present), ``cpu``, ``cuda``
+      - ``num_threads``: CPU threads per replica (default: the replica's ``num_cpus``); on CPU
+        more replicas of 1 thread each beat one replica of many threads, above all on busy nodes
+      - ``bucket_size``: texts per length bucket inside a batch (default 8)
+      - ``threshold``: multi-label default threshold (default 0.5; tuned ones from training win)
+    Batching:
+      - ``max_batch_size``: texts per model batch (default 64)
+      - ``batch_wait_ms``: how long a batch waits to fill (default 5)
+    Deployment:
+      - ``num_replicas``: int (default 1) or ``"auto"``
+      - ``autoscaling``: ``{min_replicas, max_replicas, target_ongoing_requests, ...}`` (Ray Serve
+        autoscaling_config; replaces num_replicas)
+      - ``max_ongoing_requests``: per replica (default 256, high so batches fill)
+      - ``num_cpus``: CPUs per replica (default 1), ``num_gpus``: GPUs per replica (default 0)
+    """
+    args = dict(args or {})
+    known = {f.name for f in fields(ServeConfig)} | set(DEPLOYMENT_ARGS)
+    unknown = sorted(set(args) - known)
+    if unknown:
+        raise ValueError(f"unknown build_app args {unknown}; known: {sorted(known)}")
+    options: dict[str, Any] = {
+        "max_ongoing_requests": int(args.pop("max_ongoing_requests", 256)),
+        "ray_actor_options": {
+            "num_cpus": float(args.pop("num_cpus", 1)),
+            "num_gpus": float(args.pop("num_gpus", 0)),
+        },
+    }
+    autoscaling = args.pop("autoscaling", None)
+    replicas = args.pop("num_replicas", None)
+    if autoscaling:
+        options["autoscaling_config"] = dict(autoscaling)
+        options["num_replicas"] = "auto" if replicas == "auto" else None
+        if options["num_replicas"] is None:
+            del options["num_replicas"]
+    elif replicas is not None:
+        options["num_replicas"] = replicas if replicas == "auto" else int(replicas)
+    if not args.get("num_threads"):  # one intra-op thread per CPU given to the replica
+        args["num_threads"] = max(1, int(options["ray_actor_options"]["num_cpus"]))
+    cfg = ServeConfig(**args)
+    return EmotionClassifier.options(**options).bind(asdict(cfg))

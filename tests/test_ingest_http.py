@@ -1,0 +1,176 @@
+"""The HTTP ingest service against the real broker: auth, validation, limits, Kafka outages."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+
+import httpx
+import pytest
+import uvicorn
+
+from streamotion.dev.procs import free_port, wait_for_port
+from streamotion.events import Event
+from tests.ingest_helpers import make_pipeline, read_all, values
+
+TOKEN = "test-token-" + uuid.uuid4().hex
+
+
+class _Server:
+    def __init__(self, app) -> None:
+        self.port = free_port()
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_config=None, access_log=False)
+        )
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        wait_for_port(self.port, timeout=30)
+        return f"http://127.0.0.1:{self.port}"
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(30)
+
+
+@pytest.fixture(scope="module")
+def ingest(kafka, tmp_path_factory):
+    from streamotion_ingest.http import build
+
+    p, _, topics = make_pipeline(
+        kafka,
+        tmp_path_factory.mktemp("http"),
+        [
+            {
+                "name": "api",
+                "type": "http",
+                "redactPII": True,
+                "http": {"tokenSecret": "t", "maxBatchSize": 50},
+            }
+        ],
+    )
+    app, publisher = build(p, "api", kafka.bootstrap, token=TOKEN, ack_timeout=3, max_bytes=64 * 1024)
+    with (
+        _Server(app) as url,
+        httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}) as client,
+    ):
+        yield client, topics, publisher
+
+
+def _ev(i: int | str, **kw):
+    return {"id": f"e-{i}", "text": f"hello number {i}", **kw}
+
+
+def test_auth(ingest):
+    client, _, _ = ingest
+    r = client.post("/v1/events", json=_ev(1), headers={"Authorization": ""})
+    assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+    assert client.post("/v1/events", json=_ev(1), headers={"Authorization": "Bearer nope"}).status_code == 401
+
+
+def test_validation(ingest):
+    client, _, _ = ingest
+    r = client.post("/v1/events", content=b"{nope", headers={"Content-Type": "application/json"})
+    assert r.status_code == 400 and "not valid JSON" in r.json()["detail"]
+    r = client.post("/v1/events", json={"id": "x"})
+    assert r.status_code == 422
+    assert r.json()["detail"][0]["loc"] == ["body", "text"]
+    r = client.post("/v1/events", json={"events": [_ev(1), {"id": "y", "text": "t", "colour": "red"}]})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "events", 1, "colour"]
+    r = client.post("/v1/events", json=[_ev(1), {"id": "", "text": "t"}])
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", 1, "id"]
+    assert client.post("/v1/events", json=[]).status_code == 422
+    assert client.post("/v1/events", json=42).status_code == 422
+    r = client.post("/v1/events", json=_ev(1, created_at="not a date"))
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "created_at"]
+
+
+def test_limits(ingest):
+    client, _, _ = ingest
+    r = client.post("/v1/events", json=_ev(1, text="x" * 70_000))
+    assert r.status_code == 413 and "bytes" in r.json()["detail"]
+    r = client.post("/v1/events", json=[_ev(i) for i in range(51)])
+    assert r.status_code == 413 and "at most 50" in r.json()["detail"]
+
+
+def test_accepts_single_and_batches_after_kafka_ack(ingest, kafka):
+    client, topics, _ = ingest
+    tag = uuid.uuid4().hex[:6]
+    r = client.post(
+        "/v1/events", json=_ev(f"{tag}-single", author="Alice", text="mail bob@example.com please")
+    )
+    assert r.status_code == 202 and r.json() == {"accepted": 1, "filtered": 0}
+    r = client.post("/v1/events", json=[_ev(f"{tag}-{i}") for i in range(50)])
+    assert r.status_code == 202 and r.json()["accepted"] == 50
+    r = client.post("/v1/events", json={"events": [_ev(f"{tag}-obj-{i}") for i in range(3)]})
+    assert r.status_code == 202 and r.json()["accepted"] == 3
+    evs = {e["id"]: e for e in values(read_all(kafka.bootstrap, topics["raw"])) if tag in e["id"]}
+    assert len(evs) == 54
+    single = evs[f"e-{tag}-single"]
+    Event.model_validate(single)
+    assert single["platform"] == "http" and single["source"] == "api"
+    assert single["text"] == "mail [EMAIL] please"  # redactPII
+    assert single["author"] and single["author"] != "Alice"
+
+
+def test_openapi_health_and_metrics(ingest):
+    client, _, _ = ingest
+    spec = client.get("/openapi.json").json()
+    post = spec["paths"]["/v1/events"]["post"]
+    assert {"202", "401", "413", "422", "429", "503"} <= set(post["responses"])
+    assert "IngestEvent" in json.dumps(post["requestBody"])
+    schemas = spec["components"]["schemas"]
+    assert set(schemas["IngestEvent"]["required"]) == {"id", "text"}
+    assert schemas["Batch"]["properties"]["events"]["items"] == {"$ref": "#/components/schemas/IngestEvent"}
+    assert client.get("/healthz").json() == {"status": "ok", "kafka": "up"}
+    text = client.get("/metrics/").text
+    assert 'streamotion_producer_events_produced_total{pipeline="' in text
+    assert "streamotion_producer_http_requests_total{" in text and 'code="401"' in text
+
+
+def test_kafka_down_answers_503_and_loses_nothing_acknowledged(ingest, kafka):
+    client, topics, _ = ingest
+    tag = uuid.uuid4().hex[:6]
+    acked: list[str] = []
+    codes: list[int] = []
+    stop = threading.Event()
+
+    def sender():
+        i = 0
+        with httpx.Client(base_url=str(client.base_url), headers=dict(client.headers), timeout=30) as c:
+            while not stop.is_set():
+                batch = [_ev(f"{tag}-{i}-{j}") for j in range(5)]
+                i += 1
+                r = c.post("/v1/events", json=batch)
+                codes.append(r.status_code)
+                if r.status_code == 202:
+                    acked.extend(e["id"] for e in batch)
+                else:
+                    assert r.status_code in (429, 503), r.text
+                    time.sleep(0.05)
+
+    t = threading.Thread(target=sender)
+    t.start()
+    try:
+        while len(acked) < 50:
+            time.sleep(0.05)
+        kafka.kill()  # abrupt: the broker vanishes mid-stream
+        # while it is down, nothing is acknowledged
+        r = client.post("/v1/events", json=_ev(f"{tag}-while-down"))
+        assert r.status_code == 503 and r.headers["retry-after"]
+        while 503 not in codes:
+            time.sleep(0.05)
+        assert client.get("/healthz").status_code in (200, 503)
+        kafka.start()
+        n = len(codes)
+        while len(codes) < n + 5 or codes[-1] != 202:  # service recovers by itself
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        t.join(60)
+    got = {e["id"] for e in values(read_all(kafka.bootstrap, topics["raw"])) if tag in e["id"]}
+    assert set(acked) <= got
+    assert 503 in codes

@@ -1,0 +1,181 @@
+"""Label mapping, training, evaluation and ONNX export of the emotion model (tiny local models)."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import numpy as np
+import pytest
+from streamotion_serving.model import EmotionModel, LabelMappingError, ModelConfig, label_mapping
+
+from streamotion.labels import EKMAN, GOEMOTIONS, GOEMOTIONS_TO_EKMAN
+
+TEXTS = ["I love this so much!", "this is awful and I am angry", "wow, really?", "ok", "so sad " * 300]
+
+
+def _softmax(x):
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def test_seven_label_head_maps_by_name_not_position(tmp_path):
+    from streamotion_serving.tiny import build_tiny_model
+
+    shuffled = ["surprise", "joy", "Anger", "neutral", "fear", "sadness", "disgust"]
+    m = EmotionModel(ModelConfig(model=str(build_tiny_model(tmp_path / "m", shuffled)), taxonomy="ekman"))
+    assert m.labels == list(EKMAN)
+    probs = _softmax(m.logits(TEXTS))
+    scores = m.scores(TEXTS)
+    for j, name in enumerate(shuffled):
+        assert np.allclose(scores[:, EKMAN.index(name.lower())], probs[:, j], atol=1e-5)
+    for res, row in zip(m.classify(TEXTS), scores, strict=True):
+        assert res["label"] == EKMAN[int(row.argmax())] and res.get("labels") is None
+
+
+def test_28_label_head_folds_into_ekman(tiny_models):
+    m = EmotionModel(ModelConfig(model=str(tiny_models["original"]), taxonomy="ekman"))
+    probs = _softmax(m.logits(TEXTS))
+    scores = m.scores(TEXTS)
+    expected = np.zeros_like(scores)
+    for j, name in enumerate(GOEMOTIONS):
+        expected[:, EKMAN.index(GOEMOTIONS_TO_EKMAN[name])] += probs[:, j]
+    assert np.allclose(scores, expected, atol=1e-5)
+    assert np.allclose(scores.sum(axis=1), 1.0, atol=1e-5)
+    # the same head served as the 28 GoEmotions labels is the plain softmax
+    m28 = EmotionModel(ModelConfig(model=str(tiny_models["original"]), taxonomy="original"))
+    assert m28.labels == list(GOEMOTIONS)
+    assert np.allclose(m28.scores(TEXTS), probs, atol=1e-5)
+
+
+def test_multi_label_28_head(tiny_models):
+    m = EmotionModel(ModelConfig(model=str(tiny_models["original-multi"]), taxonomy="ekman", threshold=0.5))
+    assert m.multi_label
+    sig = 1 / (1 + np.exp(-m.logits(TEXTS)))
+    scores = m.scores(TEXTS)
+    for k, label in enumerate(EKMAN):
+        members = [j for j, g in enumerate(GOEMOTIONS) if GOEMOTIONS_TO_EKMAN[g] == label]
+        assert np.allclose(scores[:, k], sig[:, members].max(axis=1), atol=1e-5)
+    for res, row in zip(m.classify(TEXTS), scores, strict=True):
+        above = {EKMAN[k] for k in np.flatnonzero(row >= 0.5)}
+        assert set(res["labels"]) == (above or {res["label"]})
+
+
+def test_label_mapping_errors_and_overrides():
+    with pytest.raises(LabelMappingError, match="no place in the original taxonomy"):
+        label_mapping((*EKMAN[:-1], "happy"), "original")
+    with pytest.raises(LabelMappingError, match=r"no label for \['surprise'\]"):
+        label_mapping(EKMAN[:-1], "ekman")
+    names = [f"LABEL_{i}" for i in range(7)]
+    assert label_mapping(names, "ekman", dict(zip(names, EKMAN, strict=True))) == list(EKMAN)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_models, shared, tmp_path_factory):
+    """A short fine-tune of the tiny model on a GoEmotions subset."""
+    from streamotion_serving.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("trained") / "model"
+    result = train(
+        TrainConfig(
+            data_dir=shared / "data" / "goemotions" / "ekman",
+            base=str(tiny_models["ekman"]),
+            out=out,
+            epochs=1,
+            limit=256,
+            dev_limit=128,
+            batch_size=32,
+            lr=1e-3,
+        ),
+        progress=False,
+    )
+    return out, result
+
+
+def test_training_writes_a_standard_model_dir_with_a_card(trained):
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    out, result = trained
+    config = AutoConfig.from_pretrained(out)
+    assert [config.id2label[i] for i in range(7)] == list(EKMAN)
+    AutoModelForSequenceClassification.from_pretrained(out)
+    meta = json.loads((out / "streamotion.json").read_text())
+    assert meta["taxonomy"] == "ekman" and meta["train_rows"] == 256 and meta["dev_rows"] == 128
+    assert 0.0 <= result["dev_macro_f1"] <= 1.0 and meta["dev"]["macro_f1"] == result["dev_macro_f1"]
+    card = (out / "README.md").read_text()
+    assert "macro-F1" in card and "anger" in card and "256 training rows" in card
+
+
+def test_eval_writes_json_and_confusion_png(trained, shared, tmp_path):
+    from streamotion_serving.evaluate import evaluate
+
+    out, _ = trained
+    report = evaluate(
+        out, shared / "data" / "goemotions" / "ekman" / "dev.tsv", out_dir=tmp_path, limit=100, progress=False
+    )
+    saved = json.loads((tmp_path / "eval.json").read_text())
+    assert saved["macro_f1"] == report["macro_f1"] and saved["rows"] == 100
+    assert set(saved["per_label"]) == set(EKMAN)
+    assert (tmp_path / "confusion.png").read_bytes()[:4] == b"\x89PNG"
+    assert np.array(saved["confusion_matrix"]["matrix"]).shape == (7, 7)
+    assert saved["throughput_texts_per_s"] > 0
+    # the 28-label dev file scored against the Ekman model: gold labels fold onto Ekman
+    r28 = evaluate(
+        out,
+        shared / "data" / "goemotions" / "original" / "dev.tsv",
+        out_dir=tmp_path / "o",
+        limit=50,
+        progress=False,
+    )
+    assert set(r28["per_label"]) == set(EKMAN)
+
+
+def test_trained_model_exports_to_onnx_and_serves(trained, tmp_path):
+    from streamotion_serving.export import export_onnx
+    from streamotion_serving.server import ServeProcess
+
+    out, _ = trained
+    paths = export_onnx(out, quantize=True)
+    assert paths["onnx"].is_file() and paths["onnx_int8"].is_file()
+    torch_scores = EmotionModel(ModelConfig(model=str(out))).scores(TEXTS)
+    onnx_scores = EmotionModel(ModelConfig(model=str(out), backend="onnx")).scores(TEXTS)
+    assert np.allclose(torch_scores, onnx_scores, atol=1e-4)
+
+    with ServeProcess(
+        {"model": str(out), "backend": "onnx", "num_replicas": 1}, num_cpus=2, log_path=tmp_path / "s.log"
+    ) as srv:
+        info = httpx.get(f"{srv.url}/v1/model", timeout=30).json()
+        assert (
+            info["backend"] == "onnx"
+            and info["version"] == json.loads((out / "streamotion.json").read_text())["version"]
+        )
+        r = httpx.post(f"{srv.url}/v1/classify", json={"texts": TEXTS}, timeout=60)
+        assert r.status_code == 200, r.text
+        served = [[res["scores"][label] for label in EKMAN] for res in r.json()["results"]]
+        assert np.allclose(served, onnx_scores, atol=1e-4)
+
+
+def test_bad_training_data_names_the_line(tmp_path):
+    from streamotion_serving.data import DataError, read_tsv
+
+    f = tmp_path / "train.tsv"
+    f.write_text("fine text\t3\tid1\nbroken text\t9\tid2\n")
+    with pytest.raises(DataError, match=r"train.tsv:2: label indices \[9\]"):
+        read_tsv(f, 7)
+
+
+def test_cli_commands_and_build_app_args():
+    from streamotion_serving.app import build_app
+    from typer.testing import CliRunner
+
+    from streamotion.cli import app
+
+    runner = CliRunner()
+    for cmd in (["model", "--help"], ["bench", "model", "--help"]):
+        r = runner.invoke(app, cmd)
+        assert r.exit_code == 0, r.output
+    assert all(
+        c in runner.invoke(app, ["model", "--help"]).output for c in ("serve", "train", "eval", "export")
+    )
+    with pytest.raises(ValueError, match=r"unknown build_app args \['batchSize'\]"):
+        build_app({"batchSize": 4})

@@ -1,0 +1,255 @@
+"""`streamotion render`, the builders and the generated RBAC, checked by the real API server."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from streamotion_operator import builders, rbac
+from streamotion_operator.config import OperatorConfig
+from streamotion_operator.controller import Controller, is_subset
+from streamotion_operator.kube import ApiError, Kube
+from streamotion_operator.render import render_file
+from streamotion_operator.testing import (
+    apply_pipeline,
+    children,
+    create_secrets,
+    get_pipeline,
+    pipeline,
+)
+from typer.testing import CliRunner
+
+from streamotion import naming
+from streamotion.api.models import StreamPipeline
+from streamotion.cli import app
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
+runner = CliRunner()
+
+
+def render_cli(*args: str, env: dict[str, str] | None = None) -> list[dict]:
+    result = runner.invoke(app, ["render", *args], env=env)
+    assert result.exit_code == 0, result.output
+    return list(yaml.safe_load_all(result.stdout))
+
+
+def test_render_prints_exactly_the_builders_objects():
+    docs = render_cli(str(ROOT / "examples/full.yaml"), "-n", "team-a")
+    p = StreamPipeline.model_validate(yaml.safe_load((ROOT / "examples/full.yaml").read_text()))
+    p.metadata.namespace = "team-a"
+    assert docs == builders.build(p, OperatorConfig.from_env())
+    # deterministic names, no generateName, every label, one Deployment per source, http Service
+    assert render_cli(str(ROOT / "examples/full.yaml"), "-n", "team-a") == docs
+    kinds = [d["kind"] for d in docs]
+    assert kinds.count("Deployment") == len(p.spec.sources)
+    assert [d["metadata"]["name"] for d in docs if d["kind"] == "Service"] == ["reddit-emotions-src-reviews"]
+    for d in docs:
+        assert "generateName" not in d["metadata"]
+        labels = d["metadata"]["labels"]
+        assert labels[naming.PIPELINE_LABEL] == "reddit-emotions"
+        assert labels["app.kubernetes.io/managed-by"] == naming.MANAGED_BY
+    topics = [d for d in docs if d["kind"] == "KafkaTopic"]
+    assert {t["metadata"]["namespace"] for t in topics} == {"kafka"}
+    assert {t["spec"]["topicName"] for t in topics} == set(naming.topic_names(p).values())
+    app_ = next(d for d in docs if d["kind"] == "SparkApplication")
+    assert app_["spec"]["type"] == "Python" and app_["spec"]["mode"] == "cluster"
+    assert app_["spec"]["restartPolicy"]["type"] == "Always"
+    assert app_["spec"]["mainApplicationFile"].endswith(naming.JOB_MAIN)
+    assert app_["spec"]["arguments"] == ["--pipeline", naming.PIPELINE_FILE]
+    env = {e["name"]: e for e in app_["spec"]["driver"]["env"]}
+    assert env["PGPASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "pg-app", "key": "password"}
+    cm = next(
+        d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "reddit-emotions-pipeline"
+    )
+    assert yaml.safe_load(cm["data"]["pipeline.yaml"])["spec"]["sources"][0]["name"] == "reddit"
+    rule = next(d for d in docs if d["kind"] == "PrometheusRule")
+    alerts = {r["alert"] for r in rule["spec"]["groups"][0]["rules"]}
+    assert {
+        "StreamotionConsumerLagGrowing",
+        "StreamotionDeadLettersHigh",
+        "StreamotionModelErrors",
+        "StreamotionSourceSilent",
+        "StreamotionPipelineNotReady",
+    } <= alerts
+
+
+def test_render_uses_configured_images_and_gpu():
+    env = {
+        "STREAMOTION_PRODUCER_IMAGE": "registry.example/p:1",
+        "STREAMOTION_MODEL_IMAGE": "registry.example/m:2",
+    }
+    docs = render_cli(str(ROOT / "examples/demo.yaml"), env=env)
+    dep = next(d for d in docs if d["kind"] == "Deployment")
+    assert dep["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.example/p:1"
+    body = pipeline("gpu", "ns")
+    body["spec"]["model"]["device"] = "gpu"
+    p = StreamPipeline.model_validate(body)
+    ray = builders.ray_service(p, OperatorConfig())
+    worker = ray["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]
+    assert worker["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    args = yaml.safe_load(ray["spec"]["serveConfigV2"])["applications"][0]["args"]
+    assert args["num_gpus"] == 1 and args["device"] == "cuda"
+    assert args["autoscaling"] == {"min_replicas": 1, "max_replicas": 2}
+
+
+def test_render_refuses_an_invalid_pipeline(tmp_path):
+    bad = yaml.safe_load((ROOT / "examples/demo.yaml").read_text())
+    bad["spec"]["kafka"]["partitions"] = 0
+    f = tmp_path / "bad.yaml"
+    f.write_text(yaml.safe_dump(bad))
+    result = runner.invoke(app, ["render", str(f)])
+    assert result.exit_code == 1
+    assert "spec.kafka.partitions" in result.output
+
+
+def test_changes_touch_only_their_children():
+    cfg = OperatorConfig()
+    base = StreamPipeline.model_validate(pipeline("p", "ns"))
+
+    def by_key(p):
+        return {builders.key(o): o for o in builders.build(p, cfg)}
+
+    def changed(mutate):
+        body = pipeline("p", "ns")
+        mutate(body["spec"])
+        after = by_key(StreamPipeline.model_validate(body))
+        before = by_key(base)
+        return {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)} - {
+            ("ConfigMap", "ns", "p-pipeline")
+        }
+
+    assert changed(lambda s: s["model"].update(name="other/model")) == {("RayService", "ns", "p-model")}
+    assert changed(lambda s: s["processing"]["executors"].update(instances=4)) == {
+        ("SparkApplication", "ns", "p-job")
+    }
+    assert {k[0] for k in changed(lambda s: s["kafka"].update(partitions=9))} == {"KafkaTopic"}
+    assert is_subset({"a": [1, {"b": True}]}, {"a": [1, {"b": True, "c": 2}], "d": 1})
+    assert not is_subset({"a": [1]}, {"a": [1, 2]})
+    assert is_subset({"data": {}, "b": 1}, {"b": 1}) and not is_subset({"data": {"k": "v"}}, {})
+    assert not is_subset({"a": True}, {"a": 1})
+
+
+def test_rbac_file_is_current():
+    assert rbac.CHART_FILE.read_text() == rbac.rules_yaml(), "run: python -m streamotion_operator.rbac"
+    rules = yaml.safe_load(rbac.CHART_FILE.read_text())
+    assert isinstance(rules, list) and all({"apiGroups", "resources", "verbs"} <= set(r) for r in rules)
+
+
+# ------------------------------------------------------------------------- real API server
+@pytest.fixture(scope="module")
+def kube(control_plane):
+    k = Kube.from_kubeconfig(control_plane.kubeconfig_path)
+    yield k
+    k.close()
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=[e.name for e in EXAMPLES])
+def test_examples_render_to_objects_the_api_server_accepts(example, control_plane, kube, namespace):
+    for ns in ("kafka", "monitoring"):
+        control_plane.kubectl("create", "namespace", ns, check=False)
+    docs = render_file(example, OperatorConfig(), namespace=namespace)
+    for obj in docs:  # server-side dry run: validation against the upstream CRD schemas
+        kube.dry_run_apply(obj)
+    # ... which do refuse what their schema forbids
+    topic = json.loads(json.dumps(next(d for d in docs if d["kind"] == "KafkaTopic")))
+    topic["spec"]["partitions"] = 0
+    with pytest.raises(ApiError) as err:
+        kube.dry_run_apply(topic)
+    assert err.value.status == 422
+
+
+def _service_account_kube(control_plane, kube, namespace) -> Kube:
+    from kubernetes import client
+
+    rules = yaml.safe_load(rbac.CHART_FILE.read_text())
+    name = f"streamotion-operator-{namespace}"
+    kube.request(
+        "POST",
+        "/apis/rbac.authorization.k8s.io/v1/clusterroles",
+        body={
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": name},
+            "rules": rules,
+        },
+    )
+    kube.request(
+        "POST",
+        f"/api/v1/namespaces/{namespace}/serviceaccounts",
+        body={"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "operator"}},
+    )
+    kube.request(
+        "POST",
+        "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
+        body={
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": name},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+            "subjects": [{"kind": "ServiceAccount", "name": "operator", "namespace": namespace}],
+        },
+    )
+    token = kube.request(
+        "POST",
+        f"/api/v1/namespaces/{namespace}/serviceaccounts/operator/token",
+        body={
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": {"expirationSeconds": 3600},
+        },
+    )["status"]["token"]
+    cfg = client.Configuration()
+    cfg.host = control_plane.server
+    cfg.ssl_ca_cert = str(control_plane.workdir / "pki" / "ca.crt")
+    cfg.api_key = {"BearerToken": token}
+    cfg.api_key_prefix = {"BearerToken": "Bearer"}
+    return Kube(client.ApiClient(cfg))
+
+
+def test_generated_rbac_is_enough_and_no_more(control_plane, kube, namespace):
+    for ns in ("kafka", "monitoring"):
+        control_plane.kubectl("create", "namespace", ns, check=False)
+    # the Spark driver's ClusterRole the chart installs (the operator may only bind it)
+    control_plane.kubectl(
+        "create", "clusterrole", "streamotion-spark-driver", "--verb=get", "--resource=pods", check=False
+    )
+    sa_kube = _service_account_kube(control_plane, kube, namespace)
+    create_secrets(kube, namespace)
+    apply_pipeline(kube, pipeline("rbac", namespace))
+    controller = Controller(sa_kube, OperatorConfig(kafka_namespace="kafka"))
+    out = controller.reconcile(namespace, "rbac")
+    assert not [p for p in out.problems if p.reason == "ApplyFailed"], out.problems
+    assert len(out.created) == len(
+        builders.build(StreamPipeline.model_validate(pipeline("rbac", namespace)), OperatorConfig())
+    )
+    assert get_pipeline(kube, namespace, "rbac")["status"]["phase"] in ("Provisioning", "Degraded")
+    assert set(children(kube, namespace, "rbac"))
+    assert not controller.reconcile(namespace, "rbac").updated  # and a second pass writes nothing
+    controller.cleanup(namespace, "rbac")
+    # least privilege: no listing Secrets, no touching Pods
+    for method, path in (("GET", f"/api/v1/namespaces/{namespace}/secrets"), ("GET", "/api/v1/pods")):
+        with pytest.raises(ApiError) as err:
+            sa_kube.request(method, path)
+        assert err.value.status == 403
+    sa_kube.close()
+
+
+def test_serve_config_matches_the_serving_contract():
+    """The RayService's args are ones streamotion_serving.app.build_app accepts (it refuses others)."""
+    from dataclasses import fields
+
+    from streamotion_serving.app import APP_NAME, DEPLOYMENT_ARGS, ServeConfig
+
+    known = {f.name for f in fields(ServeConfig)} | set(DEPLOYMENT_ARGS)
+    for device in ("cpu", "gpu"):
+        body = pipeline("m", "ns")
+        body["spec"]["model"]["device"] = device
+        app_ = builders.serve_config(StreamPipeline.model_validate(body))["applications"][0]
+        assert set(app_["args"]) <= known
+        assert app_["name"] == APP_NAME and app_["import_path"] == naming.SERVE_IMPORT_PATH
+    import streamotion_ingest
+
+    assert builders.env_from_secret() is streamotion_ingest.ENV_FROM_SECRET
