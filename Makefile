@@ -44,7 +44,7 @@ test: venv prepare lint  ## every test, against real servers (the CI command)
 # First run: when the Hugging Face hub is unreachable and no model is trained yet, --train fine-tunes
 # one on LOCAL_TRAIN_LIMIT GoEmotions rows (cached; later runs reuse it). LOCAL_ARGS=--tiny-model: smoke run.
 LOCAL_PIPELINE ?= examples/local.yaml
-LOCAL_TRAIN_LIMIT ?= 2000
+LOCAL_TRAIN_LIMIT ?= 8000
 LOCAL_ARGS ?= --train --train-limit $(LOCAL_TRAIN_LIMIT)
 
 local: venv  ## run examples/local.yaml end to end on this machine (installs what is missing first)
