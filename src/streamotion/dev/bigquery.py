@@ -17,10 +17,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from streamotion.dev.procs import Process, free_port, wait_for_port
+from streamotion.dev.procs import Process, free_port, wait_for_http, wait_for_port
 
 BQEMULATOR_VERSION = "1.4.0"
 # bqemulator loads DuckDB's spatial extension at start; DuckDB would download it from its own
@@ -145,20 +144,7 @@ class BigQueryEmulator:
         return self
 
     def _wait_ready(self, timeout: float) -> None:
-        import urllib.request
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.process is not None
-            self.process.check_alive()
-            try:
-                with urllib.request.urlopen(f"{self.endpoint}/healthz", timeout=2) as resp:
-                    if resp.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.2)
-        raise TimeoutError(f"bqemulator at {self.endpoint} not ready after {timeout}s")
+        wait_for_http(f"{self.endpoint}/healthz", timeout, proc=self.process, what="bqemulator")
 
     def client(self):
         """A real google.cloud.bigquery.Client talking to this emulator."""

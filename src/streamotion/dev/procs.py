@@ -57,6 +57,24 @@ def wait_for_port(
     raise TimeoutError(f"nothing listens on {host}:{port} after {timeout}s")
 
 
+def wait_for_http(url: str, timeout: float = 60, proc: Process | None = None, what: str = "server") -> None:
+    """Poll ``url`` until it answers 200, failing early if ``proc`` exits."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None:
+            proc.check_alive()
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{what} at {url} not ready after {timeout}s")
+
+
 class ProcessDied(RuntimeError):
     pass
 

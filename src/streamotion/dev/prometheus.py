@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from streamotion.dev.procs import Process, free_port, wait_for_port
+from streamotion.dev.procs import Process, free_port, wait_for_http, wait_for_port
 
 PACKAGES = {"prometheus": "/usr/bin/prometheus"}
 
@@ -145,19 +145,7 @@ class PrometheusServer:
         return self
 
     def _wait_ready(self, timeout: float) -> None:
-        import httpx
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.process is not None
-            self.process.check_alive()
-            try:
-                if httpx.get(f"{self.url}/-/ready", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise TimeoutError(f"Prometheus on port {self.port} not ready after {timeout}s")
+        wait_for_http(f"{self.url}/-/ready", timeout, proc=self.process, what="Prometheus")
 
     def _write_rules(self, name: str, groups: list[dict[str, Any]]) -> Path:
         path = self.workdir / "rules" / f"{name}.yaml"
