@@ -106,6 +106,45 @@ def test_training_writes_a_standard_model_dir_with_a_card(trained):
     assert "macro-F1" in card and "anger" in card and "256 training rows" in card
 
 
+def test_28_label_multi_label_training_also_serves_ekman(tiny_models, shared, tmp_path, monkeypatch):
+    """A 28-label multi-label model is calibrated for both taxonomies: its Ekman thresholds and dev
+    figures are recorded, serving Ekman uses them, and it is the latest model for either taxonomy."""
+    from streamotion_serving.model import latest_model
+    from streamotion_serving.train import TrainConfig, train
+
+    monkeypatch.setenv("STREAMOTION_CACHE", str(tmp_path / "cache"))
+    assert latest_model("ekman") is None
+    result = train(
+        TrainConfig(
+            data_dir=shared / "data" / "goemotions" / "original",
+            taxonomy="original",
+            multi_label=True,
+            base=str(tiny_models["original"]),
+            epochs=1,
+            limit=256,
+            dev_limit=128,
+            lr=1e-3,
+        ),
+        progress=False,
+    )
+    out = latest_model("ekman")
+    assert out is not None and str(out) == result["model"] and latest_model("original") == out
+    meta = json.loads((out / "streamotion.json").read_text())
+    assert set(meta["thresholds_by_taxonomy"]) == {"original", "ekman"}
+    assert set(meta["thresholds_by_taxonomy"]["ekman"]) == set(EKMAN)
+    assert meta["thresholds"] == meta["thresholds_by_taxonomy"]["original"]
+    by_tax = result["dev_macro_f1_by_taxonomy"]
+    assert set(by_tax) == {"original", "ekman"}
+    assert meta["dev_by_taxonomy"]["ekman"]["macro_f1"] == by_tax["ekman"]
+    assert meta["dev_by_taxonomy"]["ekman"]["data"].endswith("ekman/dev.tsv")
+    assert meta["dev"]["macro_f1"] == by_tax["original"] == result["dev_macro_f1"]
+    served = EmotionModel(ModelConfig(model=str(out), taxonomy="ekman"))
+    expected = [meta["thresholds_by_taxonomy"]["ekman"][label] for label in EKMAN]
+    assert np.allclose(served.thresholds, expected)
+    card = (out / "README.md").read_text()
+    assert "### original" in card and "### ekman (the original labels folded into ekman" in card
+
+
 def test_eval_writes_json_and_confusion_png(trained, shared, tmp_path):
     from streamotion_serving.evaluate import evaluate
 
@@ -175,7 +214,8 @@ def test_cli_commands_and_build_app_args():
         r = runner.invoke(app, cmd)
         assert r.exit_code == 0, r.output
     assert all(
-        c in runner.invoke(app, ["model", "--help"]).output for c in ("serve", "train", "eval", "export")
+        c in runner.invoke(app, ["model", "--help"]).output
+        for c in ("serve", "train", "calibrate", "eval", "export")
     )
     with pytest.raises(ValueError, match=r"unknown build_app args \['batchSize'\]"):
         build_app({"batchSize": 4})

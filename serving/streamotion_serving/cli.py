@@ -118,6 +118,43 @@ def train_cmd(
     typer.echo(json.dumps(result))
 
 
+@model_app.command("calibrate")
+def calibrate_cmd(
+    model: str = typer.Option(None, "--model", help="model directory (default: latest trained)"),
+    taxonomy: str = typer.Option(None, "--taxonomy", help="ekman or original (default: the model's)"),
+    data: Path = typer.Option(None, "--data", help="dev TSV (default: GoEmotions dev.tsv of the taxonomy)"),
+    max_length: int = typer.Option(64),
+    limit: int = typer.Option(0, help="use only the first N dev rows (0: all)"),
+) -> None:
+    """Tune a multi-label model's per-label thresholds on dev for a taxonomy (a 28-label model also
+    serves Ekman) and record them with the dev metrics in streamotion.json and the model card."""
+    from streamotion_serving.model import latest_model, read_meta, serves_taxonomy
+    from streamotion_serving.train import calibrate
+
+    found = Path(model) if model else latest_model(taxonomy)
+    if found is None or not found.is_dir():
+        raise typer.BadParameter(f"no model directory {model or '(none trained yet)'}", param_hint="--model")
+    meta = read_meta(found)
+    taxonomy = taxonomy or meta.get("taxonomy") or "ekman"
+    if meta.get("taxonomy") and not serves_taxonomy(meta["taxonomy"], taxonomy):
+        raise typer.BadParameter(
+            f"a {meta['taxonomy']} model cannot serve the {taxonomy} taxonomy", param_hint="--taxonomy"
+        )
+    dev = data or _data_dir() / taxonomy / "dev.tsv"
+    meta = calibrate(found, dev, taxonomy, max_length=max_length, limit=limit)
+    result = meta["dev_by_taxonomy"][taxonomy]
+    typer.echo(
+        json.dumps(
+            {
+                "model": str(found),
+                "taxonomy": taxonomy,
+                "macro_f1": result["macro_f1"],
+                "thresholds": (meta.get("thresholds_by_taxonomy") or {}).get(taxonomy),
+            }
+        )
+    )
+
+
 @model_app.command("eval")
 def eval_cmd(
     model: str = typer.Option(None, "--model", help="model directory (default: latest trained)"),

@@ -48,10 +48,26 @@ def latest_model(taxonomy: str | None = None) -> Path | None:
             meta = json.loads((d / META_FILE).read_text())
         except (OSError, ValueError):
             continue
-        if taxonomy and meta.get("taxonomy") != taxonomy:
+        if taxonomy and not serves_taxonomy(meta.get("taxonomy"), taxonomy):
             continue
         found.append((meta.get("created", ""), d.stat().st_mtime, d))
     return max(found)[2] if found else None
+
+
+def serves_taxonomy(model_taxonomy: str | None, taxonomy: str) -> bool:
+    """A model trained on ``model_taxonomy`` can serve ``taxonomy``: the same one, or the 28
+    GoEmotions labels folded into Ekman's 7."""
+    return model_taxonomy == taxonomy or (model_taxonomy == "original" and taxonomy == "ekman")
+
+
+def model_thresholds(meta: Mapping[str, Any], taxonomy: str) -> dict[str, float] | None:
+    """Per-label thresholds tuned on dev for serving ``taxonomy`` (``streamotion.json``)."""
+    by_taxonomy = meta.get("thresholds_by_taxonomy") or {}
+    if by_taxonomy.get(taxonomy):
+        return dict(by_taxonomy[taxonomy])
+    if meta.get("taxonomy") == taxonomy and meta.get("thresholds"):
+        return dict(meta["thresholds"])
+    return None
 
 
 def base_checkpoint() -> Path:
@@ -194,7 +210,7 @@ class EmotionModel:
         self.identity = bool(
             len(self.model_labels) == len(self.labels) and np.array_equal(self.fold, np.eye(len(self.labels)))
         )
-        thresholds = self.meta.get("thresholds") if self.meta.get("taxonomy") == cfg.taxonomy else None
+        thresholds = model_thresholds(self.meta, cfg.taxonomy)
         self.thresholds = np.array(
             [float((thresholds or {}).get(label, cfg.threshold)) for label in self.labels], dtype=np.float32
         )

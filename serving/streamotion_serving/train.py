@@ -24,9 +24,17 @@ from typing import Any
 import numpy as np
 
 from streamotion.labels import TAXONOMIES
-from streamotion_serving.data import DataError, read_labels, read_tsv
+from streamotion_serving.data import DataError, labels_for, read_labels, read_tsv
 from streamotion_serving.evaluate import evaluate, gold_matrix, score_texts, tune_thresholds
-from streamotion_serving.model import META_FILE, EmotionModel, ModelConfig, base_checkpoint, models_dir
+from streamotion_serving.model import (
+    META_FILE,
+    EmotionModel,
+    ModelConfig,
+    base_checkpoint,
+    model_thresholds,
+    models_dir,
+    read_meta,
+)
 
 
 @dataclass
@@ -84,7 +92,6 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     dev_rows = read_tsv(data_dir / "dev.tsv", len(data_labels), limit=cfg.dev_limit)
     labels = list(TAXONOMIES[cfg.taxonomy])
     y_train = gold_matrix(train_rows, data_labels, labels, cfg.taxonomy).astype(np.float32)
-    y_dev = gold_matrix(dev_rows, data_labels, labels, cfg.taxonomy)
 
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -194,44 +201,115 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     }
     (out / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
 
-    # dev: scores through the serving code path, thresholds for multi-label, metrics
+    # dev: scores through the serving code path, thresholds for multi-label, metrics; a 28-label
+    # model is also calibrated and scored for the Ekman taxonomy it folds into
+    taxonomies = [cfg.taxonomy] + (["ekman"] if cfg.taxonomy == "original" else [])
+    for taxonomy in taxonomies:
+        meta = calibrate(
+            out,
+            dev_file(data_dir, taxonomy),
+            taxonomy,
+            max_length=cfg.max_length,
+            limit=cfg.dev_limit,
+            threads=cfg.threads,
+            progress=progress,
+        )
+    dev = meta["dev"]
+    extra = "".join(
+        f", {t} {meta['dev_by_taxonomy'][t]['macro_f1']:.4f}" for t in taxonomies if t != cfg.taxonomy
+    )
+    console.print(f"[bold green]saved[/] {out}  dev macro-F1 {dev['macro_f1']:.4f}{extra}")
+    return {
+        "model": str(out),
+        "dev_macro_f1": dev["macro_f1"],
+        "dev_macro_f1_by_taxonomy": {t: meta["dev_by_taxonomy"][t]["macro_f1"] for t in taxonomies},
+        "train_seconds": round(train_seconds, 1),
+    }
+
+
+def dev_file(data_dir: Path, taxonomy: str) -> Path:
+    """The dev split to calibrate ``taxonomy`` on: in the GoEmotions layout (one folder per
+    taxonomy) the sibling folder's, else the training folder's own (its labels map onto it)."""
+    data_dir = Path(data_dir)
+    sibling = data_dir.parent / taxonomy / "dev.tsv"
+    if data_dir.name in TAXONOMIES and sibling.is_file():
+        return sibling
+    return data_dir / "dev.tsv"
+
+
+def calibrate(
+    model_dir: Path,
+    dev: Path,
+    taxonomy: str,
+    *,
+    max_length: int = 64,
+    limit: int = 0,
+    threads: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Score the dev split for ``taxonomy``, tune per-label thresholds (multi-label heads), evaluate,
+    and record both in the model's ``streamotion.json`` and model card. Returns the new metadata."""
+    model_dir = Path(model_dir)
+    data_labels = labels_for(dev)
+    rows = read_tsv(dev, len(data_labels), limit=limit)
     served = EmotionModel(
-        ModelConfig(model=str(out), taxonomy=cfg.taxonomy, max_length=cfg.max_length, num_threads=cfg.threads)
+        ModelConfig(model=str(model_dir), taxonomy=taxonomy, max_length=max_length, num_threads=threads)
     )
-    dev_scores = score_texts(served, [ex.text for ex in dev_rows], progress=progress)
-    thresholds = tune_thresholds(dev_scores.values, y_dev) if cfg.multi_label else None
-    if thresholds is not None:
-        meta["thresholds"] = {label: float(t) for label, t in zip(labels, thresholds, strict=True)}
-        (out / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    gold = gold_matrix(rows, data_labels, served.labels, taxonomy)
+    scores = score_texts(served, [ex.text for ex in rows], progress=progress)
+    meta = read_meta(model_dir)
+    if served.multi_label:
+        tuned = tune_thresholds(scores.values, gold)
+        thresholds = {label: float(t) for label, t in zip(served.labels, tuned, strict=True)}
+        meta.setdefault("thresholds_by_taxonomy", {})[taxonomy] = thresholds
+        if taxonomy == meta.get("taxonomy"):
+            meta["thresholds"] = thresholds
+        (model_dir / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     report = evaluate(
-        out,
-        data_dir / "dev.tsv",
-        taxonomy=cfg.taxonomy,
-        max_length=cfg.max_length,
-        limit=cfg.dev_limit,
-        progress=False,
-        scores=dev_scores,
+        model_dir, dev, taxonomy=taxonomy, max_length=max_length, limit=limit, progress=False, scores=scores
     )
-    dev = {k: report[k] for k in ("macro_f1", "micro_f1", "per_label")}
-    meta["dev"] = {**dev, "rows": report["rows"], "eval": report["json"]}
-    (out / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-    (out / "README.md").write_text(model_card(meta))
-    console.print(f"[bold green]saved[/] {out}  dev macro-F1 {dev['macro_f1']:.4f}")
-    return {"model": str(out), "dev_macro_f1": dev["macro_f1"], "train_seconds": round(train_seconds, 1)}
+    result = {k: report[k] for k in ("macro_f1", "micro_f1", "per_label")}
+    result.update(rows=report["rows"], eval=report["json"], data=str(dev))
+    meta.setdefault("dev_by_taxonomy", {})[taxonomy] = result
+    if taxonomy == meta.get("taxonomy") or "dev" not in meta:
+        meta["dev"] = result
+    (model_dir / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    (model_dir / "README.md").write_text(model_card(meta))
+    return meta
 
 
 def model_card(meta: dict[str, Any]) -> str:
-    rows = "\n".join(
-        f"| {label} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | {m['support']} |"
-        for label, m in meta["dev"]["per_label"].items()
-    )
-    thresholds = ""
-    if meta.get("thresholds"):
-        thresholds = (
-            "\nPer-label thresholds (tuned on dev): "
-            + ", ".join(f"{k} {v:.2f}" for k, v in meta["thresholds"].items())
-            + "\n"
+    by_taxonomy = meta.get("dev_by_taxonomy") or {meta["taxonomy"]: meta["dev"]}
+    sections = []
+    for taxonomy, dev in by_taxonomy.items():
+        rows = "\n".join(
+            f"| {label} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | {m['support']} |"
+            for label, m in dev["per_label"].items()
         )
+        thresholds = model_thresholds(meta, taxonomy)
+        tuned = (
+            "Per-label thresholds (tuned on dev): "
+            + ", ".join(f"{k} {v:.2f}" for k, v in thresholds.items())
+            + "\n"
+            if thresholds
+            else ""
+        )
+        folded = (
+            f" (the {meta['taxonomy']} labels folded into {taxonomy}: `--taxonomy {taxonomy}`)"
+            if taxonomy != meta["taxonomy"]
+            else ""
+        )
+        sections.append(
+            f"""### {taxonomy}{folded}
+macro-F1 **{dev["macro_f1"]:.4f}**, micro-F1 {dev["micro_f1"]:.4f} on {dev.get("rows", meta["dev_rows"])} dev rows
+
+{tuned}
+| label | precision | recall | F1 | support |
+|---|---|---|---|---|
+{rows}
+"""
+        )
+    metrics_md = "\n".join(sections)
     return f"""---
 library_name: transformers
 pipeline_tag: text-classification
@@ -252,12 +330,7 @@ text, comma-separated label indices, id). {meta["epochs"]} epoch(s), batch size 
 learning rate {meta["lr"]}, max length {meta["max_length"]} tokens, {meta["train_seconds"]} s of training.
 
 ## Metrics (dev split)
-macro-F1 **{meta["dev"]["macro_f1"]:.4f}**, micro-F1 {meta["dev"]["micro_f1"]:.4f}
-{thresholds}
-| label | precision | recall | F1 | support |
-|---|---|---|---|---|
-{rows}
-
+{metrics_md}
 ## Use
 `streamotion model serve --model DIR` (Ray Serve), or `AutoModelForSequenceClassification.from_pretrained(DIR)`.
 """
