@@ -188,6 +188,24 @@ def test_operator_deployment_is_configured_for_the_operator(chart):
     assert cfg.spark_driver_cluster_role in roles
 
 
+def test_the_operator_dashboard_ships_for_grafanas_sidecar(chart):
+    """The chart carries the generated operator dashboard in a ConfigMap that kube-prometheus-stack's
+    Grafana sidecar loads (its label), unchanged; it can be switched off."""
+    from streamotion.dashboards.build import generate
+
+    docs = render(chart)
+    cm = find(docs, "ConfigMap", "streamotion-operator-dashboard")
+    sidecar = yaml.safe_load((chart / "values.yaml").read_text())["kube-prometheus-stack"]["grafana"][
+        "sidecar"
+    ]
+    label = sidecar["dashboards"]
+    assert cm["metadata"]["labels"][label["label"]] == label["labelValue"]
+    assert cm["metadata"]["namespace"] == "streamotion"
+    assert json.loads(cm["data"]["streamotion-operator.json"]) == generate()["operator.json"]
+    off = render(chart, "--set", "operator.metrics.dashboard.enabled=false")
+    assert not [d for d in off if d["metadata"]["name"] == "streamotion-operator-dashboard"]
+
+
 def test_kind_values_match_kind_config(chart):
     kind_config = yaml.safe_load((ROOT / "kind-config.yaml").read_text())
     mapped = {m["containerPort"] for n in kind_config["nodes"] for m in n.get("extraPortMappings", [])}

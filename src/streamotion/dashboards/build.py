@@ -301,21 +301,36 @@ def dumps(board: dict[str, Any]) -> str:
     return json.dumps(board, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
 
-def write(folder: Path = DEFAULT_DIR) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
+# The Helm chart ships the operator's dashboard (one per installation, not per pipeline) in a
+# ConfigMap for Grafana's sidecar; Helm reads only files inside the chart, hence this copy.
+CHART_DIR = DEFAULT_DIR.parents[1] / "charts" / "streamotion" / "files" / "dashboards"
+CHART_BOARDS = ("operator.json",)
+
+
+def _targets(folder: Path, chart: bool) -> list[tuple[Path, dict[str, Any]]]:
+    boards = generate()
+    out = [(folder / name, board) for name, board in boards.items()]
+    if chart:
+        out += [(CHART_DIR / name, boards[name]) for name in CHART_BOARDS]
+    return out
+
+
+def write(folder: Path = DEFAULT_DIR, chart: bool | None = None) -> list[Path]:
+    """Write every dashboard under ``folder`` (and the chart's copies when writing the repository's)."""
     out = []
-    for name, board in generate().items():
-        path = folder / name
+    for path, board in _targets(folder, folder == DEFAULT_DIR if chart is None else chart):
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(dumps(board))
         out.append(path)
     return out
 
 
-def check(folder: Path = DEFAULT_DIR) -> list[str]:
-    """Files under ``folder`` that are missing or differ from the generator's output."""
+def check(folder: Path = DEFAULT_DIR, chart: bool | None = None) -> list[str]:
+    """Files that are missing or differ from the generator's output."""
     stale = []
-    for name, board in generate().items():
-        path = folder / name
+    for path, board in _targets(folder, folder == DEFAULT_DIR if chart is None else chart):
         if not path.exists() or path.read_text() != dumps(board):
-            stale.append(name)
+            stale.append(
+                str(path.relative_to(DEFAULT_DIR.parents[1])) if path.parent == CHART_DIR else path.name
+            )
     return stale
