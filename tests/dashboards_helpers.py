@@ -138,3 +138,100 @@ def write_batches(sink, n: int = 600, batches: int = 6, now: datetime | None = N
     finally:
         sink.close()
     return {"events": written, "dead_letters": dead, "sources": sorted({s[0] for s in SOURCES})}
+
+
+MALFORMED = (b"not json", b'{"id": "x"}', b"\xff\xfe")
+
+
+def run_pipeline(
+    kafka, postgres, model_url: str, schema: str, workdir: Path, n: int = 600, now: datetime | None = None
+) -> dict:
+    """The same events end to end: produced to a real Kafka topic (with malformed records), read,
+    parsed and classified by the streaming job on Spark through the model service, and written to
+    PostgreSQL by its sink. Returns counts for assertions once every row has landed."""
+    import os
+    import threading
+    import time
+    import uuid
+
+    import psycopg
+    from confluent_kafka import Producer
+    from streamotion_jobs.config import JobConfig
+    from streamotion_jobs.job import StreamingJob
+    from streamotion_jobs.spark import session
+
+    from streamotion.api.validate import parse
+    from streamotion.naming import topic_names
+
+    p = parse(
+        {
+            "apiVersion": "streamotion.io/v1alpha1",
+            "kind": "StreamPipeline",
+            "metadata": {"name": f"dash{uuid.uuid4().hex[:6]}", "namespace": "test"},
+            "spec": {
+                "sources": [{"name": s[0], "type": "http", "http": {"tokenSecret": "t"}} for s in SOURCES],
+                # one micro-batch for everything, so that no event of this three-hour spread is late
+                "processing": {
+                    "trigger": "1s",
+                    "window": "1m",
+                    "watermark": "10m",
+                    "maxEventsPerTrigger": 5000,
+                },
+                "sinks": [
+                    {
+                        "type": "postgres",
+                        "postgres": {"host": "127.0.0.1", "schema": schema, "credentialsSecret": "pg"},
+                    }
+                ],
+            },
+        }
+    )
+    names = topic_names(p)
+    kafka.create_topic(names["raw"], partitions=2)
+    kafka.create_topic(names["deadLetter"], partitions=1)
+    evs = events(n, now=now)
+    producer = Producer({"bootstrap.servers": kafka.bootstrap, "enable.idempotence": True})
+    for e in evs:
+        producer.produce(names["raw"], key=e.key.encode(), value=e.to_json())
+    for payload in MALFORMED:
+        producer.produce(names["raw"], key=b"bad", value=payload)
+    assert producer.flush(30) == 0
+
+    os.environ.update(
+        STREAMOTION_KAFKA_BOOTSTRAP=kafka.bootstrap,
+        STREAMOTION_MODEL_URL=model_url,
+        STREAMOTION_PG_DSN=postgres.dsn,
+    )
+    cfg = JobConfig.from_pipeline(p, checkpoint=str(workdir / "checkpoint"))
+    spark = session("streamotion-dashboards-test", master="local[2]")
+    job = StreamingJob(cfg, spark, log=lambda m: print(f"[job] {m}", flush=True))
+    stop, errors = threading.Event(), []
+
+    def run() -> None:
+        try:
+            job.run(stop=stop, backoff_max_s=2)
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    def landed() -> tuple[int, int]:
+        try:
+            with psycopg.connect(postgres.dsn, options=f"-c search_path={schema}") as conn:
+                return conn.execute(
+                    "SELECT (SELECT count(*) FROM events), (SELECT count(*) FROM dead_letters)"
+                ).fetchone()
+        except psycopg.errors.UndefinedTable:
+            return (0, 0)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 300
+        while landed() != (n, len(MALFORMED)):
+            assert not errors, errors
+            assert time.monotonic() < deadline, f"only {landed()} of {(n, len(MALFORMED))} rows landed"
+            time.sleep(0.5)
+    finally:
+        stop.set()
+        thread.join(120)
+        spark.stop()
+    return {"events": n, "dead_letters": len(MALFORMED), "sources": sorted({s[0] for s in SOURCES})}

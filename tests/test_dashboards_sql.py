@@ -1,8 +1,10 @@
-"""Every SQL panel and variable query of the Emotions dashboard, run against a real PostgreSQL.
+"""Every SQL panel and variable query of the Emotions dashboard, run against a real PostgreSQL
+after an end-to-end run.
 
-The schema comes from the job's migrations and the rows from the job's own sink writer
-(tests/dashboards_helpers.py); queries are expanded with Grafana's rules (variables, then macros),
-exactly as committed in grafana/dashboards/emotions.json.
+Realistic events (GoEmotions comments of three sources over three hours, tests/dashboards_helpers.py)
+go through a real Kafka topic, the streaming job on Spark and the model service into PostgreSQL
+(schema from the job's migrations); queries are expanded with Grafana's rules (variables, then
+macros), exactly as committed in grafana/dashboards/emotions.json.
 """
 
 from __future__ import annotations
@@ -24,9 +26,11 @@ FROM, TO = NOW - timedelta(hours=6), NOW + timedelta(minutes=1)
 
 
 @pytest.fixture(scope="module")
-def sink(postgres):
+def sink(postgres, kafka, model_server, tmp_path_factory):
     schema = f"dash_{uuid.uuid4().hex[:8]}"
-    counts = data.write_sink(postgres.dsn, schema, now=NOW)
+    counts = data.run_pipeline(
+        kafka, postgres, model_server.url, schema, tmp_path_factory.mktemp("dash-job"), now=NOW
+    )
     yield {"schema": schema, **counts}
     with postgres.connect(autocommit=True) as conn:
         conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
