@@ -1,10 +1,16 @@
 """``streamotion bench pipeline``: the streaming job end to end on this machine.
 
 One run, same model for every figure: a real Kafka broker, PostgreSQL and the model service
-(Ray Serve; the tiny local model unless --model names another), the job on ``local[*]``.
+(Ray Serve with the spec's default serving settings), the job on ``local[*]``. The model is the
+one a pipeline would serve here: the latest fine-tuned model in the cache (``--model`` names
+another; ``--tiny-model``, or no trained model, uses a tiny random one, where Spark's own cost
+rather than the model dominates).
 
-* raw_model_texts_per_s: the model service alone, batched requests;
-* e2e_events_per_s: events already in Kafka (saturation), rows landing in PostgreSQL per second;
+* raw_model_texts_per_s: the limit, the same model in-process, batched, at its best thread count
+  (like ``bench model``'s raw figure); model_service_texts_per_s: the model service alone under as
+  many concurrent clients as the job has partitions;
+* e2e_events_per_s: events already in Kafka (saturation), rows landing in PostgreSQL per second,
+  with the spec's default trigger and maxEventsPerTrigger;
 * per_row_http_events_per_s: the same with the ancestors' pattern, one HTTP call per row;
 * p50/p99_latency_s: event time (set at produce time) to the row's commit in PostgreSQL while a
   producer sends at half the measured e2e throughput; p99_latency_over_trigger relates it to the
@@ -67,6 +73,31 @@ TEXTS = [
 ]
 
 
+_COMMENTS: list[str] = []
+
+
+def bench_texts() -> list[str]:
+    """Event texts: GoEmotions dev comments (Reddit), as users' streams look; templates without it."""
+    if not _COMMENTS:
+        from streamotion_serving.data import default_data_dir
+
+        dev = default_data_dir() / "ekman" / "dev.tsv"
+        if dev.is_file():
+            _COMMENTS.extend(
+                line.split("\t", 1)[0]
+                for line in dev.read_text(encoding="utf-8").splitlines()
+                if line.strip()
+            )
+        else:
+            _COMMENTS.extend(TEXTS)
+    return _COMMENTS
+
+
+def _text(i: int) -> str:
+    texts = bench_texts()
+    return texts[i % len(texts)]
+
+
 def _event(i: int, created_at: datetime | None = None) -> bytes:
     from streamotion.events import Event
 
@@ -76,7 +107,7 @@ def _event(i: int, created_at: datetime | None = None) -> bytes:
         platform="http",
         channel=f"c{i % 3}",
         author=f"a{i % 50}",
-        text=f"{TEXTS[i % len(TEXTS)]} number {i}",
+        text=_text(i),
         lang="en",
         created_at=created_at or datetime.now(UTC),
     ).to_json()
@@ -118,6 +149,21 @@ def _throughput(dsn: str, schema: str) -> float:
     return n / seconds if seconds > 0 else float("nan")
 
 
+def serve_args(model: str) -> dict:
+    """``build_app`` arguments: the model with a StreamPipeline's default model settings."""
+    from streamotion.api.models import ModelSpec
+
+    spec = ModelSpec()
+    return {
+        "model": model,
+        "taxonomy": spec.taxonomy,
+        "max_batch_size": spec.max_batch_size,
+        "batch_wait_ms": spec.batch_wait_ms,
+        "max_length": spec.max_length,
+        "backend": spec.backend,
+    }
+
+
 def _run_job(cfg, spark, stop: threading.Event, per_row: bool = False) -> threading.Thread:
     from streamotion_jobs.job import StreamingJob
 
@@ -136,24 +182,67 @@ def _wait(dsn: str, schema: str, n: int, timeout: float) -> None:
     raise TimeoutError(f"only {_count(dsn, schema)} of {n} rows after {timeout:.0f}s")
 
 
-def _raw_model(url: str, n: int, batch: int = 256) -> float:
+def _raw_model(model: str, n: int) -> tuple[float, int]:
+    """The limit: the model in-process (no HTTP, no Spark), batches of the spec's max_batch_size,
+    best of one thread and every core. Returns (texts/s, threads)."""
+    import gc
+
+    import torch
+    from streamotion_serving.model import EmotionModel, ModelConfig, cpu_budget
+
+    args = serve_args(model)
+    local = EmotionModel(
+        ModelConfig(
+            model=model, taxonomy=args["taxonomy"], max_length=args["max_length"], backend=args["backend"]
+        )
+    )
+    texts = [_text(i) for i in range(n)]
+    batch = args["max_batch_size"]
+    best = (0.0, 1)
+    for threads in sorted({1, cpu_budget()}):
+        torch.set_num_threads(threads)
+        local.classify(texts[:batch])  # warm-up
+        start = time.perf_counter()
+        for i in range(0, n, batch):
+            local.classify(texts[i : i + batch])
+        best = max(best, (n / (time.perf_counter() - start), threads))
+    del local
+    gc.collect()
+    return best
+
+
+def _model_service(url: str, n: int, clients: int, batch: int) -> float:
+    """The model service alone: ``clients`` concurrent callers (the job's partitions), ``batch`` texts a call."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from streamotion_jobs.classify import ModelClient
 
-    client = ModelClient(url, batch_size=batch)
-    texts = [f"{TEXTS[i % len(TEXTS)]} number {i}" for i in range(n)]
-    client.classify(texts[:batch])  # warm-up
-    start = time.monotonic()
-    client.classify(texts)
-    return n / (time.monotonic() - start)
+    texts = [_text(i) for i in range(n)]
+    ModelClient(url, batch_size=batch).classify(texts[:batch])  # warm-up
+    share = -(-n // clients)
+
+    def call(k: int) -> None:
+        ModelClient(url, batch_size=batch).classify(texts[k * share : (k + 1) * share])
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(call, range(clients)))
+    return n / (time.perf_counter() - start)
 
 
 def bench_pipeline(
-    events: int = typer.Option(3000, help="Events for the saturation run."),
+    events: int = typer.Option(
+        0, help="Events for the saturation run (0: four micro-batches of maxEventsPerTrigger)."
+    ),
     per_row_events: int = typer.Option(400, help="Events for the one-HTTP-call-per-row run."),
-    latency_s: float = typer.Option(30, help="Seconds of producing at half load for the latency run."),
-    trigger: str = typer.Option("1s", help="Trigger interval of the job."),
-    max_events_per_trigger: int = typer.Option(1000, help="maxEventsPerTrigger of the job."),
-    model: str | None = typer.Option(None, help="Model directory (default: a tiny local model)."),
+    latency_s: float = typer.Option(60, help="Seconds of producing at half load for the latency run."),
+    trigger: str = typer.Option(None, help="Trigger interval of the job (default: the spec's)."),
+    max_events_per_trigger: int = typer.Option(0, help="maxEventsPerTrigger of the job (0: the spec's)."),
+    raw_texts: int = typer.Option(2000, help="Texts for the raw model and model service figures."),
+    model: str | None = typer.Option(
+        None, help="Model directory (default: the latest trained model, else a tiny local one)."
+    ),
+    tiny_model: bool = typer.Option(False, "--tiny-model", help="Use a tiny random model."),
     model_url: str | None = typer.Option(None, help="Use this running model service instead."),
     master: str = typer.Option("local[*]", help="Spark master."),
 ) -> None:
@@ -163,6 +252,7 @@ def bench_pipeline(
 
     import psycopg
 
+    from streamotion.api.models import ProcessingSpec
     from streamotion.bench import Result, emit
     from streamotion.dev.kafka import KafkaBroker
     from streamotion.dev.postgres import PostgresServer
@@ -170,6 +260,10 @@ def bench_pipeline(
     from streamotion_jobs.config import JobConfig, parse_duration
     from streamotion_jobs.spark import session
 
+    defaults = ProcessingSpec()
+    trigger = trigger or defaults.trigger
+    max_events_per_trigger = max_events_per_trigger or defaults.max_events_per_trigger
+    events = events or 4 * max_events_per_trigger
     work = Path(tempfile.mkdtemp(prefix="streamotion-bench-pipeline-"))
     results: list[Result] = []
     with KafkaBroker() as kafka, PostgresServer() as pg:
@@ -177,14 +271,17 @@ def bench_pipeline(
         if not model_url:
             from streamotion_serving.server import ServeProcess
 
+            if not model and not tiny_model:
+                from streamotion_serving.model import latest_model
+
+                found = latest_model("ekman")
+                model = str(found) if found else None
             if not model:
                 from streamotion_serving.tiny import build_tiny_model
 
+                _log("no trained model in the cache (or --tiny-model): a tiny random model")
                 model = str(build_tiny_model(work / "tiny-model"))
-            server = ServeProcess(
-                {"model": model, "taxonomy": "ekman", "max_batch_size": 64, "batch_wait_ms": 10},
-                log_path=work / "serve.log",
-            )
+            server = ServeProcess(serve_args(model), log_path=work / "serve.log")
             _log(f"starting the model service ({model})...")
             server.start()
             model_url = server.url
@@ -192,10 +289,18 @@ def bench_pipeline(
             os.environ["STREAMOTION_KAFKA_BOOTSTRAP"] = kafka.bootstrap
             os.environ["STREAMOTION_MODEL_URL"] = model_url
             os.environ["STREAMOTION_PG_DSN"] = pg.dsn
-            _log("raw model throughput...")
-            raw = _raw_model(model_url, max(1000, events // 2))
-            _log(f"raw model: {raw:.0f} texts/s")
             spark = session("streamotion-bench", master=master)
+            partitions = max(1, spark.sparkContext.defaultParallelism)
+            if model:
+                _log("raw model throughput (in-process)...")
+                raw, raw_threads = _raw_model(model, raw_texts)
+                _log(f"raw model: {raw:.1f} texts/s ({raw_threads} threads)")
+            _log(f"model service alone ({partitions} concurrent callers)...")
+            batch = max(serve_args("")["max_batch_size"] * 4, 64)  # JobConfig.model_batch_size
+            service = _model_service(model_url, raw_texts, partitions, batch)
+            _log(f"model service: {service:.1f} texts/s")
+            if not model:  # an external service: its own throughput is the limit we can see
+                raw, raw_threads = service, 0
 
             def setup(kind: str, n: int, max_events: int = max_events_per_trigger):
                 schema = f"bench_{kind}_{uuid.uuid4().hex[:6]}"
@@ -265,6 +370,8 @@ def bench_pipeline(
     results = [
         Result("e2e_events_per_s", e2e, "events/s"),
         Result("raw_model_texts_per_s", raw, "texts/s"),
+        Result("model_service_texts_per_s", service, "texts/s"),
+        Result("e2e_vs_model_service", e2e / service, "ratio"),
         Result("per_row_http_events_per_s", per_row, "events/s"),
         Result("e2e_vs_raw_model", e2e / raw, "ratio"),
         Result("e2e_vs_per_row", e2e / per_row, "ratio"),
@@ -283,9 +390,17 @@ def bench_pipeline(
                     "latency_rate_per_s": rate,
                     "trigger": trigger,
                     "max_events_per_trigger": max_events_per_trigger,
+                    "raw_model": "in-process" if raw_threads else "the given model service",
+                    "raw_threads": raw_threads,
+                    "partitions": partitions,
+                    "texts": "GoEmotions dev comments",
+                    "load_average_at_end": os.getloadavg(),
                     "model": model or model_url,
                     "master": master,
+                    "serving": serve_args(model or model_url),
                 }
             )
         ),
+        targets={"e2e_vs_raw_model": ">= 0.7", "e2e_vs_per_row": ">= 3", "p99_latency_over_trigger": "<= 3"},
+        ancestor={"e2e_vs_per_row": "one HTTP call to the model per row from the Spark job"},
     )
