@@ -270,7 +270,11 @@ def calibrate(
     )
     result = {k: report[k] for k in ("macro_f1", "micro_f1", "per_label")}
     result.update(rows=report["rows"], eval=report["json"], data=str(dev))
-    meta.setdefault("dev_by_taxonomy", {})[taxonomy] = result
+    by_taxonomy = meta.setdefault("dev_by_taxonomy", {})
+    own = meta.get("taxonomy")
+    if meta.get("dev") and own != taxonomy and own not in by_taxonomy:
+        by_taxonomy[own] = meta["dev"]  # a model trained before per-taxonomy records
+    by_taxonomy[taxonomy] = result
     if taxonomy == meta.get("taxonomy") or "dev" not in meta:
         meta["dev"] = result
     (model_dir / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
