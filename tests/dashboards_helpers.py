@@ -12,6 +12,7 @@ few invalid payloads that become dead letters.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -144,17 +145,24 @@ MALFORMED = (b"not json", b'{"id": "x"}', b"\xff\xfe")
 
 
 def run_pipeline(
-    kafka, postgres, model_url: str, schema: str, workdir: Path, n: int = 600, now: datetime | None = None
+    kafka,
+    model_url: str,
+    sink: dict,
+    landed: Callable[[], tuple[int, int]],
+    workdir: Path,
+    n: int = 600,
+    now: datetime | None = None,
+    env: dict[str, str] | None = None,
 ) -> dict:
     """The same events end to end: produced to a real Kafka topic (with malformed records), read,
-    parsed and classified by the streaming job on Spark through the model service, and written to
-    PostgreSQL by its sink. Returns counts for assertions once every row has landed."""
+    parsed and classified by the streaming job on Spark through the model service, and written by
+    its ``sink`` (a StreamPipeline sink). Returns counts for assertions once ``landed()`` (events,
+    dead letters in the sink) says every row is there."""
     import os
     import threading
     import time
     import uuid
 
-    import psycopg
     from confluent_kafka import Producer
     from streamotion_jobs.config import JobConfig
     from streamotion_jobs.job import StreamingJob
@@ -177,12 +185,7 @@ def run_pipeline(
                     "watermark": "10m",
                     "maxEventsPerTrigger": 5000,
                 },
-                "sinks": [
-                    {
-                        "type": "postgres",
-                        "postgres": {"host": "127.0.0.1", "schema": schema, "credentialsSecret": "pg"},
-                    }
-                ],
+                "sinks": [sink],
             },
         }
     )
@@ -198,9 +201,7 @@ def run_pipeline(
     assert producer.flush(30) == 0
 
     os.environ.update(
-        STREAMOTION_KAFKA_BOOTSTRAP=kafka.bootstrap,
-        STREAMOTION_MODEL_URL=model_url,
-        STREAMOTION_PG_DSN=postgres.dsn,
+        STREAMOTION_KAFKA_BOOTSTRAP=kafka.bootstrap, STREAMOTION_MODEL_URL=model_url, **(env or {})
     )
     cfg = JobConfig.from_pipeline(p, checkpoint=str(workdir / "checkpoint"))
     spark = session("streamotion-dashboards-test", master="local[2]")
@@ -213,6 +214,25 @@ def run_pipeline(
         except BaseException as exc:  # surfaced below
             errors.append(exc)
 
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 300
+        while (got := landed()) != (n, len(MALFORMED)):
+            assert not errors, errors
+            assert time.monotonic() < deadline, f"only {got} of {(n, len(MALFORMED))} rows landed"
+            time.sleep(0.5)
+    finally:
+        stop.set()
+        thread.join(120)
+        spark.stop()
+    return {"events": n, "dead_letters": len(MALFORMED), "sources": sorted({s[0] for s in SOURCES})}
+
+
+def run_pipeline_postgres(kafka, postgres, model_url: str, schema: str, workdir: Path, **kw) -> dict:
+    """:func:`run_pipeline` into a PostgreSQL sink (``schema``)."""
+    import psycopg
+
     def landed() -> tuple[int, int]:
         try:
             with psycopg.connect(postgres.dsn, options=f"-c search_path={schema}") as conn:
@@ -222,16 +242,30 @@ def run_pipeline(
         except psycopg.errors.UndefinedTable:
             return (0, 0)
 
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 300
-        while landed() != (n, len(MALFORMED)):
-            assert not errors, errors
-            assert time.monotonic() < deadline, f"only {landed()} of {(n, len(MALFORMED))} rows landed"
-            time.sleep(0.5)
-    finally:
-        stop.set()
-        thread.join(120)
-        spark.stop()
-    return {"events": n, "dead_letters": len(MALFORMED), "sources": sorted({s[0] for s in SOURCES})}
+    sink = {
+        "type": "postgres",
+        "postgres": {"host": "127.0.0.1", "schema": schema, "credentialsSecret": "pg"},
+    }
+    return run_pipeline(
+        kafka, model_url, sink, landed, workdir, env={"STREAMOTION_PG_DSN": postgres.dsn}, **kw
+    )
+
+
+def run_pipeline_bigquery(kafka, emulator, model_url: str, dataset: str, workdir: Path, **kw) -> dict:
+    """:func:`run_pipeline` into a BigQuery sink (``dataset`` on the bqemulator)."""
+    client = emulator.client()
+    ds = f"{emulator.project}.{dataset}"
+
+    def landed() -> tuple[int, int]:
+        try:
+            rows = client.query(
+                f"SELECT (SELECT count(*) FROM `{ds}.events`), (SELECT count(*) FROM `{ds}.dead_letters`)"
+            ).result()
+            return tuple(next(iter(rows)).values())
+        except Exception:  # the dataset or its tables are not created yet
+            return (0, 0)
+
+    sink = {"type": "bigquery", "bigquery": {"project": emulator.project, "dataset": dataset}}
+    return run_pipeline(
+        kafka, model_url, sink, landed, workdir, env={"BIGQUERY_EMULATOR_HOST": emulator.host}, **kw
+    )

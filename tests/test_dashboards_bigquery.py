@@ -1,5 +1,6 @@
 """The BigQuery variant of the Emotions dashboard: every panel and variable query on a local
-BigQuery (bqemulator, real google-cloud-bigquery client), rows from the job's own BigQuerySink."""
+BigQuery (bqemulator, real google-cloud-bigquery client) after an end-to-end run (real Kafka, the
+streaming job on Spark, the model service, the job's BigQuery sink)."""
 
 from __future__ import annotations
 
@@ -19,13 +20,18 @@ FROM, TO = NOW - timedelta(hours=6), NOW + timedelta(minutes=1)
 
 
 @pytest.fixture(scope="module")
-def bq(bigquery_emulator):
-    from streamotion_jobs.sinks.bigquery import BigQuerySink
-
+def bq(bigquery_emulator, kafka, model_server, tmp_path_factory):
     dataset = f"dash_{uuid.uuid4().hex[:8]}"
     client = bigquery_emulator.client()
-    sink = BigQuerySink(bigquery_emulator.project, dataset, client=client, log=lambda *_: None)
-    counts = data.write_batches(sink, n=150, batches=3, now=NOW)
+    counts = data.run_pipeline_bigquery(
+        kafka,
+        bigquery_emulator,
+        model_server.url,
+        dataset,
+        tmp_path_factory.mktemp("dash-bq"),
+        n=150,
+        now=NOW,
+    )
     yield {"client": client, "project": bigquery_emulator.project, "dataset": dataset, **counts}
     client.delete_dataset(f"{bigquery_emulator.project}.{dataset}", delete_contents=True, not_found_ok=True)
 

@@ -28,7 +28,7 @@ FROM, TO = NOW - timedelta(hours=6), NOW + timedelta(minutes=1)
 @pytest.fixture(scope="module")
 def sink(postgres, kafka, model_server, tmp_path_factory):
     schema = f"dash_{uuid.uuid4().hex[:8]}"
-    counts = data.run_pipeline(
+    counts = data.run_pipeline_postgres(
         kafka, postgres, model_server.url, schema, tmp_path_factory.mktemp("dash-job"), now=NOW
     )
     yield {"schema": schema, **counts}
