@@ -12,7 +12,7 @@ is; ``${var:raw}``, ``${var:singlequote}``, ``${var:sqlstring}``, ``${var:regex}
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 
 Value = str | Sequence[str]
@@ -97,60 +97,57 @@ def _args(text: str, start: int) -> tuple[list[str], int]:
     raise ValueError(f"unbalanced macro call in {text[start - 20 : start + 40]!r}")
 
 
-def postgres_macros(sql: str, time_from: datetime, time_to: datetime, interval: str = "1m") -> str:
-    """Expand Grafana's PostgreSQL macros the way its data source does."""
+def _expand_macros(sql: str, interval: str, names: str, expand: Callable[[str, list[str]], str]) -> str:
+    """Replace ``$__interval(_ms)`` and every ``$__name(args)`` of ``names`` (a regex alternation)
+    by ``expand(name, args)``: the scanning both data sources share."""
     sql = sql.replace("$__interval_ms", str(int(_seconds(interval) * 1000))).replace("$__interval", interval)
     out: list[str] = []
     i = 0
-    pattern = re.compile(r"\$__(timeFilter|timeFrom|timeTo|timeGroupAlias|timeGroup)\s*\(")
+    pattern = re.compile(rf"\$__({names})\s*\(")
     while True:
         m = pattern.search(sql, i)
         if not m:
             out.append(sql[i:])
             return "".join(out)
         out.append(sql[i : m.start()])
-        args, end = _args(sql, m.end() - 1)
-        name = m.group(1)
+        args, i = _args(sql, m.end() - 1)
+        out.append(expand(m.group(1), args))
+
+
+def postgres_macros(sql: str, time_from: datetime, time_to: datetime, interval: str = "1m") -> str:
+    """Expand Grafana's PostgreSQL macros the way its data source does."""
+
+    def expand(name: str, args: list[str]) -> str:
         if name == "timeFilter":
-            out.append(f"{args[0]} BETWEEN '{_iso(time_from)}' AND '{_iso(time_to)}'")
-        elif name == "timeFrom":
-            out.append(f"'{_iso(time_from)}'")
-        elif name == "timeTo":
-            out.append(f"'{_iso(time_to)}'")
-        else:
-            seconds = _seconds(args[1])
-            step = int(seconds) if seconds == int(seconds) else seconds
-            expr = f"floor(extract(epoch from {args[0]})/{step})*{step}"
-            out.append(f'{expr} AS "time"' if name == "timeGroupAlias" else expr)
-        i = end
+            return f"{args[0]} BETWEEN '{_iso(time_from)}' AND '{_iso(time_to)}'"
+        if name == "timeFrom":
+            return f"'{_iso(time_from)}'"
+        if name == "timeTo":
+            return f"'{_iso(time_to)}'"
+        seconds = _seconds(args[1])
+        step = int(seconds) if seconds == int(seconds) else seconds
+        expr = f"floor(extract(epoch from {args[0]})/{step})*{step}"
+        return f'{expr} AS "time"' if name == "timeGroupAlias" else expr
+
+    return _expand_macros(sql, interval, "timeFilter|timeFrom|timeTo|timeGroupAlias|timeGroup", expand)
 
 
 def bigquery_macros(sql: str, time_from: datetime, time_to: datetime, interval: str = "1m") -> str:
     """Expand the macros as Grafana's BigQuery data source does (grafana/sqlds defaults, its own
     ``$__timeGroup``): ``$__timeFilter(col)`` -> ``col >= 'from' AND col <= 'to'``,
     ``$__timeGroup(col, 5m)`` -> ``TIMESTAMP_MILLIS(DIV(UNIX_MILLIS(col), 300000) * 300000)``."""
-    sql = sql.replace("$__interval_ms", str(int(_seconds(interval) * 1000))).replace("$__interval", interval)
-    out: list[str] = []
-    i = 0
-    pattern = re.compile(r"\$__(timeFilter|timeFrom|timeTo|timeGroup)\s*\(")
-    while True:
-        m = pattern.search(sql, i)
-        if not m:
-            out.append(sql[i:])
-            return "".join(out)
-        out.append(sql[i : m.start()])
-        args, end = _args(sql, m.end() - 1)
-        name = m.group(1)
+
+    def expand(name: str, args: list[str]) -> str:
         if name == "timeFilter":
-            out.append(f"{args[0]} >= '{_iso(time_from)}' AND {args[0]} <= '{_iso(time_to)}'")
-        elif name == "timeFrom":
-            out.append(f"{args[0]} >= '{_iso(time_from)}'")
-        elif name == "timeTo":
-            out.append(f"{args[0]} <= '{_iso(time_to)}'")
-        else:
-            ms = int(_seconds(args[1]) * 1000)
-            out.append(f"TIMESTAMP_MILLIS(DIV(UNIX_MILLIS({args[0]}), {ms}) * {ms})")
-        i = end
+            return f"{args[0]} >= '{_iso(time_from)}' AND {args[0]} <= '{_iso(time_to)}'"
+        if name == "timeFrom":
+            return f"{args[0]} >= '{_iso(time_from)}'"
+        if name == "timeTo":
+            return f"{args[0]} <= '{_iso(time_to)}'"
+        ms = int(_seconds(args[1]) * 1000)
+        return f"TIMESTAMP_MILLIS(DIV(UNIX_MILLIS({args[0]}), {ms}) * {ms})"
+
+    return _expand_macros(sql, interval, "timeFilter|timeFrom|timeTo|timeGroup", expand)
 
 
 def bigquery(
