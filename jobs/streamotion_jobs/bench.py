@@ -296,7 +296,11 @@ def bench_pipeline(
                 raw, raw_threads = _raw_model(model, raw_texts)
                 _log(f"raw model: {raw:.1f} texts/s ({raw_threads} threads)")
             _log(f"model service alone ({partitions} concurrent callers)...")
-            batch = max(serve_args("")["max_batch_size"] * 4, 64)  # JobConfig.model_batch_size
+            # texts per call as the job sends them
+            bench_cfg = JobConfig.from_pipeline(
+                _pipeline("bservice", "unused", trigger, max_events_per_trigger), need_checkpoint=False
+            )
+            batch = bench_cfg.model_batch_size
             service = _model_service(model_url, raw_texts, partitions, batch)
             _log(f"model service: {service:.1f} texts/s")
             if not model:  # an external service: its own throughput is the limit we can see
