@@ -131,10 +131,10 @@ def stack(kafka, model_server, control_plane, prometheus, postgres, tmp_path_fac
         )
         for proc, port in ((producer, producer_port), (operator, operator_port), (job_proc, job_port)):
             wait_for_port(port, timeout=60, proc=proc)
-        model = httpx.URL(model_server.url)
         prometheus.add_targets("producer", [f"127.0.0.1:{producer_port}"], {"namespace": NAMESPACE})
+        # the model service's metrics: Ray's metrics agent, every replica, renamed on scrape
         prometheus.add_targets(
-            "model", [f"{model.host}:{model.port}"], {"namespace": NAMESPACE, "pipeline": p.name}
+            "model", [f"127.0.0.1:{model_server.metrics_port}"], {"namespace": NAMESPACE, "pipeline": p.name}
         )
         prometheus.add_targets(
             "operator", [f"127.0.0.1:{operator_port}"], {"namespace": "streamotion-system"}
@@ -150,6 +150,8 @@ def stack(kafka, model_server, control_plane, prometheus, postgres, tmp_path_fac
             # the job's first micro-batches follow its Spark start-up
             f'rate(streamotion_job_end_to_end_latency_seconds_count{{pipeline="{p.name}"}}[1m]) > 0',
             f'streamotion_job_consumer_lag{{pipeline="{p.name}"}}',
+            # the model service's replicas, through Ray's metrics agent and the rename
+            f'streamotion_model_errors_total{{pipeline="{p.name}"}} > 0',
         ):
             assert prometheus.wait_for(expr, timeout=180), (
                 f"{expr} returned nothing:\n{producer.tail()}\n{operator.tail()}\n{job_proc.tail()}"
@@ -268,14 +270,12 @@ def _component_metric_names() -> set[str]:
     from streamotion_operator.metrics import Metrics
 
     suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
-    families = []
-    for module in (ingest, serving):
-        families += [v for v in vars(module).values() if hasattr(v, "_type") and hasattr(v, "_name")]
+    families = [v for v in vars(ingest).values() if hasattr(v, "_type") and hasattr(v, "_name")]
     op = Metrics(CollectorRegistry())
     families += [v for v in vars(op).values() if hasattr(v, "_type") and hasattr(v, "_name")]
     job = JobMetrics("namespace", "pipeline")
     families += [v for v in vars(job).values() if hasattr(v, "_type") and hasattr(v, "_name")]
-    names = set()
+    names = {sample for f in serving.FAMILIES for sample in f.samples()}  # Ray metrics, renamed
     for f in families:
         for suffix in suffixes.get(f._type, ("",)):
             names.add(f._name.removesuffix("_total") + suffix if f._type == "counter" else f._name + suffix)

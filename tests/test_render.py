@@ -253,3 +253,23 @@ def test_serve_config_matches_the_serving_contract():
     import streamotion_ingest
 
     assert builders.env_from_secret() is streamotion_ingest.ENV_FROM_SECRET
+
+
+def test_model_metrics_are_scraped_from_rays_agent_and_renamed():
+    """Every replica's metrics come from Ray's metrics agent (port ``metrics`` on each Ray pod), named
+    ``ray_streamotion_model_*`` there; the PodMonitor renames them to what dashboards query."""
+    import re
+
+    from streamotion.api.validate import parse
+
+    doc = yaml.safe_load((ROOT / "examples" / "demo.yaml").read_text())
+    doc["metadata"]["namespace"] = "default"
+    p = parse(doc)
+    (model,) = [m for m in builders.pod_monitors(p) if m["metadata"]["name"].endswith("-model")]
+    (endpoint,) = model["spec"]["podMetricsEndpoints"]
+    assert endpoint["port"] == "metrics"
+    (rule,) = endpoint["metricRelabelings"]
+    assert rule["sourceLabels"] == ["__name__"] and rule["targetLabel"] == "__name__"
+    renamed = re.fullmatch(rule["regex"], "ray_streamotion_model_texts_total")
+    assert renamed and rule["replacement"].replace("$1", renamed.group(1)) == "streamotion_model_texts_total"
+    assert not re.fullmatch(rule["regex"], "ray_serve_num_http_requests_total")  # Ray's own stay

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -12,12 +13,46 @@ from streamotion.labels import EKMAN
 from streamotion.model_api import MAX_TEXTS, ClassifyResponse, ModelInfo
 
 
-def _metric(text: str, name: str) -> float:
-    total = 0.0
+def _samples(text: str, name: str) -> list[tuple[str, float]]:
+    """``(labels, value)`` of every sample of ``name`` as Ray's metrics agent exports it (ray_ prefix)."""
+    found = []
     for line in text.splitlines():
-        if re.match(rf"{name}(\{{[^}}]*\}})? ", line):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+        m = re.match(rf"ray_{name}(\{{[^}}]*\}})? (\S+)$", line)
+        if m:
+            found.append((m.group(1) or "", float(m.group(2))))
+    return found
+
+
+def _metric(text: str, name: str) -> float:
+    return sum(v for _, v in _samples(text, name))
+
+
+def _scrape(server) -> str:
+    r = httpx.get(server.metrics_url, timeout=30)
+    assert r.status_code == 200
+    return r.text
+
+
+def _settled(server, name: str) -> str:
+    """A scrape once earlier requests have all been exported (replicas report every 5 s)."""
+    text = _scrape(server)
+    for _ in range(20):
+        time.sleep(11)
+        again = _scrape(server)
+        if _metric(again, name) == _metric(text, name):
+            return again
+        text = again
+    raise AssertionError(f"{name} kept changing")
+
+
+def _scrape_until(server, done, timeout: float = 60) -> str:
+    """Replicas report their metrics to Ray's agent every 5 s: scrape until ``done(text)``."""
+    deadline = time.monotonic() + timeout
+    text = _scrape(server)
+    while not done(text) and time.monotonic() < deadline:
+        time.sleep(1)
+        text = _scrape(server)
+    return text
 
 
 def test_classify_contract(model_server):
@@ -39,7 +74,7 @@ def test_classify_contract(model_server):
 
 def test_concurrent_clients_form_batches_and_keep_order(model_server):
     url = model_server.url
-    metrics_before = httpx.get(f"{url}/metrics", timeout=30).text
+    metrics_before = _settled(model_server, "streamotion_model_texts_total")
     # the reference: each text alone
     singles = [f"text number {i} is {'happy' if i % 2 else 'sad'}" for i in range(12)]
     alone = {}
@@ -63,18 +98,39 @@ def test_concurrent_clients_form_batches_and_keep_order(model_server):
             for label, score in res["scores"].items():
                 assert score == pytest.approx(alone[t]["scores"][label], abs=1e-4)
 
-    after = httpx.get(f"{url}/metrics", timeout=30).text
-    texts_done = _metric(after, "streamotion_model_texts_total") - _metric(
-        metrics_before, "streamotion_model_texts_total"
+    sent = len(singles) + sum(len(r) for r in requests)
+    before = _metric(metrics_before, "streamotion_model_texts_total")
+    after = _scrape_until(
+        model_server, lambda t: _metric(t, "streamotion_model_texts_total") - before >= sent
     )
+    # every text counted once, whichever of the two replicas classified it
+    assert _metric(after, "streamotion_model_texts_total") - before == sent
+    replicas = {
+        re.search(r'replica="([^"]+)"', labels).group(1)
+        for labels, _ in _samples(after, "streamotion_model_texts_total")
+    }
+    assert len(replicas) == 2, replicas
     batches = _metric(after, "streamotion_model_batch_size_count") - _metric(
         metrics_before, "streamotion_model_batch_size_count"
     )
-    assert texts_done == len(singles) + sum(len(r) for r in requests)
     # dynamic batching: far fewer model calls than texts
-    assert batches < texts_done * 0.75, (batches, texts_done)
-    assert "streamotion_model_request_latency_seconds_bucket" in after
-    assert "streamotion_model_inference_latency_seconds_count" in after
+    assert batches < sent * 0.75, (batches, sent)
+    assert _samples(after, "streamotion_model_request_latency_seconds_bucket")
+    inference = _metric(after, "streamotion_model_inference_latency_seconds_count") - _metric(
+        metrics_before, "streamotion_model_inference_latency_seconds_count"
+    )
+    assert inference == batches
+    # a gauge is exported while its replica keeps reporting it (dropped after two missed reports)
+    info = _scrape_until(model_server, lambda t: bool(_samples(t, "streamotion_model_info")))
+    assert (
+        len(
+            {
+                re.search(r'replica="([^"]+)"', labels).group(1)
+                for labels, _ in _samples(info, "streamotion_model_info")
+            }
+        )
+        >= 1
+    )
 
 
 @pytest.mark.parametrize(
@@ -101,9 +157,16 @@ def test_not_json_is_4xx(model_server):
         timeout=30,
     )
     assert 400 <= r.status_code < 500
-    metrics = httpx.get(f"{model_server.url}/metrics", timeout=30).text
+
+    def refused(text: str) -> bool:
+        return any(
+            'endpoint="/v1/classify"' in labels and 'status="422"' in labels
+            for labels, _ in _samples(text, "streamotion_model_requests_total")
+        )
+
+    metrics = _scrape_until(model_server, refused)
+    assert refused(metrics)
     assert _metric(metrics, "streamotion_model_errors_total") >= 1
-    assert 'streamotion_model_requests_total{endpoint="/v1/classify",status="422"}' in metrics
 
 
 def test_openapi_schema(model_server):

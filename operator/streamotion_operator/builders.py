@@ -17,6 +17,7 @@ import yaml
 
 from streamotion import naming
 from streamotion.api.models import API_VERSION, KIND, Source, StreamPipeline
+from streamotion.model_api import ray_metric_relabelings
 from streamotion_operator.config import OperatorConfig
 
 # ------------------------------------------------------------------------------------ kinds
@@ -555,6 +556,8 @@ def _ray_pod(p: StreamPipeline, cfg: OperatorConfig, role: str, resources: dict,
                     "env": [
                         {"name": "HOME", "value": "/tmp"},
                         {"name": "HF_HOME", "value": "/tmp/huggingface"},
+                        # counters exported once, as counters (not also as Ray's legacy gauge copy)
+                        {"name": "RAY_EXPORT_COUNTER_AS_GAUGE", "value": "0"},
                     ],
                     "ports": ports,
                     "resources": resources,
@@ -680,14 +683,14 @@ def pod_monitors(p: StreamPipeline) -> list[dict[str, Any]]:
         monitor(
             "model",
             [
-                # streamotion_model_* from the Serve application, Ray's own metrics beside
+                # Ray's metrics agent on every Ray pod: each replica's streamotion_model_* (exported
+                # as ray_streamotion_model_*, renamed back here) and Ray Serve's own ray_serve_*
                 {
-                    "port": "serve",
+                    "port": "metrics",
                     "path": "/metrics",
-                    "honorLabels": True,
                     "relabelings": _pipeline_relabel(),
+                    "metricRelabelings": ray_metric_relabelings("operator"),
                 },
-                {"port": "metrics", "path": "/metrics", "relabelings": _pipeline_relabel()},
             ],
         ),
     ]

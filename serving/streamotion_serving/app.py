@@ -1,7 +1,8 @@
 """The Ray Serve application of the emotion model (``streamotion_serving.app:build_app``).
 
 HTTP API (see ``streamotion.model_api``): ``POST /v1/classify``, ``GET /v1/model``, ``GET /healthz``,
-``GET /metrics`` (Prometheus, this replica), ``GET /docs`` and ``GET /openapi.json``.
+``GET /docs`` and ``GET /openapi.json``. Metrics (``streamotion_serving.metrics``) go through Ray's
+metrics agent, which exports every replica's (``--metrics-export-port``).
 
 Every text of every request goes through one ``@serve.batch`` queue, so concurrent requests share
 model batches; inside a batch, texts run in buckets of similar length. The model runs in a worker
@@ -19,7 +20,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import JSONResponse
 from ray import serve
 
 from streamotion.model_api import MAX_TEXTS, ClassifyRequest, ClassifyResponse, ModelInfo
@@ -49,7 +50,7 @@ api = FastAPI(
 
 @api.exception_handler(RequestValidationError)
 async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-    metrics.ERRORS.labels(request.url.path, "invalid_request").inc()
+    metrics.replica().error(_endpoint(request.url.path), "invalid_request")
     errors = [
         {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
         for e in exc.errors()
@@ -58,19 +59,22 @@ async def _invalid(request: Request, exc: RequestValidationError) -> JSONRespons
     return JSONResponse(status_code=422, content={"detail": errors, "message": summary})
 
 
+def _endpoint(path: str) -> str:
+    return path if path in ("/v1/classify", "/v1/model", "/healthz") else "other"
+
+
 @api.middleware("http")
 async def _observe(request: Request, call_next):
     start = time.perf_counter()
-    path = request.url.path
-    endpoint = path if path in ("/v1/classify", "/v1/model", "/healthz", "/metrics") else "other"
+    endpoint = _endpoint(request.url.path)
+    recorder = metrics.replica()
     try:
         response = await call_next(request)
     except Exception:
-        metrics.REQUESTS.labels(endpoint, "500").inc()
-        metrics.ERRORS.labels(endpoint, "internal").inc()
+        recorder.request(endpoint, 500, None)
+        recorder.error(endpoint, "internal")
         raise
-    metrics.REQUESTS.labels(endpoint, str(response.status_code)).inc()
-    metrics.REQUEST_LATENCY.labels(endpoint).observe(time.perf_counter() - start)
+    recorder.request(endpoint, response.status_code, time.perf_counter() - start)
     return response
 
 
@@ -85,7 +89,8 @@ class EmotionClassifier:
         self._classify_batch.set_max_batch_size(cfg.max_batch_size)
         self._classify_batch.set_batch_wait_timeout_s(cfg.batch_wait_ms / 1000.0)
         info = self.model.info()
-        metrics.MODEL_INFO.labels(info["name"], info["version"], info["backend"], info["device"]).set(1)
+        self.metrics = metrics.replica()
+        self._report_model()
         self.model.classify(["warm up"])  # first call allocates; keep it out of the first request
         log.info(
             "serving %s (%s, %s, %d threads)",
@@ -97,11 +102,10 @@ class EmotionClassifier:
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005)
     async def _classify_batch(self, texts: list[str]) -> list[dict[str, Any]]:
-        metrics.BATCH_SIZE.observe(len(texts))
         start = time.perf_counter()
         loop = asyncio.get_running_loop()
         results = await loop.run_in_executor(self.pool, self.model.classify, texts)
-        metrics.INFERENCE_LATENCY.observe(time.perf_counter() - start)
+        self.metrics.batch(len(texts), time.perf_counter() - start)
         return results
 
     @api.post(
@@ -111,7 +115,7 @@ class EmotionClassifier:
     )
     async def classify(self, body: ClassifyRequest) -> dict[str, Any]:
         results = await asyncio.gather(*(self._classify_batch(t) for t in body.texts))
-        metrics.TEXTS.inc(len(results))
+        self.metrics.texts(len(results))
         return {"results": results}
 
     @api.get("/v1/model", response_model=ModelInfo, summary="The model being served")
@@ -122,15 +126,15 @@ class EmotionClassifier:
     async def healthz(self) -> dict[str, str]:
         return {"status": "ok", "version": self.model.version}
 
-    @api.get("/metrics", summary="Prometheus metrics of this replica", response_class=PlainTextResponse)
-    async def prometheus(self) -> Response:
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    def _report_model(self) -> None:
+        info = self.model.info()
+        self.metrics.model(info["name"], info["version"], info["backend"], info["device"])
 
     def check_health(self) -> None:
         if self.model is None:
             raise RuntimeError("model not loaded")
+        # Ray drops a gauge its replica stopped reporting: keep the info gauge alive while healthy
+        self._report_model()
 
 
 DEPLOYMENT_ARGS = ("num_replicas", "autoscaling", "max_ongoing_requests", "num_cpus", "num_gpus")

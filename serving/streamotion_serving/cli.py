@@ -38,6 +38,7 @@ def serve_cmd(
     num_replicas: int = typer.Option(0, help="replicas (0: one per CPU core, 1 thread each)"),
     num_threads: int = typer.Option(0, help="CPU threads per replica (0: the replica's CPUs)"),
     num_cpus: int = typer.Option(None, help="CPUs given to the local Ray (default: all)"),
+    metrics_port: int = typer.Option(8080, help="port of Ray's metrics export (Prometheus)"),
     num_gpus: int = typer.Option(None, help="GPUs per replica (default: 1 when a GPU is present)"),
     args_json: str = typer.Option(None, help="build_app args as JSON (override the options above)"),
     ready_file: str = typer.Option(None, hidden=True),
@@ -64,7 +65,9 @@ def serve_cmd(
         args["num_replicas"] = cpu_budget() if device in ("auto", "cpu") and not _has_gpu() else 1
     if args_json:
         args.update(json.loads(args_json))
-    serve_forever(args, host=host, port=port, num_cpus=num_cpus, ready_file=ready_file)
+    serve_forever(
+        args, host=host, port=port, num_cpus=num_cpus, ready_file=ready_file, metrics_port=metrics_port
+    )
 
 
 def _has_gpu() -> bool:

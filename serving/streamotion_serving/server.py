@@ -15,6 +15,8 @@ from typing import Any
 
 from streamotion.dev.procs import Process, free_port
 
+METRICS_REPORT_MS = 5000  # how often Ray exports replica metrics to its agent (Ray default: 10 s)
+
 
 def serve_forever(
     app_args: dict[str, Any],
@@ -22,9 +24,14 @@ def serve_forever(
     port: int = 8000,
     num_cpus: int | None = None,
     ready_file: str | None = None,
+    metrics_port: int = 8080,
 ) -> None:
-    """Start a local Ray, Ray Serve's HTTP proxy on host:port and the app; block until SIGTERM/SIGINT."""
+    """Start a local Ray, Ray Serve's HTTP proxy on host:port and the app; block until SIGTERM/SIGINT.
+
+    Ray's metrics agent exports the metrics of every replica (``streamotion_model_*`` as
+    ``ray_streamotion_model_*``, and Ray Serve's own) on ``metrics_port``."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_EXPORT_COUNTER_AS_GAUGE", "0")  # counters once, as counters
     import ray
     from ray import serve
 
@@ -44,13 +51,18 @@ def serve_forever(
         object_store_memory=128 * 1024 * 1024,
         log_to_driver=True,
         logging_level="WARNING",
+        _metrics_export_port=metrics_port,
+        _system_config={"metrics_report_interval_ms": METRICS_REPORT_MS},
     )
     for sig in (signal.SIGTERM, signal.SIGINT):  # after ray.init, which installs its own handlers
         signal.signal(sig, lambda *_: stop.set())
     try:
         serve.start(http_options={"host": host, "port": port}, logging_config={"log_level": "WARNING"})
         serve.run(build_app(app_args), name=APP_NAME, route_prefix="/", blocking=False)
-        print(f"streamotion model serving on http://{host}:{port}", flush=True)
+        print(
+            f"streamotion model serving on http://{host}:{port} (metrics: http://127.0.0.1:{metrics_port}/metrics)",
+            flush=True,
+        )
         if ready_file:
             Path(ready_file).write_text(f"http://{host}:{port}")
         while not stop.wait(0.5):
@@ -72,9 +84,11 @@ class ServeProcess:
         num_cpus: int = 2,
         log_path: Path | None = None,
         startup_timeout: float = 240,
+        metrics_port: int | None = None,
     ):
         self.app_args = app_args
         self.port = port or free_port()
+        self.metrics_port = metrics_port or free_port()
         self.num_cpus = num_cpus
         self.log_path = log_path
         self.startup_timeout = startup_timeout
@@ -83,6 +97,11 @@ class ServeProcess:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def metrics_url(self) -> str:
+        """Ray's metrics export: every replica's ``ray_streamotion_model_*``."""
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
     def argv(self) -> list[str]:
         return [
@@ -95,6 +114,8 @@ class ServeProcess:
             str(self.port),
             "--num-cpus",
             str(self.num_cpus),
+            "--metrics-port",
+            str(self.metrics_port),
             "--args-json",
             json.dumps(self.app_args),
         ]

@@ -2,13 +2,37 @@
 
 ``POST /v1/classify`` with ``{"texts": [...]}`` answers one result per text, in order.
 ``GET /v1/model`` describes the model; ``GET /healthz`` answers 200 when it can classify.
+Its metrics come from Ray's metrics agent (``streamotion_serving.metrics``), renamed on scrape.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, Field
 
 MAX_TEXTS = 1024  # per request; more is a 422 with a clear message
+
+# Ray exports application metrics as ray_<name>; scrapes rename the model service's back
+RAY_METRIC_REGEX = "ray_(streamotion_model_.+)"
+
+
+def ray_metric_relabelings(style: str = "prometheus") -> list[dict[str, Any]]:
+    """The rename as Prometheus ``metric_relabel_configs`` (``style="prometheus"``) or as a
+    Prometheus Operator PodMonitor's ``metricRelabelings`` (``style="operator"``)."""
+    rule = {
+        "action": "replace",
+        "source_labels": ["__name__"],
+        "regex": RAY_METRIC_REGEX,
+        "target_label": "__name__",
+        "replacement": "$1",
+    }
+    if style == "operator":
+        rule = {
+            "sourceLabels" if k == "source_labels" else "targetLabel" if k == "target_label" else k: v
+            for k, v in rule.items()
+        }
+    return [rule]
 
 
 class ClassifyRequest(BaseModel):

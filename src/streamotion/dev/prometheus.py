@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from streamotion.dev.procs import Process, free_port, wait_for_http, wait_for_port
+from streamotion.model_api import ray_metric_relabelings
 
 PACKAGES = {"prometheus": "/usr/bin/prometheus"}
 
@@ -99,6 +100,8 @@ class PrometheusServer:
                             "target_label": "__metrics_path__",
                         },
                     ],
+                    # the model service's metrics, exported by Ray as ray_streamotion_model_*
+                    "metric_relabel_configs": ray_metric_relabelings(),
                 }
             ],
         }

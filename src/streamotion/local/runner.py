@@ -224,6 +224,7 @@ class LocalRun:
         self._start_job()
         self._write_state()
         self._wait_threads([model])
+        self._scrape_model()
         self._write_state()
         self._wait_job_ready()
         self._start_producers()
@@ -406,6 +407,15 @@ class LocalRun:
         self._guard("model", service.start, log)
         self.components.append(Component("model", service.proc, stop=service.stop, log_path=log))
         self.say(f"model: serving on {self.model_url}")
+
+    def _scrape_model(self) -> None:
+        service = self.model_service
+        if self.prometheus is not None and service is not None:  # every replica, via Ray's metrics agent
+            self.prometheus.add_targets(
+                "model",
+                [f"127.0.0.1:{service.metrics_port}"],
+                {"namespace": self.pipeline.namespace, "pipeline": self.pipeline.name},
+            )
 
     def _write_pipeline(self) -> None:
         doc = local_pipeline(self.pipeline, self.bootstrap or "", self.opts.events)
