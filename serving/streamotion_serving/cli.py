@@ -152,6 +152,7 @@ def calibrate_cmd(
                 "model": str(found),
                 "taxonomy": taxonomy,
                 "macro_f1": result["macro_f1"],
+                "macro_f1_heldout": result.get("macro_f1_heldout"),
                 "thresholds": (meta.get("thresholds_by_taxonomy") or {}).get(taxonomy),
             }
         )
