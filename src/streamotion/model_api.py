@@ -20,19 +20,18 @@ RAY_METRIC_REGEX = "ray_(streamotion_model_.+)"
 def ray_metric_relabelings(style: str = "prometheus") -> list[dict[str, Any]]:
     """The rename as Prometheus ``metric_relabel_configs`` (``style="prometheus"``) or as a
     Prometheus Operator PodMonitor's ``metricRelabelings`` (``style="operator"``)."""
-    rule = {
-        "action": "replace",
-        "source_labels": ["__name__"],
-        "regex": RAY_METRIC_REGEX,
-        "target_label": "__name__",
-        "replacement": "$1",
-    }
-    if style == "operator":
-        rule = {
-            "sourceLabels" if k == "source_labels" else "targetLabel" if k == "target_label" else k: v
-            for k, v in rule.items()
+    source, target = (
+        ("sourceLabels", "targetLabel") if style == "operator" else ("source_labels", "target_label")
+    )
+    return [
+        {
+            "action": "replace",
+            source: ["__name__"],
+            "regex": RAY_METRIC_REGEX,
+            target: "__name__",
+            "replacement": "$1",
         }
-    return [rule]
+    ]
 
 
 class ClassifyRequest(BaseModel):
