@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -74,6 +75,18 @@ def test_render_prints_exactly_the_builders_objects():
         "StreamotionSourceSilent",
         "StreamotionPipelineNotReady",
     } <= alerts
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.name)
+def test_render_prints_plain_yaml_without_anchors(example):
+    """Children share dicts (security contexts, labels, env): a plain YAML dump turns those into
+    ``&id001`` anchors and ``*id001`` aliases, which a person cannot read or diff per object."""
+    result = runner.invoke(app, ["render", str(example), "-n", "team-a"])
+    assert result.exit_code == 0, result.output
+    assert not re.search(r"[&*]id\d{3}", result.stdout), result.stdout
+    # still exactly the builders' objects
+    docs = list(yaml.safe_load_all(result.stdout))
+    assert docs == render_file(example, OperatorConfig.from_env(), namespace="team-a")
 
 
 def test_render_uses_configured_images_and_gpu():

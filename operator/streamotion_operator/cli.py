@@ -29,11 +29,13 @@ def render(
 
 
 def dump_yaml(docs: list[dict]) -> str:
-    """Multi-document YAML; multi-line strings (pipeline file, serve config) as literal blocks."""
+    """Multi-document YAML a person can read and diff: multi-line strings (pipeline file, serve config)
+    as literal blocks, and no anchors or aliases (``&id001``/``*id001``) where children share a dict."""
     import yaml
 
     class Dumper(yaml.SafeDumper):
-        pass
+        def ignore_aliases(self, data):
+            return True
 
     def text(dumper, value):
         style = "|" if "\n" in value else None
