@@ -126,3 +126,20 @@ def test_dashboard_config_maps_carry_the_label_grafanas_sidecar_watches():
     assert cm["metadata"]["labels"][sidecar["label"]] == sidecar["labelValue"]
     assert sidecar["searchNamespace"] == "ALL"
     assert naming.dashboard_config_map_name(load(EXAMPLES[0])) == cm["metadata"]["name"]
+
+
+def test_prometheus_selects_the_operators_monitors_and_rules():
+    """prometheus-community/helm-charts kube-prometheus-stack (88.2.0)
+    templates/prometheus/prometheus.yaml: with ``*SelectorNilUsesHelmValues`` true (the upstream
+    default) the Prometheus selects only PodMonitors, ServiceMonitors and PrometheusRules labelled
+    ``release: <release>``; the operator's children carry no such label (they live in pipeline
+    namespaces, not the release's), so the chart must turn those three off to select every one;
+    namespace selectors left empty select every namespace."""
+    values = yaml.safe_load((ROOT / "charts/streamotion/values.yaml").read_text())
+    spec = values["kube-prometheus-stack"]["prometheus"]["prometheusSpec"]
+    for kind in ("serviceMonitor", "podMonitor", "rule"):
+        assert spec[f"{kind}SelectorNilUsesHelmValues"] is False
+        assert not spec.get(f"{kind}Selector") and not spec.get(f"{kind}NamespaceSelector")
+    p = load(EXAMPLES[0])
+    for child in [*builders.pod_monitors(p), builders.prometheus_rule(p)]:
+        assert "release" not in child["metadata"]["labels"]
