@@ -56,6 +56,10 @@ IMAGE_PREFIX ?= streamotion/
 IMAGE_TAG ?= dev
 IMAGES := operator ingest jobs serving
 KIND_CLUSTER ?= streamotion
+# Images reach the kind nodes as one single-platform archive (docker save --platform, then
+# kind load image-archive): `kind load docker-image` fails with Docker's containerd image store,
+# the default of Docker 29 (kubernetes-sigs/kind#3795). "" = the platform of the built images.
+KIND_PLATFORM ?=
 RELEASE ?= streamotion
 NAMESPACE ?= streamotion
 # helm on PATH, else the pinned one `make prepare` builds into ~/.cache/streamotion/helm (needs .venv and Go).
@@ -78,8 +82,12 @@ up: images  ## kind cluster, images, Helm install, the demo pipeline; prints the
 	@kind get clusters 2>/dev/null | grep -qx '$(KIND_CLUSTER)' \
 	  || kind create cluster --name $(KIND_CLUSTER) --config kind-config.yaml --wait 180s
 	kubectl config use-context kind-$(KIND_CLUSTER)
-	@for c in $(IMAGES); do echo "==> kind load $(IMAGE_PREFIX)$$c:$(IMAGE_TAG)"; \
-	  kind load docker-image --name $(KIND_CLUSTER) $(IMAGE_PREFIX)$$c:$(IMAGE_TAG) || exit 1; done
+	@refs='$(foreach c,$(IMAGES),$(IMAGE_PREFIX)$(c):$(IMAGE_TAG))'; platform='$(KIND_PLATFORM)'; \
+	  if [ -z "$$platform" ]; then platform=$$(docker image inspect \
+	    -f '{{.Os}}/{{.Architecture}}{{with .Variant}}/{{.}}{{end}}' $(IMAGE_PREFIX)$(firstword $(IMAGES)):$(IMAGE_TAG)) || exit 1; fi; \
+	  save=(docker save); docker image save --help 2>/dev/null | grep -q -- --platform && save+=(--platform "$$platform"); \
+	  dir=$$(mktemp -d) && trap 'rm -rf "$$dir"' EXIT && echo "==> kind load image-archive ($$platform):$$refs" \
+	  && "$${save[@]}" -o "$$dir/images.tar" $$refs && kind load image-archive --name $(KIND_CLUSTER) "$$dir/images.tar"
 	@for r in $(HELM_REPOS); do $(HELM) repo add --force-update $${r%%=*} $${r#*=} >/dev/null || exit 1; done
 	$(HELM) dependency build charts/streamotion
 	@echo "==> StreamPipeline CRD (Helm installs crds/ only on a first install; this also upgrades it)"
