@@ -241,10 +241,23 @@ def test_gke_values(chart):
 
 def test_first_install_has_no_race_with_other_operators(chart):
     """Objects of a kind whose CRD a subchart installs from templates, or that another operator's webhook
-    validates (CloudNativePG's Cluster), are post-install hooks; the rest use CRDs from crds/ dirs."""
+    validates, are hooks that run after the release's objects; the rest use CRDs from crds/ dirs.
+
+    cloudnative-pg/charts cloudnative-pg-v0.29.0 charts/cloudnative-pg: templates/crds/crds.yaml (the
+    Cluster CRD is a template) and templates/validatingwebhookconfiguration.yaml + values.yaml
+    (vcluster.cnpg.io, failurePolicy Fail, served by the operator pod). helm/helm v4.3.1
+    pkg/cmd/upgrade.go: `upgrade --install` of a release with history (a failed install) runs an
+    upgrade, which fires post-upgrade hooks only (pkg/action/upgrade.go); pkg/action/hooks.go
+    hookSetDeletePolicy: a hook without a delete policy gets before-hook-creation, which deletes an
+    existing object of that name before creating the hook; deleteHookByPolicy(hook-failed) only runs
+    when WatchUntilReady fails, and pkg/kube/statuswait.go (alwaysReady) / wait.go (legacy) report
+    every kind but Job and Pod ready at once."""
     docs = render(chart)
     cluster = find(docs, "Cluster")
-    assert cluster["metadata"]["annotations"]["helm.sh/hook"] == "post-install"
+    annotations = cluster["metadata"]["annotations"]
+    assert set(annotations["helm.sh/hook"].split(",")) == {"post-install", "post-upgrade"}
+    policies = set(annotations["helm.sh/hook-delete-policy"].split(","))
+    assert policies and policies.isdisjoint({"before-hook-creation", "hook-succeeded"})
     for d in docs:
         if d["kind"] != "Cluster":
             assert "helm.sh/hook" not in d["metadata"].get("annotations", {}), d["kind"]
@@ -320,7 +333,7 @@ def test_install_upgrade_uninstall(chart, control_plane, namespace):
         helm("install", "st", str(chart), *kube, *sets, "--timeout", "2m")
         password = get("secret", "streamotion-pg-app")["data"]["password"]
         cluster = get("clusters.postgresql.cnpg.io", "streamotion-pg")
-        assert cluster["metadata"]["annotations"]["helm.sh/hook"] == "post-install"
+        assert "post-install" in cluster["metadata"]["annotations"]["helm.sh/hook"].split(",")
         assert get("kafkas.kafka.strimzi.io", "streamotion", ns=kafka_ns)["spec"]["kafka"]["listeners"]
         assert get("deployment", "st-streamotion-operator")["spec"]["replicas"] == 1
         # Upgrade: the generated password is kept (lookup) and the hook-created Cluster is left alone.
@@ -337,6 +350,57 @@ def test_install_upgrade_uninstall(chart, control_plane, namespace):
         assert gone.returncode != 0 and "NotFound" in gone.stderr
         # Helm does not delete hook resources: the README has the uninstall order.
         assert get("clusters.postgresql.cnpg.io", "streamotion-pg")["metadata"]["name"] == "streamotion-pg"
+    finally:
+        helm("uninstall", "st", *kube, "--ignore-not-found", check=False)
+        control_plane.kubectl("delete", "clusters.postgresql.cnpg.io", "--all", "-n", namespace, check=False)
+        for ns in (kafka_ns, dash_ns):
+            control_plane.kubectl(
+                "delete", "namespace", ns, "--ignore-not-found", "--wait=false", check=False
+            )
+
+
+def test_a_rerun_after_a_failed_install_creates_postgres_and_never_replaces_it(
+    chart, control_plane, namespace
+):
+    """`make up` re-runs `helm upgrade --install` after a first install that timed out: that creates the
+    PostgreSQL Cluster; a healthy upgrade leaves it untouched; uninstall keeps it and a reinstall
+    neither replaces nor changes it (its data).
+
+    helm/helm v4.3.1 pkg/action/install.go: post-install hooks run only after a successful --wait;
+    pkg/cmd/upgrade.go: `upgrade --install` of a release with history (the failed install) runs an
+    upgrade, which fires post-upgrade hooks only (pkg/action/upgrade.go releasingUpgrade);
+    pkg/action/hooks.go: without a delete policy a hook is before-hook-creation, deleted and created
+    again on every run; pkg/action/uninstall.go deletes the release's objects, not its hooks."""
+    kube = ["--kubeconfig", str(control_plane.kubeconfig_path), "--namespace", namespace]
+    kafka_ns, dash_ns = f"{namespace}-kafka", f"{namespace}-dash"
+    sets = ["--set", f"defaults.kafkaNamespace={kafka_ns},defaults.dashboardsNamespace={dash_ns}"]
+    control_plane.kubectl("delete", "clusterrole", "streamotion-spark-driver", "--ignore-not-found")
+
+    def cluster() -> dict | None:
+        got = control_plane.kubectl(
+            "get", "clusters.postgresql.cnpg.io", "streamotion-pg", "-n", namespace, "-o", "json", check=False
+        )
+        return json.loads(got.stdout) if got.returncode == 0 else None
+
+    try:
+        # No kubelet here: the operator never gets ready, so --wait times out, like a slow first `make up`.
+        failed = helm("install", "st", str(chart), *kube, *sets, "--wait", "--timeout", "10s", check=False)
+        assert failed.returncode != 0
+        assert cluster() is None
+        helm("upgrade", "--install", "st", str(chart), *kube, *sets, "--timeout", "2m")
+        created = cluster()
+        assert created is not None, "the re-run did not create the PostgreSQL Cluster"
+        assert created["spec"]["bootstrap"]["initdb"]["secret"]["name"] == "streamotion-pg-app"
+        helm("upgrade", "--install", "st", str(chart), *kube, *sets, "--set", "operator.workers=4")
+        after = cluster()
+        assert after["metadata"]["uid"] == created["metadata"]["uid"]
+        assert after["metadata"]["resourceVersion"] == created["metadata"]["resourceVersion"]
+        helm("uninstall", "st", *kube, "--wait", "--timeout", "2m")  # its namespaces gone too
+        assert cluster()["metadata"]["uid"] == created["metadata"]["uid"]
+        helm("install", "st", str(chart), *kube, *sets, "--timeout", "2m")
+        again = cluster()
+        assert again["metadata"]["uid"] == created["metadata"]["uid"]
+        assert again["metadata"]["resourceVersion"] == created["metadata"]["resourceVersion"]
     finally:
         helm("uninstall", "st", *kube, "--ignore-not-found", check=False)
         control_plane.kubectl("delete", "clusters.postgresql.cnpg.io", "--all", "-n", namespace, check=False)
