@@ -9,6 +9,7 @@ which the test control plane serves.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -276,6 +277,34 @@ def test_first_install_has_no_race_with_other_operators(chart):
     assert find(docs, "Kafka")["metadata"]["name"] == demo["spec"]["kafka"]["cluster"]
 
 
+def test_grafana_reads_postgres_from_the_primary_with_the_release_password(chart):
+    """Grafana's PostgreSQL datasource follows postgres.name: host <name>-rw and the password of the
+    Secret <name>-app, whatever the name, and no Grafana value names that Secret.
+
+    cloudnative-pg/cloudnative-pg v1.30.0 pkg/specs/services.go: <name>-rw selects the pod labelled
+    cnpg.io/instanceRole=primary, <name>-ro only cnpg.io/instanceRole=replica (no endpoints with one
+    instance); suffixes in api/v1/cluster_types.go. grafana-community/helm-charts grafana-12.10.4 (the
+    grafana chart kube-prometheus-stack-88.2.0 pins) charts/grafana/templates/_pod.tpl renders
+    envValueFrom with tpl in the grafana chart's own context, where this chart's postgres.name is out
+    of reach; its values.yaml sidecar.datasources.resource "both": the sidecar loads labelled Secrets
+    too, and kiwigrid/k8s-sidecar 2.10.1 (its sidecar image) src/resources.py _process_secret writes
+    each key base64-decoded as a file. prometheus-community/helm-charts kube-prometheus-stack-88.2.0
+    values.yaml grafana.sidecar.datasources label grafana_datasource, labelValue "1"."""
+    docs = render(chart, "--set", "postgres.name=orders-pg,postgres.owner=writer,postgres.database=orders")
+    loaded = [d for d in docs if d["metadata"].get("labels", {}).get("grafana_datasource") == "1"]
+    assert [d["kind"] for d in loaded] == ["Secret"]
+    (text,) = loaded[0]["stringData"].values()
+    (source,) = yaml.safe_load(text)["datasources"]
+    assert source["url"] == "orders-pg-rw.streamotion.svc:5432"
+    app = find(docs, "Secret", "orders-pg-app")["stringData"]
+    assert source["user"] == app["username"] == "writer" and source["jsonData"]["database"] == "orders"
+    assert source["secureJsonData"]["password"] == app["password"]
+    values = yaml.safe_load((chart / "values.yaml").read_text())
+    assert "-app" not in yaml.safe_dump(values["kube-prometheus-stack"])
+    off = render(chart, "--set", "grafanaDatasources.postgres=false")
+    assert not [d for d in off if d["metadata"].get("labels", {}).get("grafana_datasource")]
+
+
 def test_dependencies_can_be_disabled(chart):
     args = ["--set", ",".join(f"{d['name']}.enabled=false" for d in chart_yaml()["dependencies"])]
     kinds = {d["kind"] for d in render(chart, *args)}
@@ -318,8 +347,23 @@ def test_schema_refuses_bad_values(chart, setting, path):
 
 
 # ----------------------------------------------------------------------------------- helm install
+def secret_value(secret: dict, key: str) -> str:
+    return base64.b64decode(secret["data"][key]).decode()
+
+
+def datasource_password(secret: dict) -> str:
+    """The password in the Grafana datasource provisioning file of a Secret (as Grafana reads it raw)."""
+    (key,) = secret["data"]
+    (source,) = yaml.safe_load(secret_value(secret, key))["datasources"]
+    return source["secureJsonData"]["password"]
+
+
 def test_install_upgrade_uninstall(chart, control_plane, namespace):
-    """A real `helm install`/`upgrade`/`uninstall` against the API server (no kubelet: nothing starts)."""
+    """A real `helm install`/`upgrade`/`uninstall` against the API server (no kubelet: nothing starts).
+
+    Grafana expands $VAR in provisioning files and reads "$$" as a literal "$" (grafana/grafana
+    pkg/services/provisioning/values/values.go interpolateValue; Grafana docs, Provision Grafana,
+    "Use of the special character $")."""
     kube = ["--kubeconfig", str(control_plane.kubeconfig_path), "--namespace", namespace]
     kafka_ns, dash_ns = f"{namespace}-kafka", f"{namespace}-dash"
     sets = ["--set", f"defaults.kafkaNamespace={kafka_ns},defaults.dashboardsNamespace={dash_ns}"]
@@ -331,14 +375,19 @@ def test_install_upgrade_uninstall(chart, control_plane, namespace):
 
     try:
         helm("install", "st", str(chart), *kube, *sets, "--timeout", "2m")
-        password = get("secret", "streamotion-pg-app")["data"]["password"]
+        password = secret_value(get("secret", "streamotion-pg-app"), "password")
         cluster = get("clusters.postgresql.cnpg.io", "streamotion-pg")
         assert "post-install" in cluster["metadata"]["annotations"]["helm.sh/hook"].split(",")
         assert get("kafkas.kafka.strimzi.io", "streamotion", ns=kafka_ns)["spec"]["kafka"]["listeners"]
         assert get("deployment", "st-streamotion-operator")["spec"]["replicas"] == 1
-        # Upgrade: the generated password is kept (lookup) and the hook-created Cluster is left alone.
+        assert datasource_password(get("secret", "st-streamotion-datasource-postgres")) == password
+        # Upgrade: the password in the cluster is kept (lookup), here one changed by hand, Grafana's
+        # datasource gets it ("$$" is Grafana's literal "$"), and the hook-created Cluster is left alone.
+        patch = json.dumps({"stringData": {"password": "kept$PATH"}})
+        control_plane.kubectl("patch", "secret", "streamotion-pg-app", "-n", namespace, "-p", patch)
         helm("upgrade", "st", str(chart), *kube, *sets, "--set", "operator.workers=4", "--timeout", "2m")
-        assert get("secret", "streamotion-pg-app")["data"]["password"] == password
+        assert secret_value(get("secret", "streamotion-pg-app"), "password") == "kept$PATH"
+        assert datasource_password(get("secret", "st-streamotion-datasource-postgres")) == "kept$$PATH"
         env = get("deployment", "st-streamotion-operator")["spec"]["template"]["spec"]["containers"][0]["env"]
         assert {"name": "STREAMOTION_WORKERS", "value": "4"} in env
         after = get("clusters.postgresql.cnpg.io", "streamotion-pg")
