@@ -129,6 +129,7 @@ def test_rendered_objects_are_accepted_by_the_api_server(chart, control_plane, n
         "KafkaNodePool",
         "Secret",
         "Cluster",
+        "PodMonitor",
         "ConfigMap",
     }
     assert expected <= set(kinds), kinds
@@ -303,6 +304,61 @@ def test_grafana_reads_postgres_from_the_primary_with_the_release_password(chart
     assert "-app" not in yaml.safe_dump(values["kube-prometheus-stack"])
     off = render(chart, "--set", "grafanaDatasources.postgres=false")
     assert not [d for d in off if d["metadata"].get("labels", {}).get("grafana_datasource")]
+
+
+def deprecated_fields(schema: dict, value, path: str = "") -> list[str]:
+    """The fields set in value whose OpenAPI schema description says they are deprecated."""
+    found = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            sub = schema.get("properties", {}).get(key, {})
+            if "Deprecated:" in sub.get("description", ""):
+                found.append(f"{path}.{key}")
+            found += deprecated_fields(sub, item, f"{path}.{key}")
+    elif isinstance(value, list):
+        for item in value:
+            found += deprecated_fields(schema.get("items", {}), item, f"{path}[]")
+    return found
+
+
+def test_postgres_instances_are_scraped_by_the_charts_podmonitor(chart):
+    """The Cluster uses no field the pinned CRD deprecates; its instances' metrics come from a PodMonitor
+    of the chart, rendered only with the PodMonitor API.
+
+    cloudnative-pg/cloudnative-pg v1.30.0 api/v1/cluster_types.go: spec.monitoring.enablePodMonitor
+    is deprecated ("create a PodMonitor manually"); pkg/specs/podmonitor.go: the operator's own
+    PodMonitor (named after the Cluster) selects cnpg.io/cluster=<name>, cnpg.io/podRole=instance
+    and scrapes the port "metrics"; pkg/specs/pods.go: instance pods carry those labels and the
+    container port "metrics" is url.PostgresMetricsPort, 9187 (pkg/management/url/url.go)."""
+    from tests.conftest import UPSTREAM_CRDS
+
+    docs = render(chart)
+    cluster = find(docs, "Cluster")
+    crd = yaml.safe_load(
+        (UPSTREAM_CRDS / "cloudnative-pg-1.30.0" / "postgresql.cnpg.io_clusters.yaml").read_text()
+    )
+    (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
+    spec_schema = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    assert deprecated_fields(spec_schema, cluster["spec"], "spec") == []
+    assert deprecated_fields(spec_schema, {"monitoring": {"enablePodMonitor": True}}, "spec") == [
+        "spec.monitoring.enablePodMonitor"
+    ]
+    monitor = find(docs, "PodMonitor")
+    assert monitor["metadata"]["name"] != cluster["metadata"]["name"]
+    assert monitor["metadata"]["namespace"] == cluster["metadata"]["namespace"]
+    assert monitor["spec"]["namespaceSelector"]["matchNames"] == [cluster["metadata"]["namespace"]]
+    assert monitor["spec"]["selector"]["matchLabels"] == {
+        "cnpg.io/cluster": cluster["metadata"]["name"],
+        "cnpg.io/podRole": "instance",
+    }
+    assert [e["port"] for e in monitor["spec"]["podMetricsEndpoints"]] == ["metrics"]
+    assert "PodMonitor" not in {
+        d["kind"] for d in render(chart, "--set", "postgres.podMonitor.enabled=false")
+    }
+    off = ["--set", "kube-prometheus-stack.enabled=false"]
+    assert "PodMonitor" not in {d["kind"] for d in render(chart, *off)}
+    with_api = render(chart, *off, "--api-versions", "monitoring.coreos.com/v1/PodMonitor")
+    assert find(with_api, "PodMonitor")["metadata"]["name"] == monitor["metadata"]["name"]
 
 
 def test_dependencies_can_be_disabled(chart):
