@@ -509,3 +509,30 @@ def test_readme_host_sizing_covers_what_make_up_requests(stand_in_chart):
     assert abs(at_start - total / 1024) < 0.051, (total / 1024, summary)
     assert abs(at_max - (total + scale_up) / 1024) < 0.051, ((total + scale_up) / 1024, summary)
     assert host * 1024 >= total + scale_up, summary
+
+
+def test_gke_scrapes_kube_dns_not_coredns():
+    """kube-prometheus-stack 88.2.0 values.yaml: ``coreDns`` (on by default) scrapes the pods behind
+    ``k8s-app: kube-dns`` on port 9153; ``kubeDns`` (off by default) scrapes kube-dns's own metrics on
+    10055 (kubedns) and 10054 (dnsmasq sidecar). GKE's cluster DNS is the kube-dns add-on
+    (kubernetes v1.35.4 cluster/addons/dns/kube-dns/kube-dns.yaml.in: containerPort 10055 ``metrics``,
+    the sidecar on 10054, nothing on 9153), so on GKE the CoreDNS target is down for ever and the
+    general TargetDown alert fires: the GKE values scrape kube-dns instead. kind runs CoreDNS and keeps
+    the default."""
+    gke = merged_values("values-gke.yaml")["kube-prometheus-stack"]
+    assert gke["coreDns"]["enabled"] is False and gke["kubeDns"]["enabled"] is True
+    kind = merged_values("values-kind.yaml")["kube-prometheus-stack"]
+    assert kind.get("coreDns", {}).get("enabled", True) is True
+    assert kind.get("kubeDns", {}).get("enabled", False) is False
+
+
+@pytest.mark.parametrize("target", ["default", "kind", "gke"])
+def test_no_grafana_datasource_points_at_the_disabled_alertmanager(target):
+    """kube-prometheus-stack 88.2.0 templates/grafana/configmaps-datasources.yaml provisions an
+    Alertmanager datasource whenever ``grafana.sidecar.datasources.alertmanager.enabled`` (default true),
+    whether or not ``alertmanager.enabled``: with Alertmanager off (our values) Grafana would list a
+    datasource whose Service does not exist. Off together."""
+    files = [] if target == "default" else [f"values-{target}.yaml"]
+    kps = merged_values(*files)["kube-prometheus-stack"]
+    assert kps["alertmanager"]["enabled"] is False
+    assert kps["grafana"]["sidecar"]["datasources"]["alertmanager"]["enabled"] is False
