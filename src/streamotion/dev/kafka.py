@@ -443,7 +443,8 @@ class KafkaCluster(_Topics):
             kafka.create_topic("events", partitions=3)
             kafka.stop_broker(0); ...; kafka.start_broker(0)
 
-    Every node stops with the cluster (also when starting fails), and dies with its parent process.
+    Every node stops with the cluster (also when starting fails), and is killed when the thread that
+    started it ends (start the cluster and its brokers from a thread that outlives them).
     """
 
     def __init__(
