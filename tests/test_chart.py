@@ -241,6 +241,41 @@ def test_gke_values(chart):
     assert kafka_config["default.replication.factor"] == 3 and kafka_config["min.insync.replicas"] == 2
 
 
+@pytest.mark.parametrize(("target", "brokers", "replicas", "min_isr"), [("gke", 3, 3, 2), ("kind", 1, 1, 1)])
+def test_operator_topic_defaults_follow_the_brokers(chart, target, brokers, replicas, min_isr):
+    """The operator gets the chart Kafka's replication factor (STREAMOTION_KAFKA_REPLICAS = min(brokers, 3))
+    and a pipeline without spec.kafka.replicas renders KafkaTopics with it and min.insync.replicas
+    min(2, replicas): never more than the topic has (test_kafka_cluster.py writes such topics)."""
+    from streamotion_operator import builders
+    from streamotion_operator.config import OperatorConfig
+
+    from streamotion.api.models import StreamPipeline
+
+    docs = render(chart, *value_files(chart, target))
+    assert find(docs, "KafkaNodePool")["spec"]["replicas"] == brokers
+    kafka_config = find(docs, "Kafka")["spec"]["kafka"]["config"]
+    assert (kafka_config["default.replication.factor"], kafka_config["min.insync.replicas"]) == (
+        replicas,
+        min_isr,
+    )
+    env = {
+        e["name"]: e.get("value")
+        for e in find(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    cfg = OperatorConfig.from_env({k: v for k, v in env.items() if v is not None})
+    demo = yaml.safe_load((ROOT / "examples" / "demo.yaml").read_text())
+    demo["metadata"]["namespace"] = "team"
+    assert "replicas" not in demo["spec"]["kafka"]
+    topics = builders.kafka_topics(StreamPipeline.model_validate(demo), cfg)
+    assert {(t["spec"]["replicas"], t["spec"]["config"]["min.insync.replicas"]) for t in topics} == {
+        (replicas, str(min_isr))
+    }
+    # An explicit spec.kafka.replicas wins, with its own min.insync.replicas.
+    demo["spec"]["kafka"]["replicas"] = 2
+    topics = builders.kafka_topics(StreamPipeline.model_validate(demo), cfg)
+    assert {(t["spec"]["replicas"], t["spec"]["config"]["min.insync.replicas"]) for t in topics} == {(2, "2")}
+
+
 def test_first_install_has_no_race_with_other_operators(chart):
     """Objects of a kind whose CRD a subchart installs from templates, or that another operator's webhook
     validates, are hooks that run after the release's objects; the rest use CRDs from crds/ dirs.

@@ -108,6 +108,29 @@ def test_render_uses_configured_images_and_gpu():
     assert args["autoscaling"] == {"min_replicas": 1, "max_replicas": 2}
 
 
+def test_render_topic_replicas_default_to_the_operators_with_min_isr_at_most_two(tmp_path):
+    def topics(*args: str, env: dict[str, str] | None = None, file: str = "examples/demo.yaml") -> set:
+        docs = render_cli(str(ROOT / file), *args, env=env)
+        return {
+            (d["spec"]["replicas"], d["spec"]["config"]["min.insync.replicas"])
+            for d in docs
+            if d["kind"] == "KafkaTopic"
+        }
+
+    assert topics() == {(1, "1")}  # the operator's default: one broker
+    assert topics("--kafka-replicas", "3") == {(3, "2")}
+    assert topics(env={"STREAMOTION_KAFKA_REPLICAS": "2"}) == {(2, "2")}
+    assert topics("--kafka-replicas", "5") == {(5, "2")}
+    explicit = yaml.safe_load((ROOT / "examples/demo.yaml").read_text())
+    explicit["spec"]["kafka"]["replicas"] = 1
+    (tmp_path / "one.yaml").write_text(yaml.safe_dump(explicit))
+    assert topics("--kafka-replicas", "3", file=str(tmp_path / "one.yaml")) == {(1, "1")}  # the spec wins
+    result = runner.invoke(app, ["render", str(ROOT / "examples/demo.yaml"), "--kafka-replicas", "0"])
+    assert result.exit_code != 0 and "--kafka-replicas" in result.output
+    with pytest.raises(ValueError, match="STREAMOTION_KAFKA_REPLICAS=0"):
+        OperatorConfig.from_env({"STREAMOTION_KAFKA_REPLICAS": "0"})
+
+
 def test_render_refuses_an_invalid_pipeline(tmp_path):
     bad = yaml.safe_load((ROOT / "examples/demo.yaml").read_text())
     bad["spec"]["kafka"]["partitions"] = 0

@@ -258,8 +258,22 @@ def pipeline_config_map(p: StreamPipeline) -> dict[str, Any]:
     }
 
 
+def topic_replicas(p: StreamPipeline, cfg: OperatorConfig) -> int:
+    """spec.kafka.replicas, else the operator's default (the chart passes min(its brokers, 3))."""
+    return p.spec.kafka.replicas or cfg.kafka_replicas
+
+
+def min_insync_replicas(replicas: int) -> int:
+    """min(2, replicas), set on each topic rather than left to the broker's default: acks=all writes
+    need that many in-sync replicas, so it must never exceed the topic's replicas (RF 1 under a
+    broker default of 2 refuses every write with NOT_ENOUGH_REPLICAS). RF 3 / min ISR 2 is the
+    durable setting (one broker may be down); RF 2 keeps every write on both (durability first)."""
+    return min(2, replicas)
+
+
 def kafka_topics(p: StreamPipeline, cfg: OperatorConfig) -> list[dict[str, Any]]:
     k = p.spec.kafka
+    replicas = topic_replicas(p, cfg)
     out = []
     for role, topic in naming.topic_names(p).items():
         out.append(
@@ -276,10 +290,11 @@ def kafka_topics(p: StreamPipeline, cfg: OperatorConfig) -> list[dict[str, Any]]
                 "spec": {
                     "topicName": topic,
                     "partitions": k.partitions,
-                    "replicas": k.replicas,
+                    "replicas": replicas,
                     "config": {
                         "retention.ms": str(k.retention_hours * 3600 * 1000),
                         "cleanup.policy": "delete",
+                        "min.insync.replicas": str(min_insync_replicas(replicas)),
                     },
                 },
             }

@@ -15,11 +15,17 @@ def render(
     kafka_namespace: str = typer.Option(
         None, envvar="STREAMOTION_KAFKA_NAMESPACE", help="Kafka's namespace when the pipeline names none."
     ),
+    kafka_replicas: int = typer.Option(
+        None,
+        envvar="STREAMOTION_KAFKA_REPLICAS",
+        min=1,
+        help="Topics' replication factor when the pipeline sets none (1; the chart: min(brokers, 3)).",
+    ),
 ) -> None:
     """Print the objects the operator would create for FILE (multi-document YAML, same builder code)."""
     from streamotion_operator.render import render_file
 
-    cfg = OperatorConfig.from_env(kafka_namespace=kafka_namespace)
+    cfg = OperatorConfig.from_env(kafka_namespace=kafka_namespace, kafka_replicas=kafka_replicas)
     try:
         docs = render_file(file, cfg, namespace=namespace)
     except ValueError as exc:
@@ -55,6 +61,12 @@ def operator(
         envvar="STREAMOTION_KAFKA_NAMESPACE",
         help="Kafka's namespace when a pipeline names none (kafka).",
     ),
+    kafka_replicas: int = typer.Option(
+        None,
+        envvar="STREAMOTION_KAFKA_REPLICAS",
+        min=1,
+        help="Topics' replication factor when a pipeline sets none (1; the chart: min(brokers, 3)).",
+    ),
     resync_seconds: float = typer.Option(
         None, envvar="STREAMOTION_RESYNC_SECONDS", help="Full reconcile at least this often (30)."
     ),
@@ -86,6 +98,7 @@ def operator(
         job_image=job_image,
         model_image=model_image,
         kafka_namespace=kafka_namespace,
+        kafka_replicas=kafka_replicas,
         resync_seconds=resync_seconds,
         metrics_port=metrics_port,
         health_port=health_port,

@@ -32,6 +32,8 @@ class OperatorConfig:
     image_pull_policy: str = "IfNotPresent"
     kafka_namespace: str = "kafka"
     """Namespace of the Strimzi Kafka cluster when a pipeline does not name one."""
+    kafka_replicas: int = 1
+    """Replication factor of the topics of pipelines without spec.kafka.replicas (the chart: min(brokers, 3))."""
     spark_version: str = "3.5.7"
     ray_version: str = "2.60.0"
     spark_driver_cluster_role: str = "streamotion-spark-driver"
@@ -80,3 +82,9 @@ class OperatorConfig:
                 raise ValueError(f"{name}={raw!r}: {exc}") from exc
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+    def __post_init__(self) -> None:
+        if self.kafka_replicas < 1:
+            raise ValueError(
+                f"STREAMOTION_KAFKA_REPLICAS={self.kafka_replicas}: a replication factor is at least 1"
+            )

@@ -128,8 +128,8 @@ class KafkaSpec(ApiModel):
     """Namespace of the Kafka resource; defaults to the operator's configured Kafka namespace."""
     partitions: int = Field(3, ge=1, le=1000)
     """Partitions of the raw-events topic. Can grow, never shrink (Kafka cannot remove partitions)."""
-    replicas: int = Field(1, ge=1, le=10)
-    """Replication factor of every topic."""
+    replicas: int | None = Field(None, ge=1, le=10)
+    """Replication factor of every topic (default: the operator's); min.insync.replicas is min(2, this)."""
     retention_hours: int = Field(168, ge=1, le=87600)
     """How long raw events and dead letters are kept, in hours (the window for backfills)."""
     bootstrap_servers: str | None = Field(None, max_length=1024)
