@@ -185,6 +185,41 @@ def test_model_image_matches_ray():
     assert naming.SERVE_IMPORT_PATH in (ROOT / "serving" / "Dockerfile").read_text()
 
 
+def test_model_image_user_is_the_ray_user_the_rayservice_runs_as():
+    """The Ray images run Ray as uid 1000 (gid 100) from its home, and the RayService runs both the
+    head and the workers as that user (CPU and GPU pipelines).
+
+    ray-project/ray docker/base-deps/Dockerfile (the base of every rayproject/ray image):
+    ``ARG RAY_UID=1000``, ``ARG RAY_GID=100``, ``useradd -ms /bin/bash -d /home/ray ray --uid $RAY_UID
+    --gid $RAY_GID``, ``USER $RAY_UID``, Python in /home/ray/anaconda3; on ubuntu 24.04 / nvidia/cuda
+    ...-ubuntu24.04 (docker/base-deps/cpu.wanda.yaml, cuda.wanda.yaml) where useradd makes homes 0750
+    (Ubuntu 21.04+ login.defs HOME_MODE): any other uid outside gid 100 cannot even run Python.
+    """
+    from streamotion_operator import builders
+    from streamotion_operator.config import OperatorConfig
+    from streamotion_operator.testing import pipeline
+
+    from streamotion.api.models import StreamPipeline
+
+    for device in ("cpu", "gpu"):
+        body = pipeline("m", "ns")
+        body["spec"]["model"]["device"] = device
+        ray = builders.ray_service(StreamPipeline.model_validate(body), OperatorConfig())["spec"]
+        groups = [ray["rayClusterConfig"]["headGroupSpec"], *ray["rayClusterConfig"]["workerGroupSpecs"]]
+        for group in groups:
+            pod = group["template"]["spec"]
+            ctx = pod["securityContext"]
+            assert (ctx["runAsUser"], ctx["runAsGroup"], ctx["fsGroup"]) == (1000, 100, 100), (device, ctx)
+            assert ctx["runAsNonRoot"] is True
+            container = pod["containers"][0]
+            assert "runAsUser" not in container["securityContext"]  # the pod's, nothing else
+    final = stages(ROOT / "serving" / "Dockerfile")[-1]
+    users = [rest for word, rest in final["body"] if word == "USER"]
+    assert users[-1] == "1000:100", f"serving/Dockerfile runs as {users[-1]}, not the Ray image's 1000:100"
+    chowns = [re.search(r"--chown=(\S+)", rest) for word, rest in final["body"] if word in ("COPY", "ADD")]
+    assert chowns and all(c and c.group(1) == "1000:100" for c in chowns), "files not owned by 1000:100"
+
+
 def test_producer_image_runs_the_produce_command():
     final = stages(ROOT / "ingest" / "Dockerfile")[-1]
     entry = [rest for word, rest in final["body"] if word == "ENTRYPOINT"][-1]
