@@ -95,6 +95,44 @@ def test_render_uses_configured_images_and_gpu():
     assert args["autoscaling"] == {"min_replicas": 1, "max_replicas": 2}
 
 
+def test_gpu_pipelines_run_the_gpu_model_image_on_their_workers(tmp_path):
+    """``device: gpu``: the workers (which hold the replicas and the GPUs) run the GPU model image
+    (CUDA torch), the head keeps the CPU one (num-cpus 0 and no GPU: it runs no replica, only GCS,
+    the dashboard, Serve's controller and proxy, the autoscaler and the application build, none of
+    which touches torch). ``device: cpu`` runs the CPU image everywhere.
+
+    kuberay v1.7.0 ray-operator/controllers/ray/common/pod.go: generateRayStartCommand derives
+    ``--num-gpus`` from the limits of the Ray container (index 0, utils.RayContainerIndex) through
+    addWellKnownAcceleratorResources (a key ending in "gpu", utils/resources.go IsGPUResourceKey)
+    unless rayStartParams sets it: the worker limits nvidia.com/gpu and leaves num-gpus alone.
+    """
+    env = {
+        "STREAMOTION_MODEL_IMAGE": "registry.example/m:2",
+        "STREAMOTION_MODEL_GPU_IMAGE": "registry.example/g:2",
+    }
+    cfg = OperatorConfig.from_env(env)
+    assert cfg.model_gpu_image == "registry.example/g:2"
+    for device, worker_image in (("cpu", "registry.example/m:2"), ("gpu", "registry.example/g:2")):
+        body = pipeline("m", "ns")
+        body["spec"]["model"]["device"] = device
+        cluster = builders.ray_service(StreamPipeline.model_validate(body), cfg)["spec"]["rayClusterConfig"]
+        head = cluster["headGroupSpec"]
+        (worker,) = cluster["workerGroupSpecs"]
+        assert head["template"]["spec"]["containers"][0]["image"] == "registry.example/m:2", device
+        assert worker["template"]["spec"]["containers"][0]["image"] == worker_image, device
+        assert "num-gpus" not in worker["rayStartParams"] and "num-gpus" not in head["rayStartParams"]
+        assert "nvidia.com/gpu" not in json.dumps(head)
+        limits = worker["template"]["spec"]["containers"][0]["resources"]["limits"]
+        assert limits.get("nvidia.com/gpu") == ("1" if device == "gpu" else None)
+    # `streamotion render` (and the operator, OperatorConfig.from_env) take it from the environment
+    body = yaml.safe_load((ROOT / "examples/demo.yaml").read_text())
+    body["spec"].setdefault("model", {})["device"] = "gpu"
+    (tmp_path / "gpu.yaml").write_text(yaml.safe_dump(body))
+    ray = next(d for d in render_cli(str(tmp_path / "gpu.yaml"), env=env) if d["kind"] == "RayService")
+    (worker,) = ray["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    assert worker["template"]["spec"]["containers"][0]["image"] == "registry.example/g:2"
+
+
 def test_render_refuses_an_invalid_pipeline(tmp_path):
     bad = yaml.safe_load((ROOT / "examples/demo.yaml").read_text())
     bad["spec"]["kafka"]["partitions"] = 0

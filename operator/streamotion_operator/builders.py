@@ -600,11 +600,13 @@ def ray_service(p: StreamPipeline, cfg: OperatorConfig) -> dict[str, Any]:
         metrics,
     ]
     start = {"metrics-export-port": str(RAY_METRICS_PORT)}
+    # GPU workers run the CUDA torch image; the head (num-cpus 0, no GPU) runs no replica and keeps
+    # the CPU image (same Ray, same Python: tests/test_images.py).
     worker = _ray_pod(
         p,
         cfg,
         "worker",
-        cfg.model_image,
+        cfg.model_gpu_image if m.device == "gpu" else cfg.model_image,
         worker_resources,
         [{"name": "serve", "containerPort": SERVE_PORT, "protocol": "TCP"}, metrics],
     )
