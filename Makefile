@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: help venv prepare lint format generate test local up down images
+.PHONY: help venv prepare lint format generate test local up down images images-cpu images-gpu
 
 help:  ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -55,6 +55,11 @@ local: venv  ## run examples/local.yaml end to end on this machine (installs wha
 IMAGE_PREFIX ?= streamotion/
 IMAGE_TAG ?= dev
 IMAGES := operator ingest jobs serving
+# The model image of GPU workers (spec.model.device: gpu): serving/Dockerfile on Ray's CUDA 12.8 image
+# (-cu128: -gpu aliases CUDA 12.1) with PyTorch's CUDA 12.8 wheels.
+GPU_IMAGE := serving-gpu
+GPU_BUILD_ARGS := --build-arg RAY_IMAGE=rayproject/ray:2.60.0-py311-cu128 \
+  --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 --build-arg TORCH_CUDA=12.8
 KIND_CLUSTER ?= streamotion
 # Images reach the kind nodes as one single-platform archive (docker save --platform, then
 # kind load image-archive): `kind load docker-image` fails with Docker's containerd image store,
@@ -69,14 +74,22 @@ HELM_REPOS := kubeflow-spark=https://kubeflow.github.io/spark-operator \
   prometheus-community=https://prometheus-community.github.io/helm-charts \
   cnpg=https://cloudnative-pg.github.io/charts
 
-images:  ## build the operator, ingest, jobs and serving images (docker), tagged streamotion/NAME:dev
+images: images-cpu images-gpu  ## build every image (docker): images-cpu and images-gpu
+
+images-cpu:  ## build the operator, ingest, jobs and serving images, tagged streamotion/NAME:dev
 	@command -v docker >/dev/null || { echo "make images needs docker" >&2; exit 1; }
 	@for c in $(IMAGES); do \
 	  echo "==> $(IMAGE_PREFIX)$$c:$(IMAGE_TAG) ($$c/Dockerfile)"; \
 	  DOCKER_BUILDKIT=1 docker build -f $$c/Dockerfile -t $(IMAGE_PREFIX)$$c:$(IMAGE_TAG) . || exit 1; \
 	done
 
-up: images  ## kind cluster, images, Helm install, the demo pipeline; prints the Grafana URL
+images-gpu:  ## build the model image of GPU workers, tagged streamotion/serving-gpu:dev
+	@command -v docker >/dev/null || { echo "make images needs docker" >&2; exit 1; }
+	@echo "==> $(IMAGE_PREFIX)$(GPU_IMAGE):$(IMAGE_TAG) (serving/Dockerfile, CUDA)"
+	DOCKER_BUILDKIT=1 docker build -f serving/Dockerfile $(GPU_BUILD_ARGS) -t $(IMAGE_PREFIX)$(GPU_IMAGE):$(IMAGE_TAG) .
+
+# kind has no GPUs (the demo pipeline is device: cpu): the CPU images only.
+up: images-cpu  ## kind cluster, images, Helm install, the demo pipeline; prints the Grafana URL
 	@for t in kind kubectl; do command -v $$t >/dev/null || { echo "make up needs $$t on PATH" >&2; exit 1; }; done
 	@test -n "$(HELM)" || { echo "make up needs helm on PATH (or \`make venv\` and Go for the pinned build)" >&2; exit 1; }
 	@kind get clusters 2>/dev/null | grep -qx '$(KIND_CLUSTER)' \

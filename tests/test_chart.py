@@ -175,6 +175,7 @@ def test_operator_deployment_is_configured_for_the_operator(chart):
     assert cfg.producer_image == "registry.example/team/streamotion/ingest:1.2.3"
     assert cfg.job_image == "registry.example/team/streamotion/jobs:1.2.3"
     assert cfg.model_image == "registry.example/team/streamotion/serving:1.2.3"
+    assert cfg.model_gpu_image == "registry.example/team/streamotion/serving-gpu:1.2.3"  # `make images-gpu`
     assert cfg.kafka_namespace == "kafka"
     assert cfg.metrics_port == 9108
     assert container["args"] == ["operator"]
@@ -224,6 +225,7 @@ def test_kind_values_match_kind_config(chart):
     assert env["STREAMOTION_HTTP_SERVICE_TYPE"] == "NodePort"
     assert env["STREAMOTION_HTTP_NODE_PORT"] == "30080"
     assert env["STREAMOTION_PRODUCER_IMAGE"] == "streamotion/ingest:dev"  # what `make images` tags
+    assert env["STREAMOTION_MODEL_GPU_IMAGE"] == "streamotion/serving-gpu:dev"
 
 
 def test_gke_values(chart):

@@ -558,26 +558,38 @@ def serve_config(p: StreamPipeline) -> dict[str, Any]:
     }
 
 
-def _ray_pod(p: StreamPipeline, cfg: OperatorConfig, role: str, resources: dict, ports: list) -> dict:
+# The Ray images run Ray as their user ray, uid 1000 gid 100, from its home (/home/ray, Python in
+# /home/ray/anaconda3, not readable by other users): ray-project/ray docker/base-deps/Dockerfile
+# (RAY_UID=1000, RAY_GID=100), and serving/Dockerfile's USER 1000:100.
+RAY_UID, RAY_GID = 1000, 100
+RAY_POD_SECURITY = {**POD_SECURITY, "runAsUser": RAY_UID, "runAsGroup": RAY_GID, "fsGroup": RAY_GID}
+# Root is read-only: Ray writes its session dir (/tmp/ray), HOME and HF_HOME under /tmp, an emptyDir
+# (and its object store to /dev/shm, an emptyDir KubeRay adds).
+RAY_ENV = [{"name": "HOME", "value": "/tmp"}, {"name": "HF_HOME", "value": "/tmp/huggingface"}]
+RAY_TMP_MOUNT = {"name": "tmp", "mountPath": "/tmp"}
+
+
+def _ray_pod(
+    p: StreamPipeline, cfg: OperatorConfig, role: str, image: str, resources: dict, ports: list
+) -> dict:
     return {
         "metadata": {"labels": labels(p, "model", **{"streamotion.io/ray-node": role})},
         "spec": {
-            "securityContext": POD_SECURITY,
+            "securityContext": RAY_POD_SECURITY,
             "containers": [
                 {
                     "name": f"ray-{role}",
-                    "image": cfg.model_image,
+                    "image": image,
                     "imagePullPolicy": cfg.image_pull_policy,
                     "env": [
-                        {"name": "HOME", "value": "/tmp"},
-                        {"name": "HF_HOME", "value": "/tmp/huggingface"},
+                        *copy.deepcopy(RAY_ENV),
                         # counters exported once, as counters (not also as Ray's legacy gauge copy)
                         {"name": "RAY_EXPORT_COUNTER_AS_GAUGE", "value": "0"},
                     ],
                     "ports": ports,
                     "resources": resources,
                     "securityContext": CONTAINER_SECURITY,
-                    "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+                    "volumeMounts": [copy.deepcopy(RAY_TMP_MOUNT)],
                 }
             ],
             "volumes": [{"name": "tmp", "emptyDir": {}}],
@@ -603,10 +615,13 @@ def ray_service(p: StreamPipeline, cfg: OperatorConfig) -> dict[str, Any]:
         metrics,
     ]
     start = {"metrics-export-port": str(RAY_METRICS_PORT)}
+    # GPU workers run the CUDA torch image; the head (num-cpus 0, no GPU) runs no replica and keeps
+    # the CPU image (same Ray, same Python: tests/test_images.py).
     worker = _ray_pod(
         p,
         cfg,
         "worker",
+        cfg.model_gpu_image if m.device == "gpu" else cfg.model_image,
         worker_resources,
         [{"name": "serve", "containerPort": SERVE_PORT, "protocol": "TCP"}, metrics],
     )
@@ -624,12 +639,17 @@ def ray_service(p: StreamPipeline, cfg: OperatorConfig) -> dict[str, Any]:
             "rayClusterConfig": {
                 "rayVersion": cfg.ray_version,
                 "enableInTreeAutoscaling": True,
+                # KubeRay's autoscaler sidecar in the head pod: restricted like the Ray container
+                "autoscalerOptions": copy.deepcopy(
+                    {"env": RAY_ENV, "volumeMounts": [RAY_TMP_MOUNT], "securityContext": CONTAINER_SECURITY}
+                ),
                 "headGroupSpec": {
                     "rayStartParams": {**start, "dashboard-host": "0.0.0.0", "num-cpus": "0"},
                     "template": _ray_pod(
                         p,
                         cfg,
                         "head",
+                        cfg.model_image,
                         {"requests": {"cpu": "500m", "memory": "2Gi"}, "limits": {"memory": "2Gi"}},
                         head_ports,
                     ),

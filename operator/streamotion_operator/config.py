@@ -29,6 +29,8 @@ class OperatorConfig:
     producer_image: str = f"ghcr.io/streamotion/producer:{VERSION}"
     job_image: str = f"ghcr.io/streamotion/job:{VERSION}"
     model_image: str = f"ghcr.io/streamotion/model:{VERSION}"
+    model_gpu_image: str = f"ghcr.io/streamotion/model-gpu:{VERSION}"
+    """Image of the model's Ray workers when spec.model.device is gpu (CUDA torch; `make images`: serving-gpu)."""
     image_pull_policy: str = "IfNotPresent"
     kafka_namespace: str = "kafka"
     """Namespace of the Strimzi Kafka cluster when a pipeline does not name one."""
