@@ -368,13 +368,35 @@ else:
 """
 
 
+def vendored_modules(distributions: set[str]) -> set[str]:
+    """Top-level modules these distributions carry themselves: Ray ships psutil and colorama under
+    ray/thirdparty_files and puts that folder on sys.path, so `import psutil` works in the model image
+    even though no psutil distribution is installed there."""
+    out = set()
+    for name in distributions:
+        try:
+            files = metadata.distribution(name).files or []
+        except metadata.PackageNotFoundError:
+            continue
+        for f in files:
+            parts = f.parts
+            if "thirdparty_files" in parts[:-1]:
+                top = parts[parts.index("thirdparty_files") + 1]
+                if not top.endswith((".dist-info", ".pth")):
+                    out.add(top.removesuffix(".py"))
+    return out
+
+
 def modules_outside(extra: str) -> list[str]:
     """Top-level modules of the installed distributions that `pip install .[extra]` would not bring."""
     allowed = dependency_closure(extra) | {"streamotion"}
+    vendored = vendored_modules(allowed)
     return sorted(
         module
         for module, dists in metadata.packages_distributions().items()
-        if not any(canonicalize_name(d) in allowed for d in dists) and module not in sys.stdlib_module_names
+        if not any(canonicalize_name(d) in allowed for d in dists)
+        and module not in sys.stdlib_module_names
+        and module not in vendored
     )
 
 
