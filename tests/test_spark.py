@@ -127,10 +127,9 @@ def test_spark_operator_pods_are_admitted_and_the_ui_port_is_scraped(control_pla
     kube.dry_run_apply(app)  # still valid against spark-operator's CRD
     pods = {role: spark_operator_pod(app, role) for role in ("driver", "executor")}
     for role, pod in pods.items():
-        names = [port["name"] for port in pod["spec"]["containers"][0]["ports"]]
-        assert len(names) == len(set(names)), f"{role} pod port names repeat: {names}"
         created = kube.request("POST", f"/api/v1/namespaces/{namespace}/pods", body=pod, what=f"{role} pod")
-        assert created["metadata"]["uid"]
+        names = [port["name"] for port in created["spec"]["containers"][0]["ports"]]
+        assert len(names) == len(set(names)), f"{role} pod port names repeat: {names}"
     (job,) = [m for m in builders.pod_monitors(p) if m["metadata"]["name"] == f"{p.name}-job"]
     assert job["spec"]["selector"]["matchLabels"]["spark-role"] == "driver"
     driver_ports = {port["name"] for port in pods["driver"]["spec"]["containers"][0]["ports"]}
