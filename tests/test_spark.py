@@ -176,7 +176,7 @@ def test_only_the_driver_mounts_the_checkpoint_and_holds_the_sink_credentials():
         return {e["name"] for e in part["env"]}
 
     assert {"checkpoint", "bigquery-key"} <= mounted(driver)
-    assert SECRET_ENV <= env(driver)
+    assert env(driver) >= SECRET_ENV
     assert not {"checkpoint", "bigquery-key"} & mounted(executor)
     assert not SECRET_ENV & env(executor)
     assert not any("valueFrom" in e for e in executor["env"]), "a Secret reference on executors"

@@ -32,7 +32,7 @@ class OperatorConfig:
     image_pull_policy: str = "IfNotPresent"
     kafka_namespace: str = "kafka"
     """Namespace of the Strimzi Kafka cluster when a pipeline does not name one."""
-    spark_version: str = "3.5.7"
+    spark_version: str = "4.0.0"
     ray_version: str = "2.60.0"
     spark_driver_cluster_role: str = "streamotion-spark-driver"
     """ClusterRole bound (per pipeline namespace) to the Spark driver's ServiceAccount."""
