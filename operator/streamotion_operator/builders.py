@@ -27,7 +27,11 @@ SOURCE_LABEL = "streamotion.io/source"
 CHECKPOINT_MOUNT = "/checkpoint"  # streamotion_jobs.config.CHECKPOINT_MOUNT
 BIGQUERY_KEY_DIR = "/var/run/secrets/streamotion/bigquery"
 JOB_WORKDIR = "/opt/streamotion"
-SPARK_UI_PORT = 4040
+# The Spark UI (and its PrometheusServlet) port on the driver is declared by Spark itself under this
+# name (apache/spark v4.0.0 k8s Constants.scala UI_PORT_NAME, BasicDriverFeatureStep.scala), as are
+# "driver-rpc-port" and "blockmanager": spark-operator appends spec.driver.ports / spec.executor.ports
+# to Spark's own without de-duplication, so our ports never reuse those names.
+SPARK_UI_PORT_NAME = "spark-ui"
 RAY_METRICS_PORT = 8080
 SERVE_PORT = 8000
 APP_NAME = "streamotion-model"  # streamotion_serving.app.APP_NAME
@@ -459,6 +463,11 @@ def spark_application(p: StreamPipeline, cfg: OperatorConfig) -> dict[str, Any]:
     ]
     volumes: list[dict[str, Any]] = [_pipeline_volume(p), {"name": "tmp", "emptyDir": {}}]
     mounts: list[dict[str, Any]] = [_PIPELINE_MOUNT, {"name": "tmp", "mountPath": "/tmp"}]
+    # Executors only parse and classify (mapInPandas); the driver keeps the checkpoint (a
+    # ReadWriteOnce claim: executors on other nodes could not attach it) and writes the sinks
+    # (streamotion_jobs.job: toPandas), so the claim and the sink credentials are the driver's only.
+    executor_env = list(env)
+    executor_mounts = list(mounts)
     if not proc.checkpoint.uri:
         volumes.append(
             {"name": "checkpoint", "persistentVolumeClaim": {"claimName": naming.checkpoint_pvc_name(p)}}
@@ -506,10 +515,8 @@ def spark_application(p: StreamPipeline, cfg: OperatorConfig) -> dict[str, Any]:
             "labels": pod_labels,
             "env": env,
             "volumeMounts": mounts,
-            "ports": [
-                {"name": "metrics", "containerPort": naming.METRICS_PORT, "protocol": "TCP"},
-                {"name": "spark-ui", "containerPort": SPARK_UI_PORT, "protocol": "TCP"},
-            ],
+            # Spark declares spark-ui (4040) itself; ours are only the job's own
+            "ports": [{"name": "metrics", "containerPort": naming.METRICS_PORT, "protocol": "TCP"}],
             "podSecurityContext": POD_SECURITY,
             "securityContext": CONTAINER_SECURITY,
         },
@@ -518,8 +525,8 @@ def spark_application(p: StreamPipeline, cfg: OperatorConfig) -> dict[str, Any]:
             "cores": proc.executors.cores,
             "memory": proc.executors.memory,
             "labels": pod_labels,
-            "env": env,
-            "volumeMounts": mounts,
+            "env": executor_env,
+            "volumeMounts": executor_mounts,
             "podSecurityContext": POD_SECURITY,
             "securityContext": CONTAINER_SECURITY,
         },
@@ -711,7 +718,12 @@ def pod_monitors(p: StreamPipeline) -> list[dict[str, Any]]:
                     "honorLabels": True,
                     "relabelings": _pipeline_relabel(),
                 },
-                {"port": "spark-ui", "path": "/metrics/prometheus/", "relabelings": _pipeline_relabel()},
+                # Spark's own UI port on the driver (see SPARK_UI_PORT_NAME)
+                {
+                    "port": SPARK_UI_PORT_NAME,
+                    "path": "/metrics/prometheus/",
+                    "relabelings": _pipeline_relabel(),
+                },
             ],
             match={**selector(p, "job"), "spark-role": "driver"},
         ),

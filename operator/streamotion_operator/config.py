@@ -36,7 +36,7 @@ class OperatorConfig:
     """Namespace of the Strimzi Kafka cluster when a pipeline does not name one."""
     kafka_replicas: int = 1
     """Replication factor of the topics of pipelines without spec.kafka.replicas (the chart: min(brokers, 3))."""
-    spark_version: str = "3.5.7"
+    spark_version: str = "4.0.0"
     ray_version: str = "2.60.0"
     spark_driver_cluster_role: str = "streamotion-spark-driver"
     """ClusterRole bound (per pipeline namespace) to the Spark driver's ServiceAccount."""
