@@ -320,8 +320,8 @@ def scala_object(package, name: str):
 
 
 def spark_pod_memory(app: dict) -> tuple[float, float]:
-    """Memory (MiB) of the driver pod and of one executor pod of a SparkApplication, computed by Spark
-    3.5.7's own feature steps (pyspark's spark-kubernetes jar): BasicDriverFeatureStep and
+    """Memory (MiB) of the driver pod and of one executor pod of a SparkApplication, computed by
+    the pinned pyspark's own feature steps (its spark-kubernetes jar, 4.0.0): BasicDriverFeatureStep and
     BasicExecutorFeatureStep request memory plus overhead, max(factor * memory, 384 MiB), with the
     factor 0.4 for Python applications (NON_JVM_MEMORY_OVERHEAD_FACTOR), which the driver hands to its
     executors. kubeflow/spark-operator v2.5.2 internal/controller/sparkapplication/submission.go passes
