@@ -44,7 +44,15 @@ LIMIT_S = 420
 
 _NAMESPACE_SCRIPT = r"""
 set -eu
-base="$1"; user="$2"; shift 2
+base="$1"; user="$2"; hidden="$3"; expose="$4"; shift 4
+# The venv's Python may live in a directory the user cannot enter (pyenv under /root): in this
+# namespace that directory is an empty one, with only the Python installation in it.
+if [ -n "$hidden" ]; then
+  mkdir -p "$base/.python" && mount --bind "$expose" "$base/.python"
+  mount -t tmpfs -o mode=0755 tmpfs "$hidden"
+  mkdir -p "$expose" && mount --bind "$base/.python" "$expose" && umount "$base/.python"
+  rmdir "$base/.python"
+fi
 # This machine without Java, PostgreSQL or Maven (inside this mount namespace only).
 for d in /usr/lib/jvm /usr/lib/postgresql /usr/share/maven; do
   if [ -d "$d" ]; then mount -t tmpfs -o ro,mode=0755 tmpfs "$d"; fi
@@ -76,6 +84,15 @@ def fresh_user():
     yield pwd.getpwnam(USER)
     subprocess.run(["pkill", "-KILL", "-u", USER], check=False)
     subprocess.run(["userdel", USER], check=False)
+
+
+def _hidden_python() -> tuple[str, str]:
+    """(a directory the user cannot enter, the Python installation under it), or ("", "")."""
+    prefix = Path(os.path.realpath(sys.executable)).parents[1]
+    for parent in reversed(prefix.parents):
+        if parent != Path("/") and not os.stat(parent).st_mode & 0o001:
+            return str(parent), str(prefix)
+    return "", ""
 
 
 def _jvms(pid: int) -> list[str]:
@@ -119,7 +136,7 @@ def test_make_local_as_a_new_user_with_nothing_but_python(fresh_user):
             "STREAMOTION_SHARED": os.environ.get("STREAMOTION_SHARED", ""),
         }
         argv = [
-            "unshare", "-m", "--propagation", "private", "sh", "-c", _NAMESPACE_SCRIPT, "sh", str(base), USER,
+            "unshare", "-m", "--propagation", "private", "sh", "-c", _NAMESPACE_SCRIPT, "sh", str(base), USER, *_hidden_python(),
             "make", "-C", str(clone), "local", f"VENV={venv}", "LOCAL_VENV=", "LOCAL_ARGS=--tiny-model --plain",
             f"PYTHON={sys.executable}",
         ]  # fmt: skip

@@ -127,10 +127,67 @@ def java_executable() -> str:
     return find_java().executable
 
 
+CA_BUNDLES = (
+    "/etc/ssl/certs/ca-certificates.crt",  # Debian, Ubuntu, Alpine
+    "/etc/pki/tls/certs/ca-bundle.crt",  # Fedora, RHEL
+    "/etc/ssl/cert.pem",  # macOS, BSDs
+)
+TRUSTSTORE_PASSWORD = "changeit"  # the JDK's customary one; a truststore holds no secret
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("STREAMOTION_CACHE", Path.home() / ".cache" / "streamotion"))
+
+
+def system_truststore() -> Path | None:
+    """The system's CA bundle (``SSL_CERT_FILE``, else the usual places) as a PKCS#12 truststore in
+    the cache, built once per bundle: the wheel's JDK carries its own CA list, and a network whose
+    proxy re-signs TLS (trusted by the system, so by pip and Python) would fail its downloads."""
+    import hashlib
+
+    bundle = os.environ.get("SSL_CERT_FILE") or next((b for b in CA_BUNDLES if os.path.isfile(b)), None)
+    if not bundle or not os.path.isfile(bundle):
+        return None
+    data = Path(bundle).read_bytes()
+    out = _cache_dir() / "java" / f"truststore-{hashlib.sha256(data).hexdigest()[:16]}.p12"
+    if out.exists():
+        return out
+    import warnings
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import BestAvailableEncryption, pkcs12
+
+    try:
+        with warnings.catch_warnings():  # some roots have non-positive serial numbers (a deprecation)
+            warnings.simplefilter("ignore")
+            certs = x509.load_pem_x509_certificates(data)
+    except ValueError:
+        return None
+    store = pkcs12.serialize_java_truststore(
+        [pkcs12.PKCS12Certificate(c, f"ca{i}".encode()) for i, c in enumerate(certs)],
+        BestAvailableEncryption(TRUSTSTORE_PASSWORD.encode()),
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + f".part{os.getpid()}")
+    tmp.write_bytes(store)
+    tmp.replace(out)
+    return out
+
+
 def jvm_flags() -> list[str]:
     """Flags for every JVM we start: temporary files in TMPDIR (Python's choice, not the JVM's /tmp),
-    and no hsperfdata file (HotSpot writes it to /tmp whatever java.io.tmpdir says)."""
-    return [f"-Djava.io.tmpdir={tempfile.gettempdir()}", "-XX:-UsePerfData"]
+    no hsperfdata file (HotSpot writes it to /tmp whatever java.io.tmpdir says) and, on the wheel's
+    JDK, the system's CA certificates (``system_truststore``)."""
+    flags = [f"-Djava.io.tmpdir={tempfile.gettempdir()}", "-XX:-UsePerfData"]
+    if find_java().source == f"{WHEEL} wheel":
+        store = system_truststore()
+        if store is not None:
+            flags += [
+                f"-Djavax.net.ssl.trustStore={store}",
+                "-Djavax.net.ssl.trustStoreType=PKCS12",
+                f"-Djavax.net.ssl.trustStorePassword={TRUSTSTORE_PASSWORD}",
+            ]
+    return flags
 
 
 def for_spark_local() -> dict[str, str]:
