@@ -53,7 +53,7 @@ LOCAL_WORKDIR ?= .local-run
 LOCAL_VENV ?= venv
 
 local-plan:
-	@$(PYTHON) src/streamotion/local/plan.py --venv $(VENV) --python $(PYTHON) --args '$(LOCAL_ARGS)'
+	@$(PYTHON) src/streamotion/local/plan.py --venv $(VENV) --python $(PYTHON) --args='$(LOCAL_ARGS)'
 	@mkdir -p $(LOCAL_WORKDIR)/tmp
 
 local: export TMPDIR = $(abspath $(LOCAL_WORKDIR))/tmp

