@@ -40,6 +40,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 USER = "smk21"
+UID = 42121  # a uid nothing on the machine uses (useradd's next free one may be in use by others' files)
 EVENTS = 1000  # examples/local.yaml: the bundled GoEmotions sample, replayed once
 LIMIT_S = 420
 
@@ -80,10 +81,11 @@ def fresh_user():
     assert os.geteuid() == 0, "this test creates a user and a mount namespace: run it as root (as CI does)"
     for tool in ("useradd", "userdel", "unshare", "setpriv", "git", "make"):
         assert shutil.which(tool), f"{tool} is needed"
-    try:
-        pwd.getpwnam(USER)
-    except KeyError:
-        subprocess.run(["useradd", "-M", "-s", "/bin/sh", USER], check=True)
+    subprocess.run(["userdel", USER], check=False, capture_output=True)
+    import psutil
+
+    assert not [p for p in psutil.process_iter(["uids"]) if p.info["uids"] and p.info["uids"].real == UID]
+    subprocess.run(["useradd", "-M", "-u", str(UID), "-s", "/bin/sh", USER], check=True)
     yield pwd.getpwnam(USER)
     subprocess.run(["pkill", "-KILL", "-u", USER], check=False)
     subprocess.run(["userdel", USER], check=False)

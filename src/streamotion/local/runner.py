@@ -242,9 +242,18 @@ class LocalRun:
         directory) go under the working directory, not /tmp: removed with it, nothing elsewhere."""
         tmp = self.workdir / "tmp"
         tmp.mkdir(parents=True, exist_ok=True)
-        self._saved_env = {k: os.environ.get(k) for k in ("TMPDIR", "RAY_TMPDIR", "JAVA_HOME", "PATH")}
+        keys = ("TMPDIR", "RAY_TMPDIR", "JAVA_HOME", "PATH", "MPLCONFIGDIR", "RAY_AUTH_TOKEN")
+        self._saved_env = {k: os.environ.get(k) for k in keys}
         self._saved_tempdir = tempfile.tempdir
         os.environ["TMPDIR"] = tempfile.tempdir = str(tmp)
+        # matplotlib's font cache in ours, not ~/.config or ~/.cache/matplotlib
+        os.environ.setdefault("MPLCONFIGDIR", str(_cache_root() / "matplotlib"))
+        # Ray 2.60 enables token auth for a new local cluster and, without a token, saves a new one
+        # in ~/.ray/auth_token: give this run's Ray a token of its own instead (the environment only)
+        if "RAY_AUTH_TOKEN" not in os.environ:
+            import secrets
+
+            os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
         # Ray puts unix sockets in <RAY_TMPDIR>/ray/session_<date>_<pid>/sockets/: the whole path must
         # fit a unix socket's (macOS: 104 bytes).
         if len(str(self.workdir)) + len(RAY_SOCKET_TAIL) < UNIX_SOCKET_MAX:
@@ -651,6 +660,10 @@ class LocalRun:
         for pid in leftover_pids(self.run_id):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
+
+
+def _cache_root() -> Path:
+    return Path(os.environ.get("STREAMOTION_CACHE", Path.home() / ".cache" / "streamotion"))
 
 
 def leftover_pids(run_id: str) -> list[int]:
