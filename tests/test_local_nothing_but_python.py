@@ -211,6 +211,7 @@ def test_make_local_as_a_new_user_with_nothing_but_python(fresh_user):
         print(
             f"make local (venv reused) took {elapsed:.0f} s; in HOME outside ~/.cache/streamotion: {outside}"
         )
+        assert outside == [".cache"], outside  # no ~/.ray, ~/.config, ~/.ivy2, ~/.m2: only the cache
         du = ["du", "-sh", *map(str, (home / ".cache" / "streamotion").iterdir())]
         print(subprocess.run(du, capture_output=True, text=True).stdout)
     finally:
