@@ -3,14 +3,14 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
-EXTRAS ?= operator,ingest,jobs,serving,dashboards,dev
+EXTRAS ?= operator,ingest,jobs,serving,dashboards,dev,local
 export PIP_CACHE_DIR ?= $(HOME)/.cache/streamotion/pip
 export PIP_DISABLE_PIP_VERSION_CHECK = 1
 PYTEST_ARGS ?=
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: help venv prepare lint format generate test local up down images images-cpu images-gpu
+.PHONY: help venv prepare lint format generate test local local-plan up down images images-cpu images-gpu
 
 help:  ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -18,7 +18,7 @@ help:  ## this list
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
+	$(PY) -m pip install --progress-bar on -e '.[$(EXTRAS)]'
 	@rm -f $(VENV)/.installed-*; touch $@
 
 venv: $(STAMP)  ## create or update .venv (the CLI lands at .venv/bin/streamotion)
@@ -43,13 +43,24 @@ test: venv prepare lint  ## every test, against real servers (the CI command)
 
 # First run: when the Hugging Face hub is unreachable and no model is trained yet, --train fine-tunes
 # one on LOCAL_TRAIN_LIMIT GoEmotions rows (cached; later runs reuse it). LOCAL_ARGS=--tiny-model: smoke run.
+# Needs Python 3.11+ and the package registries only: no root, no apt, no system Java (README).
+# Writes go to this checkout (.venv, LOCAL_WORKDIR, reports/) and ~/.cache/streamotion (STREAMOTION_CACHE).
+# LOCAL_VENV= skips creating/updating the venv (an existing VENV=... is used as it is).
 LOCAL_PIPELINE ?= examples/local.yaml
 LOCAL_TRAIN_LIMIT ?= 8000
 LOCAL_ARGS ?= --train --train-limit $(LOCAL_TRAIN_LIMIT)
+LOCAL_WORKDIR ?= .local-run
+LOCAL_VENV ?= venv
 
-local: venv  ## run examples/local.yaml end to end on this machine (installs what is missing first)
+local-plan:
+	@$(PYTHON) src/streamotion/local/plan.py --venv $(VENV) --python $(PYTHON) --args='$(LOCAL_ARGS)'
+	@mkdir -p $(LOCAL_WORKDIR)/tmp
+
+local: export TMPDIR = $(abspath $(LOCAL_WORKDIR))/tmp
+local: local-plan $(LOCAL_VENV)  ## run examples/local.yaml end to end on this machine (installs what is missing first)
 	$(PY) -m streamotion.local.prepare
-	$(VENV)/bin/streamotion run $(LOCAL_PIPELINE) --local --summary-json reports/summary.json $(LOCAL_ARGS)
+	$(PY) -m streamotion run $(LOCAL_PIPELINE) --local --workdir $(LOCAL_WORKDIR) \
+	  --summary-json reports/summary.json $(LOCAL_ARGS)
 
 # ---------------------------------------------------------------- deploy (Docker, kind, Helm, kubectl)
 IMAGE_PREFIX ?= streamotion/

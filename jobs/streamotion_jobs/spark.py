@@ -80,6 +80,9 @@ def session(
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     if master and master.startswith("local"):
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+        from streamotion.dev.java import for_spark_local  # a supported Java: the system's or the wheel's
+
+        extra = {**for_spark_local(), **(extra or {})}
     from pyspark.sql import SparkSession
 
     builder = SparkSession.builder

