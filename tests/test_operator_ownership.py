@@ -1,0 +1,149 @@
+"""What the operator may write and delete in a shared cluster (issue #22), against the real control
+plane: never an object it did not create, never a checkpoint implicitly, names that do not
+collide across namespaces, and no rewrite of what the API server merely normalised."""
+
+from __future__ import annotations
+
+import copy
+import time
+
+import pytest
+from streamotion_operator import builders
+from streamotion_operator.builders import KINDS
+from streamotion_operator.controller import PIPELINE_KIND
+from streamotion_operator.testing import (
+    BASE_SPEC,
+    apply_pipeline,
+    children,
+    condition,
+    create_secrets,
+    get_pipeline,
+    pipeline,
+    versions,
+    wait_for,
+)
+
+from streamotion import naming
+from streamotion.api.models import StreamPipeline
+from tests import test_operator as base
+from tests.test_operator import MONITORING_NS, events, expected_children, wait_children
+
+# the module fixtures of tests/test_operator.py: one operator for this file
+kube = base.kube
+op_config = base.op_config
+operator = base.operator
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def _create(kube, kind: str, namespace: str, body: dict) -> dict:
+    """An object created by someone else (no streamotion field manager)."""
+    return kube.request(
+        "POST", KINDS[kind].path(namespace), body=body, query={"fieldManager": "someone-else"}
+    )
+
+
+def _get(kube, kind: str, namespace: str, name: str) -> dict | None:
+    return kube.get(KINDS[kind], namespace, name)
+
+
+# ------------------------------------------------------------------------------- item 1
+def test_objects_the_operator_did_not_create_are_never_taken_over(operator, kube, namespace):
+    create_secrets(kube, namespace)
+    sa = _create(kube, "ServiceAccount", namespace, {
+        "apiVersion": "v1", "kind": "ServiceAccount",
+        "metadata": {"name": "own-spark", "labels": {"team": "payments"}},
+    })  # fmt: skip
+    cm = _create(kube, "ConfigMap", namespace, {
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "own-pipeline"}, "data": {"mine": "1"},
+    })  # fmt: skip
+    # labelled like a child of the pipeline, but created by someone else: never pruned
+    lookalike_labels = {
+        naming.PIPELINE_LABEL: "own",
+        naming.PIPELINE_NS_LABEL: namespace,
+        "app.kubernetes.io/managed-by": naming.MANAGED_BY,
+    }
+    lookalike = _create(kube, "ConfigMap", namespace, {
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "own-extra", "labels": lookalike_labels}, "data": {"keep": "me"},
+    })  # fmt: skip
+    apply_pipeline(kube, pipeline("own", namespace))
+
+    def conflict():
+        c = condition(get_pipeline(kube, namespace, "own"), "ProcessingReady")
+        return c.get("reason") == "ChildConflict" and c
+
+    cond = wait_for(conflict, 30, what="ChildConflict")
+    assert cond["status"] == "False"
+    assert f"ServiceAccount {namespace}/own-spark already exists" in cond["message"]
+    assert f"ConfigMap {namespace}/own-pipeline already exists" in cond["message"]
+    assert "not created by the operator" in cond["message"]
+    # the workloads that would run as / mount someone else's objects are held back
+    assert f"SparkApplication {namespace}/own-job not applied" in cond["message"]
+    assert f"RoleBinding {namespace}/own-spark not applied" in cond["message"]
+    body = get_pipeline(kube, namespace, "own")
+    assert body["status"]["phase"] == "Degraded"
+    warnings = [e for e in events(kube, namespace, "own") if e["reason"] == "ChildConflict"]
+    assert warnings and warnings[0]["type"] == "Warning"
+    assert "own-spark" in " ".join(e["message"] for e in warnings)
+    # the other children are there, e.g. the topics (no dependency on the conflicting objects)
+    wait_for(
+        lambda: ("PodMonitor", namespace, "own-job") in children(kube, namespace, "own"), 30,
+        what="the unaffected children",
+    )  # fmt: skip
+    kids = children(kube, namespace, "own")
+    assert ("SparkApplication", namespace, "own-job") not in kids
+    assert ("Deployment", namespace, "own-src-demo") not in kids  # mounts own-pipeline
+    time.sleep(5)  # a few resyncs (2 s): still untouched, not deleted
+    for kind, obj in (("ServiceAccount", sa), ("ConfigMap", cm), ("ConfigMap", lookalike)):
+        now = _get(kube, kind, namespace, obj["metadata"]["name"])
+        assert now is not None, obj["metadata"]["name"]
+        assert now["metadata"]["resourceVersion"] == obj["metadata"]["resourceVersion"], kind
+        assert not now["metadata"].get("ownerReferences")
+    assert _get(kube, "ConfigMap", namespace, "own-pipeline")["data"] == {"mine": "1"}
+
+    # the owner removes theirs: the operator creates its own and the conflict clears
+    kube.delete(KINDS["ConfigMap"], namespace, "own-pipeline")
+    kube.delete(KINDS["ServiceAccount"], namespace, "own-spark")
+    wait_children(kube, namespace, "own", expected_children(namespace, "own"))
+    wait_for(
+        lambda: (
+            condition(get_pipeline(kube, namespace, "own"), "ProcessingReady").get("reason")
+            != "ChildConflict"
+        ),
+        30,
+        what="the conflict to clear",
+    )
+    # deleting the pipeline leaves the lookalike alone
+    kube.delete(PIPELINE_KIND, namespace, "own")
+    wait_for(lambda: get_pipeline(kube, namespace, "own") is None, 60, what="the pipeline to go")
+    assert _get(kube, "ConfigMap", namespace, "own-extra")["data"] == {"keep": "me"}
+
+
+def test_an_object_in_another_namespace_is_not_taken_over(operator, kube, namespace):
+    """The dashboards ConfigMap lives in the dashboards namespace: a foreign object there with the
+    child's name is refused too, and the delete handler does not delete it."""
+    create_secrets(kube, namespace)
+    p = StreamPipeline.model_validate(pipeline("xns", namespace))
+    name = naming.dashboard_config_map_name(p)
+    foreign = _create(kube, "ConfigMap", MONITORING_NS, {
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": name, "labels": {"grafana_dashboard": "1"}}, "data": {"board.json": "{}"},
+    })  # fmt: skip
+    apply_pipeline(kube, pipeline("xns", namespace))
+    cond = wait_for(
+        lambda: (
+            (c := condition(get_pipeline(kube, namespace, "xns"), "DashboardsReady")).get("reason")
+            == "ChildConflict"
+            and c
+        ),
+        30,
+        what="ChildConflict on the dashboards",
+    )
+    assert f"ConfigMap {MONITORING_NS}/{name} already exists" in cond["message"]
+    kube.delete(PIPELINE_KIND, namespace, "xns")
+    wait_for(lambda: get_pipeline(kube, namespace, "xns") is None, 60, what="the pipeline to go")
+    now = _get(kube, "ConfigMap", MONITORING_NS, name)
+    assert now is not None and now["metadata"]["resourceVersion"] == foreign["metadata"]["resourceVersion"]
+    kube.delete(KINDS["ConfigMap"], MONITORING_NS, name)
