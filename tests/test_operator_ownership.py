@@ -147,3 +147,33 @@ def test_an_object_in_another_namespace_is_not_taken_over(operator, kube, namesp
     now = _get(kube, "ConfigMap", MONITORING_NS, name)
     assert now is not None and now["metadata"]["resourceVersion"] == foreign["metadata"]["resourceVersion"]
     kube.delete(KINDS["ConfigMap"], MONITORING_NS, name)
+
+
+# ------------------------------------------------------------------------------- item 2
+def test_the_checkpoint_claim_is_never_pruned(operator, kube, namespace):
+    create_secrets(kube, namespace)
+    spec = copy.deepcopy(BASE_SPEC)
+    apply_pipeline(kube, pipeline("ckp", namespace, spec))
+    claim = ("PersistentVolumeClaim", namespace, "ckp-checkpoint")
+    wait_children(kube, namespace, "ckp", expected_children(namespace, "ckp"))
+    uid = children(kube, namespace, "ckp")[claim]["metadata"]["uid"]
+    spec["processing"]["checkpoint"] = {"uri": "gs://bucket/ckp"}
+    gen = apply_pipeline(kube, pipeline("ckp", namespace, spec))["metadata"]["generation"]
+
+    def moved():
+        body = get_pipeline(kube, namespace, "ckp")
+        job = children(kube, namespace, "ckp").get(("SparkApplication", namespace, "ckp-job"))
+        return body["status"].get("observedGeneration") == gen and job and "ckp-checkpoint" not in str(job)
+
+    wait_for(moved, 30, what="the job to use checkpoint.uri")
+    time.sleep(5)  # a few resyncs (2 s)
+    kept = _get(kube, "PersistentVolumeClaim", namespace, "ckp-checkpoint")
+    assert (
+        kept is not None and kept["metadata"]["uid"] == uid and not kept["metadata"].get("deletionTimestamp")
+    )
+    assert not any("PersistentVolumeClaim" in e["message"] for e in events(kube, namespace, "ckp")
+                   if e["reason"] == "Deleted")  # fmt: skip
+    # it goes with the pipeline (ownerReference, garbage collector)
+    kube.delete(PIPELINE_KIND, namespace, "ckp")
+    wait_for(lambda: _get(kube, "PersistentVolumeClaim", namespace, "ckp-checkpoint") is None, 90,
+             what="the claim to go with the pipeline")  # fmt: skip

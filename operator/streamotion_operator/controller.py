@@ -31,8 +31,9 @@ log = logging.getLogger("streamotion.operator")
 
 PIPELINE_KIND = Kind(API_VERSION, KIND, PLURAL)
 APPLIED_HASH_ANNOTATION = "streamotion.io/applied-hash"
-# Kinds whose children are deleted when the spec no longer asks for them (topics never: data).
-PRUNABLE = ("Deployment", "Service", "PodMonitor", "PrometheusRule", "PersistentVolumeClaim", "ConfigMap")
+# Kinds whose children are deleted when the spec no longer asks for them. Never topics nor the
+# checkpoint claim (data): those go only with the pipeline (the claim through its ownerReference).
+PRUNABLE = ("Deployment", "Service", "PodMonitor", "PrometheusRule", "ConfigMap")
 CHILD_CONFLICT = "ChildConflict"
 TRANSIENT_REASONS = {
     "DependencyMissing",
