@@ -177,3 +177,23 @@ def test_the_checkpoint_claim_is_never_pruned(operator, kube, namespace):
     kube.delete(PIPELINE_KIND, namespace, "ckp")
     wait_for(lambda: _get(kube, "PersistentVolumeClaim", namespace, "ckp-checkpoint") is None, 90,
              what="the claim to go with the pipeline")  # fmt: skip
+
+
+# ------------------------------------------------------------------------------- item 4
+def test_quantities_the_server_normalised_are_not_rewritten(operator, kube, namespace):
+    create_secrets(kube, namespace)
+    spec = copy.deepcopy(BASE_SPEC)
+    spec["processing"]["checkpoint"] = {"size": "1024Mi"}
+    apply_pipeline(kube, pipeline("qty", namespace, spec))
+    wait_children(kube, namespace, "qty", expected_children(namespace, "qty"))
+    claim = children(kube, namespace, "qty")[("PersistentVolumeClaim", namespace, "qty-checkpoint")]
+    assert claim["spec"]["resources"]["requests"]["storage"] == "1Gi"  # the server's canonical form
+    ctl = operator.controller
+    for _ in range(2):
+        out = ctl.reconcile(namespace, "qty")
+        assert not (out.created or out.updated or out.deleted), out
+    before = versions(kube, namespace, "qty")
+    time.sleep(5)  # the operator's own resyncs (2 s)
+    assert versions(kube, namespace, "qty") == before
+    updated = [e["message"] for e in events(kube, namespace, "qty") if e["reason"] == "Updated"]
+    assert not updated

@@ -46,6 +46,9 @@ TRANSIENT_REASONS = {
 # run as or grant a role to the Spark ServiceAccount): not applied while one of those is someone
 # else's object (it would run with, write into or grant rights to that object).
 WORKLOADS = ("Deployment", "SparkApplication", "RayService", "RoleBinding")
+# Maps whose values are resource quantities (resources.requests/limits, PVC capacity): the API
+# server stores built-in kinds' quantities in canonical form (1024Mi is stored as 1Gi).
+QUANTITY_MAPS = frozenset({"requests", "limits", "capacity"})
 COMPONENT_CONDITIONS = (
     "TopicsReady",
     "SourcesReady",
@@ -62,13 +65,39 @@ def now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def is_subset(want: Any, have: Any) -> bool:
-    """Whether every field of ``want`` has the same value in ``have`` (server defaults ignored)."""
+def same_quantity(want: Any, have: Any) -> bool:
+    """Whether two Kubernetes resource quantities are equal as quantities ("1024Mi" is "1Gi")."""
+    if want == have:
+        return True
+    if isinstance(want, bool) or isinstance(have, bool) or not isinstance(want, str | int | float):
+        return False
+    from kubernetes.utils import parse_quantity
+
+    try:
+        return parse_quantity(want) == parse_quantity(have)
+    except (ValueError, TypeError):
+        return False
+
+
+def is_subset(want: Any, have: Any, quantities: bool = False) -> bool:
+    """Whether every field of ``want`` has the same value in ``have`` (server defaults ignored).
+
+    ``quantities``: ``want`` is a map of resource quantities, compared as quantities."""
     if isinstance(want, dict):
-        # the API server drops empty maps and lists (a ConfigMap without data): absent equals empty
-        return isinstance(have, dict) and all(
-            is_subset(v, have[k]) if k in have else v in ({}, [], None) for k, v in want.items()
-        )
+        if not isinstance(have, dict):
+            return False
+        for k, v in want.items():
+            if k not in have:
+                # the API server drops empty maps and lists (a ConfigMap without data): absent equals empty
+                if v in ({}, [], None):
+                    continue
+                return False
+            if quantities and not isinstance(v, dict | list):
+                if not same_quantity(v, have[k]):
+                    return False
+            elif not is_subset(v, have[k], k in QUANTITY_MAPS):
+                return False
+        return True
     if isinstance(want, list):
         return (
             isinstance(have, list)
