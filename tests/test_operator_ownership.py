@@ -179,6 +179,63 @@ def test_the_checkpoint_claim_is_never_pruned(operator, kube, namespace):
              what="the claim to go with the pipeline")  # fmt: skip
 
 
+# ------------------------------------------------------------------------------- item 3
+def test_names_outside_the_pipeline_namespace_do_not_collide(operator, kube, namespace, control_plane):
+    """team-a/x and team/a-x: one ConfigMap name (and one set of Grafana file names) before."""
+    other = f"{namespace}-a"
+    control_plane.kubectl("create", "namespace", other)
+    try:
+        create_secrets(kube, namespace)
+        create_secrets(kube, other)
+        one = StreamPipeline.model_validate(pipeline("a-x", namespace))
+        two = StreamPipeline.model_validate(pipeline("x", other))
+        names = {naming.dashboard_config_map_name(one), naming.dashboard_config_map_name(two)}
+        assert len(names) == 2
+        assert naming.topic_resource_name(one, "raw") != naming.topic_resource_name(two, "raw")
+        assert naming.topic_names(one)["raw"] != naming.topic_names(two)["raw"]
+
+        # what an older operator applied for `one`: its dashboards under the old name
+        old = builders.dashboards(one, operator.cfg)
+        old_name = f"streamotion-{namespace}-a-x-dashboards"
+        old["metadata"]["name"] = old_name
+        kube.apply(old)
+
+        apply_pipeline(kube, pipeline("a-x", namespace))
+        apply_pipeline(kube, pipeline("x", other))
+        wait_children(kube, namespace, "a-x", expected_children(namespace, "a-x"))
+        wait_children(kube, other, "x", expected_children(other, "x"))
+        for ns, n in ((namespace, "a-x"), (other, "x")):
+            wait_for(
+                lambda ns=ns, n=n: (
+                    condition(get_pipeline(kube, ns, n), "DashboardsReady").get("status") == "True"
+                ),
+                30,
+                what=f"{ns}/{n} dashboards",
+            )
+        cm1 = children(kube, namespace, "a-x")[
+            ("ConfigMap", MONITORING_NS, naming.dashboard_config_map_name(one))
+        ]
+        cm2 = children(kube, other, "x")[("ConfigMap", MONITORING_NS, naming.dashboard_config_map_name(two))]
+        assert cm1["metadata"]["labels"][naming.PIPELINE_NS_LABEL] == namespace
+        assert cm2["metadata"]["labels"][naming.PIPELINE_NS_LABEL] == other
+        assert cm1["data"] and not set(cm1["data"]) & set(cm2["data"])  # Grafana's files
+        # migration: the old name is pruned once the new one is applied
+        wait_for(lambda: _get(kube, "ConfigMap", MONITORING_NS, old_name) is None, 30, what="old ConfigMap")
+        # and nothing is rewritten afterwards (no ping-pong between the two)
+        before = {**versions(kube, namespace, "a-x"), **versions(kube, other, "x")}
+        time.sleep(5)
+        after = {**versions(kube, namespace, "a-x"), **versions(kube, other, "x")}
+        assert {k: v for k, v in after.items() if k[0] == "ConfigMap"} == {
+            k: v for k, v in before.items() if k[0] == "ConfigMap"
+        }
+    finally:
+        for ns, n in ((namespace, "a-x"), (other, "x")):
+            kube.delete(PIPELINE_KIND, ns, n)
+        for ns, n in ((namespace, "a-x"), (other, "x")):
+            wait_for(lambda ns=ns, n=n: get_pipeline(kube, ns, n) is None, 60, what="cleanup")
+        control_plane.kubectl("delete", "namespace", other, "--wait=false", check=False)
+
+
 # ------------------------------------------------------------------------------- item 4
 def test_quantities_the_server_normalised_are_not_rewritten(operator, kube, namespace):
     create_secrets(kube, namespace)
