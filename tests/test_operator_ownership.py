@@ -254,3 +254,43 @@ def test_quantities_the_server_normalised_are_not_rewritten(operator, kube, name
     assert versions(kube, namespace, "qty") == before
     updated = [e["message"] for e in events(kube, namespace, "qty") if e["reason"] == "Updated"]
     assert not updated
+
+
+# ------------------------------------------------------------------------------- item 5
+def test_observed_generation_waits_for_the_children_of_that_generation(
+    operator, kube, namespace, control_plane
+):
+    create_secrets(kube, namespace)
+    body = pipeline("gen", namespace)
+    gen1 = apply_pipeline(kube, body)["metadata"]["generation"]
+    wait_children(kube, namespace, "gen", expected_children(namespace, "gen"))
+    wait_for(lambda: get_pipeline(kube, namespace, "gen")["status"].get("observedGeneration") == gen1, 30)
+    missing = f"{namespace[:40]}-dash"
+    body["spec"]["dashboards"]["namespace"] = missing
+    gen2 = apply_pipeline(kube, body)["metadata"]["generation"]
+    assert gen2 > gen1
+    wait_for(
+        lambda: (
+            condition(get_pipeline(kube, namespace, "gen"), "DashboardsReady").get("reason")
+            == "NamespaceMissing"
+        ),
+        30,
+        what="NamespaceMissing",
+    )
+    time.sleep(3)  # another resync (2 s)
+    st = get_pipeline(kube, namespace, "gen")["status"]
+    assert st["observedGeneration"] == gen1  # the dashboards of generation 2 are not applied
+    assert condition(get_pipeline(kube, namespace, "gen"), "DashboardsReady")["observedGeneration"] == gen2
+    control_plane.kubectl("create", "namespace", missing)
+    try:
+        wait_for(
+            lambda: get_pipeline(kube, namespace, "gen")["status"].get("observedGeneration") == gen2,
+            30,
+            what="observedGeneration to follow once applied",
+        )
+        p = StreamPipeline.model_validate(body)
+        assert ("ConfigMap", missing, naming.dashboard_config_map_name(p)) in children(kube, namespace, "gen")
+    finally:
+        kube.delete(PIPELINE_KIND, namespace, "gen")
+        wait_for(lambda: get_pipeline(kube, namespace, "gen") is None, 60, what="cleanup")
+        control_plane.kubectl("delete", "namespace", missing, "--wait=false", check=False)

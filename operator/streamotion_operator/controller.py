@@ -42,6 +42,10 @@ TRANSIENT_REASONS = {
     "PartitionsDecreaseRefused",
     CHILD_CONFLICT,
 }
+# Reasons meaning a desired child was not applied: status.observedGeneration stays behind.
+NOT_APPLIED = frozenset(
+    {"ApplyFailed", CHILD_CONFLICT, "NamespaceMissing", "DependencyMissing", "InvalidSpec"}
+)
 # Children that use other children by name (mount the pipeline ConfigMap or the checkpoint claim,
 # run as or grant a role to the Spark ServiceAccount): not applied while one of those is someone
 # else's object (it would run with, write into or grant rights to that object).
@@ -403,7 +407,13 @@ class Controller:
         generation: int | None,
     ) -> dict[str, Any]:
         old = body.get("status") or {}
-        status: dict[str, Any] = {"observedGeneration": generation}
+        # observedGeneration: the generation the children were applied for; kept at the last one
+        # while some child of this generation could not be applied (the spec is not in effect)
+        if p is None or any(pr.reason in NOT_APPLIED for pr in out.problems):
+            observed = old.get("observedGeneration")
+        else:
+            observed = generation
+        status: dict[str, Any] = {"observedGeneration": observed} if observed is not None else {}
         problems: dict[str, list[Problem]] = {}
         for pr in out.problems:
             problems.setdefault(pr.condition, []).append(pr)
