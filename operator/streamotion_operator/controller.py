@@ -271,7 +271,11 @@ class Controller:
             if have is None:
                 # not among the pipeline's labelled children: an object of that name may still
                 # exist (someone else's); applying would take it over
-                have = self.kube.get(kind, k[1], k[2])
+                try:
+                    have = self.kube.get(kind, k[1], k[2])
+                except ApiError as exc:  # e.g. forbidden: reported like a failed apply
+                    out.problems.append(self._apply_problem(obj, cond, exc, p))
+                    continue
             why = foreign_reason(have, name, namespace, uid) if have is not None else None
             if why:
                 conflicts[k] = why
