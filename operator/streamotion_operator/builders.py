@@ -842,7 +842,7 @@ def dashboards(p: StreamPipeline, cfg: OperatorConfig) -> dict[str, Any]:
         if "pipeline" not in names or any(n in names and n not in values for n in ("schema", "dataset")):
             continue
         board = preselect(board, values, suffix)
-        data[f"{p.namespace}-{p.name}-{path.name}"] = json.dumps(board, indent=1, sort_keys=True)
+        data[naming.dashboard_file_prefix(p) + path.name] = json.dumps(board, indent=1, sort_keys=True)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
