@@ -27,8 +27,8 @@ BASE = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 SOURCES = ("reddit-a", "masto-b", "reviews-c")
 TEXTS = [
     "I love this so much, what a wonderful day #happy #sunday",
-    "This is awful and I hate it <b>so</b> much @someone https://t.co/abc #angry",
-    "<p>I am so scared and worried about tomorrow</p> #fear",
+    "This is awful and I hate it &gt;:( so much @someone https://t.co/abc #angry",
+    "I am so scared and worried about tomorrow :( #fear",
     "Wow I am really surprised by the news today",
     "So sad and lonely today, I want to cry",
     "Das ist wirklich sehr schön heute #berlin",
@@ -338,7 +338,8 @@ def test_valid_and_malformed_events_give_rows_dead_letters_and_exact_aggregates(
         "SELECT text, clean_text, hashtags, terms, emotion, scores, sentiment FROM events WHERE event_id = 'http:e1'",
     )[0]
     assert text == TEXTS[1]
-    assert "<b>" not in clean and "https://" not in clean and "@someone" not in clean and "  " not in clean
+    assert ">:(" in clean and "&gt;" not in clean  # entities unescaped, emoticons kept
+    assert "https://" not in clean and "@someone" not in clean and "  " not in clean
     assert tags == ["angry"]
     assert "awful" in terms and "this" not in terms
     assert emotion in scores and sentiment in ("positive", "negative", "neutral")

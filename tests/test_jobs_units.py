@@ -24,9 +24,26 @@ BASE = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 
 # ---------------------------------------------------------------------------------------- text
-def test_clean_text_strips_markup_urls_mentions_and_whitespace_keeping_hashtag_words():
-    raw = "<p>I &amp; you</p>  love it!! @bob @alice@mastodon.social see https://x.co/a?b=1 www.y.org #Happy\n\nok"
+def test_clean_text_unescapes_entities_drops_urls_mentions_and_whitespace_keeping_hashtag_words():
+    raw = "I &amp; you  love it!! @bob @alice@mastodon.social see https://x.co/a?b=1 www.y.org #Happy\n\nok"
     assert clean_text(raw) == "I & you love it!! see Happy ok"
+
+
+@pytest.mark.parametrize(
+    ("raw", "clean"),
+    [
+        ("I <3 you so much >.< really", "I <3 you so much >.< really"),
+        ("I &lt;3 you &gt;:( so much", "I <3 you >:( so much"),  # X and Reddit send entities
+        ("love it <3 <3 :) :-( ;P xD", "love it <3 <3 :) :-( ;P xD"),
+        ("so happy 😂😂 🎉 ❤️ #party", "so happy 😂😂 🎉 ❤️ party"),
+        ("a < b and c > d, 1<2>3", "a < b and c > d, 1<2>3"),
+        ("<3 <333 </3 >_< <(^_^)> >:-)", "<3 <333 </3 >_< <(^_^)> >:-)"),
+    ],
+)
+def test_clean_text_keeps_angle_brackets_emoticons_and_emoji(raw, clean):
+    """The producers convert HTML to text (Mastodon's ``html_to_text``): the job must not strip
+    "tags" again, which would eat everything between a ``<3`` and a later ``>``."""
+    assert clean_text(raw) == clean
 
 
 def test_hashtags_are_distinct_lowercase_in_order():
@@ -68,7 +85,7 @@ def test_parse_one_names_the_reason(payload, reason):
 
 
 def test_parse_frame_keeps_position_payload_and_derived_fields():
-    good = _event(text="<b>Great</b> news @x #Win https://a.b", lang="en").to_json()
+    good = _event(text="Great news @x #Win https://a.b", lang="en").to_json()
     raw = pd.DataFrame({"value": [good, b"oops"], "topic": ["t", "t"], "partition": [1, 1], "offset": [7, 8]})
     out = parse_frame(raw)
     ok, bad = out.iloc[0], out.iloc[1]
