@@ -168,6 +168,15 @@ INVALID = {
         lambda d: d["spec"].update(processing={"watermark": "2 minutes"}),
         "spec.processing.watermark",
     ),
+    "zero-window": (lambda d: d["spec"].update(processing={"window": "0s"}), "spec.processing.window"),
+    "zero-watermark": (
+        lambda d: d["spec"].update(processing={"watermark": "0m0.0s"}),
+        "spec.processing.watermark",
+    ),
+    "zero-max-future-skew": (
+        lambda d: d["spec"].update(processing={"maxFutureSkew": "0ms"}),
+        "spec.processing.maxFutureSkew",
+    ),
     "name-too-long": (lambda d: d["metadata"].update(name="x" * (m.MAX_PIPELINE_NAME + 1)), "metadata.name"),
     "name-not-dns-1035": (lambda d: d["metadata"].update(name="1demo"), "metadata.name"),
     "seventeen-sources": (
