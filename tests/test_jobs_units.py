@@ -319,6 +319,61 @@ def test_model_client_gives_up_after_its_deadline(flaky_server):
         refused.classify(["x"])
 
 
+class _Picky(BaseHTTPRequestHandler):
+    """Refuses (422, serving's message format) any request holding a text with POISON in it."""
+
+    calls = 0
+
+    def do_POST(self):
+        type(self).calls += 1
+        texts = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["texts"]
+        bad = [i for i, t in enumerate(texts) if "POISON" in t]
+        if bad:
+            body = {"message": f"body.texts.{bad[0]}: not classifiable", "detail": []}
+            status = 422
+        else:
+            status = 200
+            body = {
+                "results": [
+                    {"label": "joy", "score": 1.0, "scores": {"joy": 1.0}, "model_version": t} for t in texts
+                ]
+            }
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_model_client_isolates_refused_texts_by_bisecting():
+    from streamotion_jobs.classify import ModelRefused, Refusal
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Picky)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        texts = [f"t{i}" for i in range(100)]
+        texts[37], texts[38], texts[90] = "POISON a", "POISON b", "POISON c"
+        _Picky.calls = 0
+        out = ModelClient(url, batch_size=64).classify(texts, isolate=True)
+        assert len(out) == 100
+        refused = {i: r for i, r in enumerate(out) if isinstance(r, Refusal)}
+        assert sorted(refused) == [37, 38, 90]
+        assert refused[37].reason == "model service refused the text (422): body.texts.0: not classifiable"
+        assert [r["model_version"] for i, r in enumerate(out) if i not in refused] == [
+            t for i, t in enumerate(texts) if i not in refused
+        ]  # every other result in its text's place
+        assert _Picky.calls < 40  # bisecting, not one request per text
+        with pytest.raises(ModelRefused, match="422"):  # without isolate, as before: the caller decides
+            ModelClient(url).classify(["POISON"])
+    finally:
+        server.shutdown()
+
+
 # ------------------------------------------------------------------------------------- sinks
 def _batch(batch_id: int, ids: range, minutes: float = 0, dead: int = 0, query: str = "q1") -> Batch:
     events = [
