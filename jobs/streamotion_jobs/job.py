@@ -168,7 +168,7 @@ class StreamingJob:
                 self.metrics.unknown_fields_dropped(sum(dropped.values()))
                 self.log(
                     f"batch {batch_id}: fields unknown to this job's contract dropped: "
-                    + ", ".join(f"{name} ({n})" for name, n in sorted(dropped.items())[:10])
+                    + ", ".join(f"{name[:64]!r} ({n})" for name, n in sorted(dropped.items())[:10])
                 )
         self.batches_written += 1
         batch.stats["batch_s"] = time.monotonic() - started
