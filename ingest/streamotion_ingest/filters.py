@@ -41,6 +41,20 @@ def _redact_url(url: str) -> str:
     return _URL_EMAIL.sub(EMAIL_MASK, url)
 
 
+_DATE = re.compile(r"(\d{1,4})([./-])(\d{1,2})\2(\d{2}|\d{4})")
+
+
+def _is_date(raw: str) -> bool:
+    """2024-01-15, 15.01.2024, 01/15/24: the matcher reads some as a national prefix and a number."""
+    m = _DATE.fullmatch(raw.strip())
+    if m is None:
+        return False
+    a, b, c = int(m.group(1)), int(m.group(3)), int(m.group(4))
+    if len(m.group(1)) == 4:
+        return 1 <= b <= 12 and 1 <= c <= 31
+    return len(m.group(1)) <= 2 and 1 <= a <= 31 and 1 <= b <= 31 and min(a, b) <= 12
+
+
 def _redact_phones(text: str) -> str:
     import phonenumbers
 
@@ -50,6 +64,7 @@ def _redact_phones(text: str) -> str:
             for m in phonenumbers.PhoneNumberMatcher(
                 text, PHONE_REGION, leniency=phonenumbers.Leniency.POSSIBLE
             )
+            if not _is_date(m.raw_string)
         ]
     except Exception:  # never let a library error crash a producer: mask every long digit run
         return _DIGITS.sub(PHONE_MASK, text)
@@ -114,7 +129,7 @@ def detect_language(text: str) -> str | None:
     return lang.iso_code_639_1.name.lower()
 
 
-def normalise_lang(code: str | None) -> str | None:
-    if not code:
+def normalise_lang(code: object) -> str | None:
+    if not code or not isinstance(code, str):
         return None
     return code.split("-")[0].split("_")[0].lower()[:16] or None

@@ -73,15 +73,19 @@ def message_key(platform: str, event_id: str) -> str:
     return f"{platform}:{event_id}"
 
 
-def hash_author(handle: str | None, key: str | bytes | None = None) -> str | None:
-    """A keyed, stable pseudonym for an author handle (HMAC-SHA256, 32 hex chars)."""
-    if not handle:
+def hash_author(handle: Any, key: str | bytes | None = None) -> str | None:
+    """A keyed, stable pseudonym for an author handle (HMAC-SHA256, 32 hex chars).
+
+    Any value is hashed as its text (a platform may send a number); lone surrogates from JSON
+    escapes are hashed as they are, never raise."""
+    if handle is None or handle == "":
         return None
     if key is None:
         key = os.environ.get(AUTHOR_KEY_ENV, "streamotion-dev-author-key")
     if isinstance(key, str):
         key = key.encode()
-    return hmac.new(key, handle.strip().lower().encode(), hashlib.sha256).hexdigest()[:32]
+    text = str(handle).strip().lower().encode("utf-8", "surrogatepass")
+    return hmac.new(key, text, hashlib.sha256).hexdigest()[:32]
 
 
 def json_schema() -> dict[str, Any]:

@@ -17,6 +17,7 @@ from streamotion.events import Event, hash_author
 from streamotion_ingest.context import Context
 from streamotion_ingest.filters import normalise_lang
 from streamotion_ingest.publisher import Malformed, make_event
+from streamotion_ingest.sources._common import convert, obj, text_or_none
 
 POST = "app.bsky.feed.post"
 REWIND_US = 2_000_000  # resume 2 s before the last event seen (gapless playback)
@@ -31,21 +32,30 @@ def subscribe_url(endpoint: str, cursor: int | None) -> str:
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 
+def _time(time_us: object) -> datetime | None:
+    if not isinstance(time_us, int) or isinstance(time_us, bool):
+        return None
+    try:
+        return datetime.fromtimestamp(time_us / 1e6, UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
 def to_event(msg: dict, raw: str, source: str) -> Event | Malformed | None:
     """None for anything that is not a post creation."""
     if msg.get("kind") != "commit":
         return None
-    commit = msg.get("commit") or {}
+    commit = obj(msg.get("commit"))
     if commit.get("collection") != POST or commit.get("operation") != "create":
         return None
     record = commit.get("record")
-    did, rkey = msg.get("did"), commit.get("rkey")
+    did, rkey = text_or_none(msg.get("did")), text_or_none(commit.get("rkey"))
     if not isinstance(record, dict) or not did or not rkey:
         return Malformed("bluesky commit without record, did or rkey", raw)
     text = record.get("text")
     if not text:  # image-only posts
         return None
-    langs = record.get("langs") or []
+    langs = record.get("langs")
     return make_event(
         raw,
         id=f"at://{did}/{POST}/{rkey}",
@@ -53,8 +63,8 @@ def to_event(msg: dict, raw: str, source: str) -> Event | Malformed | None:
         platform="bluesky",
         author=hash_author(did),
         text=text,
-        lang=normalise_lang(langs[0]) if langs else None,
-        created_at=record.get("createdAt") or datetime.fromtimestamp(msg["time_us"] / 1e6, UTC),
+        lang=normalise_lang(langs[0]) if isinstance(langs, list) and langs else None,
+        created_at=record.get("createdAt") or _time(msg.get("time_us")),
         url=f"https://bsky.app/profile/{did}/post/{rkey}",
     )
 
@@ -91,7 +101,7 @@ def events(ctx: Context) -> Iterator[Event | Malformed]:
                         continue
                     if isinstance(msg.get("time_us"), int):
                         cursor = max(cursor or 0, msg["time_us"])
-                    item = to_event(msg, raw, ctx.source.name)
+                    item = convert(to_event, raw, msg, raw, ctx.source.name)
                     if item is None:
                         continue
                     if isinstance(item, Event):

@@ -16,12 +16,12 @@ from streamotion.events import Event, hash_author
 from streamotion_ingest.context import Context
 from streamotion_ingest.filters import normalise_lang
 from streamotion_ingest.publisher import Malformed, make_event
-from streamotion_ingest.sources._common import Seen, html_to_text
+from streamotion_ingest.sources._common import Seen, convert, html_to_text, obj
 
 
 def to_event(status, source: str, channel: str | None) -> Event | Malformed:
     raw = json.dumps(status, default=str)
-    account = status.get("account") or {}
+    account = obj(status.get("account"))
     return make_event(
         raw,
         id=str(status.get("uri") or status.get("id") or ""),
@@ -29,7 +29,7 @@ def to_event(status, source: str, channel: str | None) -> Event | Malformed:
         platform="mastodon",
         channel=channel,
         author=hash_author(account.get("acct") or account.get("url")),
-        text=html_to_text(status.get("content") or "") or (status.get("spoiler_text") or None),
+        text=html_to_text(status.get("content")) or (status.get("spoiler_text") or None),
         lang=normalise_lang(status.get("language")),
         created_at=status.get("created_at"),
         url=status.get("url") or status.get("uri"),
@@ -112,4 +112,6 @@ def events(ctx: Context) -> Iterator[Event | Malformed]:
         if not seen.add(key):
             ctx.metrics.filtered("duplicate").inc()
             continue
-        yield to_event(original, ctx.source.name, f"#{tag}" if tag else spec.timeline)
+        yield convert(
+            to_event, original, original, ctx.source.name, f"#{tag}" if tag else spec.timeline
+        )

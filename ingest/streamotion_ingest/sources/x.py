@@ -18,6 +18,7 @@ from streamotion.events import Event, hash_author
 from streamotion_ingest.context import Context
 from streamotion_ingest.filters import normalise_lang
 from streamotion_ingest.publisher import Malformed, make_event
+from streamotion_ingest.sources._common import convert, obj, objs, text_or_none
 
 API_URL_ENV = "STREAMOTION_X_API_URL"  # default https://api.x.com (tests point it at a fake)
 DEFAULT_API_URL = "https://api.x.com"
@@ -62,26 +63,27 @@ def sync_rules(client: httpx.Client, rules: list[str], tag: str) -> dict[str, li
 
 def to_event(doc: dict, raw: str, source: str) -> Event | Malformed:
     data = doc.get("data")
-    if not isinstance(data, dict) or not data.get("id"):
+    if not isinstance(data, dict) or not isinstance(data.get("id"), str | int) or not data.get("id"):
         return Malformed("X stream message without data.id", raw)
-    users = {u.get("id"): u for u in (doc.get("includes") or {}).get("users") or []}
-    user = users.get(data.get("author_id")) or {}
-    handle = user.get("username")
+    users = {str(u.get("id")): u for u in objs(obj(doc.get("includes")).get("users"))}
+    author_id = text_or_none(data.get("author_id"))
+    handle = text_or_none(users.get(str(author_id), {}).get("username"))
     url = (
         f"https://x.com/{handle}/status/{data['id']}"
         if handle
         else f"https://x.com/i/web/status/{data['id']}"
     )
-    rules = [m.get("tag") or m.get("id") for m in doc.get("matching_rules") or []]
+    rules = [m.get("tag") or m.get("id") for m in objs(doc.get("matching_rules"))]
+    lang = data.get("lang")
     return make_event(
         raw,
         id=str(data["id"]),
         source=source,
         platform="x",
         channel=",".join(str(r) for r in rules if r)[:256] or None,
-        author=hash_author(handle or data.get("author_id")),
+        author=hash_author(handle or author_id),
         text=data.get("text"),
-        lang=normalise_lang(data.get("lang")) if data.get("lang") not in ("und", "zxx", "qme") else None,
+        lang=normalise_lang(lang) if lang not in ("und", "zxx", "qme") else None,
         created_at=data.get("created_at"),
         url=url,
     )
@@ -128,7 +130,7 @@ def events(ctx: Context) -> Iterator[Event | Malformed]:
                         if "data" not in doc and "errors" in doc:
                             ctx.log.warning("x stream error message", extra={"errors": doc["errors"]})
                             continue
-                        yield to_event(doc, line, ctx.source.name)
+                        yield convert(to_event, line, doc, line, ctx.source.name)
                         if ctx.stop.is_set():
                             return
                 delay, reason = net.next(), "closed"
