@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable
+from functools import lru_cache
 from typing import Any
 
 from streamotion_ingest.publisher import Malformed
@@ -49,8 +50,20 @@ class Seen:
         return True
 
 
+@lru_cache(maxsize=1)
+def _quiet_bs4() -> None:
+    """Statuses that look like a URL or a file name are statuses: no MarkupResemblesLocatorWarning."""
+    import warnings
+
+    from bs4 import MarkupResemblesLocatorWarning
+
+    warnings.filterwarnings("ignore", category=MarkupResemblesLocatorWarning)
+
+
 def html_to_text(html: Any) -> str:
     from bs4 import BeautifulSoup
+
+    _quiet_bs4()
 
     if not isinstance(html, str):
         return ""

@@ -112,6 +112,4 @@ def events(ctx: Context) -> Iterator[Event | Malformed]:
         if not seen.add(key):
             ctx.metrics.filtered("duplicate").inc()
             continue
-        yield convert(
-            to_event, original, original, ctx.source.name, f"#{tag}" if tag else spec.timeline
-        )
+        yield convert(to_event, original, original, ctx.source.name, f"#{tag}" if tag else spec.timeline)
