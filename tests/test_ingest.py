@@ -54,7 +54,7 @@ def test_replay_n_events_give_n_messages_with_valid_keys(kafka, tmp_path, shared
     ids = set()
     for m in msgs:
         ev = Event.model_validate_json(m.value())
-        assert m.key().decode() == f"replay:{ev.id}" == ev.key
+        assert m.key().decode() == f"replay:replay:{ev.id}" == ev.key  # source:platform:id
         assert ev.platform == "replay" and ev.source == "replay" and ev.channel == "dev"
         ids.add(ev.id)
     assert len(ids) == 6000

@@ -72,7 +72,7 @@ def test_parse_frame_keeps_position_payload_and_derived_fields():
     raw = pd.DataFrame({"value": [good, b"oops"], "topic": ["t", "t"], "partition": [1, 1], "offset": [7, 8]})
     out = parse_frame(raw)
     ok, bad = out.iloc[0], out.iloc[1]
-    assert ok["event_id"] == "http:1" and ok["error"] is None
+    assert ok["event_id"] == "s:http:1" and ok["error"] is None
     assert ok["clean_text"] == "Great news Win" and list(ok["hashtags"]) == ["win"]
     assert ok["created_at_us"] == int(BASE.timestamp() * US)
     assert bad["error"].startswith("not JSON") and bad["payload"] == "oops" and bad["kafka_offset"] == 8

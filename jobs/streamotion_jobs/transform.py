@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 import pandas as pd
 from pydantic import ValidationError
 
-from streamotion.events import Event, message_key
+from streamotion.events import Event
 from streamotion.labels import GOEMOTIONS_TO_EKMAN, NEGATIVE, POSITIVE, sentiment
 from streamotion_jobs.text import clean_text, hashtags, terms
 
@@ -122,7 +122,7 @@ def parse_frame(pdf: pd.DataFrame) -> pd.DataFrame:
         clean = clean_text(event.text) or event.text.strip() or event.text
         rows.append(
             {
-                "event_id": message_key(event.platform, event.id),
+                "event_id": event.key,
                 "id": event.id,
                 "source": event.source,
                 "platform": event.platform,

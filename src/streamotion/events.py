@@ -1,7 +1,8 @@
 """The event contract shared by every producer and the streaming job (schema version 1).
 
-Producers publish :class:`Event` as JSON to the pipeline's raw topic with key ``platform:id``;
-anything that cannot become a valid event goes to the dead-letter topic as :class:`DeadLetter`.
+Producers publish :class:`Event` as JSON to the pipeline's raw topic with key ``source:platform:id``
+(the event's identity, see :func:`event_key`); anything that cannot become a valid event goes to the
+dead-letter topic as :class:`DeadLetter`.
 ``streamotion.events.json_schema()`` is the published JSON Schema (``docs/event.schema.json``).
 """
 
@@ -50,7 +51,8 @@ class Event(BaseModel):
 
     @property
     def key(self) -> str:
-        return message_key(self.platform, self.id)
+        """The event's identity: ``source:platform:id`` (see :func:`event_key`)."""
+        return event_key(self.source, self.platform, self.id)
 
     def to_json(self) -> bytes:
         return self.model_dump_json().encode()
@@ -69,8 +71,15 @@ class DeadLetter(BaseModel):
     failed_at: datetime = Field(default_factory=utcnow)
 
 
-def message_key(platform: str, event_id: str) -> str:
-    return f"{platform}:{event_id}"
+def event_key(source: str, platform: str, event_id: str) -> str:
+    """Identity of an event: ``<source>:<platform>:<id>``, the Kafka message key and the sinks' event_id.
+
+    Unique per pipeline source: two sources (two ``http`` endpoints, two replays of one data set)
+    may send the same platform id without one hiding the other. Source names are DNS-1123 labels
+    and platforms are fixed words, so neither holds ``:`` and the id is everything after the second
+    one. The sinks keep the first row of each identity, so a re-sent event is stored once.
+    """
+    return f"{source}:{platform}:{event_id}"
 
 
 def hash_author(handle: Any, key: str | bytes | None = None) -> str | None:
