@@ -3,6 +3,12 @@
 Subscribes with ``wantedCollections=app.bsky.feed.post`` and keeps only commit/create events of
 posts. On a dropped connection it reconnects with backoff and resumes from the last cursor
 (``time_us``) minus a small overlap, as Jetstream recommends; the overlap's duplicates are skipped.
+
+Across restarts: every published post carries its ``time_us`` (header ``streamotion-cursor``), and a
+new pod starts from the newest one found on the raw topic (minus the overlap), so what was posted
+while it was down is replayed by Jetstream, not lost (Jetstream keeps a window of past events; a
+cursor older than that window starts at its oldest event). Re-sent posts have the same identity,
+and the sinks store each identity once.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from streamotion.events import Event, hash_author
 from streamotion_ingest.context import Context
 from streamotion_ingest.filters import normalise_lang
-from streamotion_ingest.publisher import Malformed, make_event
+from streamotion_ingest.publisher import Malformed, Positioned, make_event
 from streamotion_ingest.sources._common import convert, obj, text_or_none
 
 POST = "app.bsky.feed.post"
@@ -75,7 +81,10 @@ def events(ctx: Context) -> Iterator[Event | Malformed]:
 
     spec = ctx.source.bluesky
     assert spec is not None
-    cursor: int | None = None
+    recovered = [int(c) for c in ctx.last_cursors() if c.isdigit()]
+    cursor: int | None = max(recovered) if recovered else None
+    if cursor is not None:
+        ctx.log.info("jetstream resumes from the raw topic's last cursor", extra={"cursor": cursor})
     seen: OrderedDict[str, None] = OrderedDict()
     backoff = ctx.backoff(1.0, 60.0)
     while not ctx.stop.is_set():
@@ -99,8 +108,9 @@ def events(ctx: Context) -> Iterator[Event | Malformed]:
                     if not isinstance(msg, dict):
                         yield Malformed("jetstream message is not an object", raw)
                         continue
-                    if isinstance(msg.get("time_us"), int):
-                        cursor = max(cursor or 0, msg["time_us"])
+                    time_us = msg.get("time_us")
+                    if isinstance(time_us, int) and not isinstance(time_us, bool):
+                        cursor = max(cursor or 0, time_us)
                     item = convert(to_event, raw, msg, raw, ctx.source.name)
                     if item is None:
                         continue
@@ -111,6 +121,8 @@ def events(ctx: Context) -> Iterator[Event | Malformed]:
                         seen[item.id] = None
                         if len(seen) > 50_000:
                             seen.popitem(last=False)
+                        if cursor is not None:
+                            item = Positioned(item, str(cursor))
                     yield item
                     if ctx.stop.is_set():
                         return
