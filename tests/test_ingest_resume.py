@@ -289,3 +289,31 @@ def test_resume_reads_only_its_own_source(kafka, tmp_path):
     assert cursors and max(int(c) for c in cursors) == 4
     assert last_cursors(kafka.bootstrap, topics["raw"], "nobody", first_window=16, max_scan=500) == []
     assert json.loads(json.dumps(cursors))  # plain strings
+
+
+def test_resume_waits_for_kafka_instead_of_starting_without_a_cursor():
+    """Starting without a cursor would silently skip the gap: an unreadable raw topic is retried."""
+    from streamotion_ingest.context import Context
+    from streamotion_ingest.metrics import SourceMetrics
+    from streamotion_ingest.resume import ResumeUnavailable
+
+    from streamotion.api.validate import parse
+    from tests.ingest_helpers import pipeline_doc
+
+    p = parse(pipeline_doc([{"name": "sky", "type": "bluesky", "bluesky": {}}]))
+    calls = []
+
+    def recover():
+        calls.append(1)
+        if len(calls) < 3:
+            raise ResumeUnavailable("all brokers down")
+        return ["1760000000000000"]
+
+    ctx = Context(
+        pipeline=p.name, source=p.spec.sources[0], metrics=SourceMetrics(p.name, "sky"), backoff_scale=0.01
+    )
+    ctx.recover = recover
+    assert ctx.last_cursors() == ["1760000000000000"] and len(calls) == 3
+    ctx.recover = lambda: (_ for _ in ()).throw(ResumeUnavailable("down"))
+    ctx.stop.set()
+    assert ctx.last_cursors() == []  # stopping while Kafka is down: nothing to resume, no hang

@@ -25,7 +25,6 @@ MANY = settings(
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
-SOME = settings(MANY, max_examples=1000)
 
 # Text: every code point class, lone surrogates and NUL included, plus pieces regexes trip on
 # (placeholder-like NUL sequences, URL and mention starts, entities, tags).
@@ -139,7 +138,7 @@ def test_contract_validation_only_raises_validation_errors(doc):
     assert (event is None) != (reason is None)
 
 
-@SOME
+@MANY
 @given(valid_events)
 def test_valid_events_round_trip_through_the_wire(event):
     from streamotion_jobs.transform import parse_one
@@ -248,7 +247,7 @@ mastodon_statuses = st.fixed_dictionaries(
 )
 
 
-@SOME
+@MANY
 @given(mastodon_statuses | st.dictionaries(texts, json_values, max_size=5))
 def test_mastodon_conversion_never_raises(status):
     from streamotion_ingest.sources.mastodon import to_event
@@ -316,7 +315,7 @@ def test_redactor_masks_every_email_in_any_context(before, email, after, glue):
     assert not REFERENCE_EMAIL.search(out)
 
 
-@SOME
+@MANY
 @given(st.dates(min_value=datetime(1900, 1, 1).date(), max_value=datetime(2100, 1, 1).date()), texts)
 def test_redactor_keeps_dates(day, words):
     from streamotion_ingest.filters import redact_pii

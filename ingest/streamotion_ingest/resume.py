@@ -9,13 +9,15 @@ every partition backwards, in growing windows, until it finds records of its sou
 
 from __future__ import annotations
 
-import logging
 import time
 import uuid
 
 from streamotion_ingest.publisher import CURSOR_HEADER
 
-log = logging.getLogger("streamotion.ingest")
+
+class ResumeUnavailable(RuntimeError):
+    """Kafka could not be read: the caller retries (starting without a cursor could lose events)."""
+
 
 FIRST_WINDOW = 256  # records read per partition at first; x4 each round while none is found
 MAX_SCAN = 200_000  # per partition: a source silent for longer than this starts without a cursor
@@ -31,7 +33,8 @@ def last_cursors(
     timeout: float = 60.0,
 ) -> list[str]:
     """The cursors of ``source``'s last records: for each partition, every cursor found in the
-    newest window that holds records of the source (oldest first). Empty when there are none."""
+    newest window that holds records of the source (oldest first). Empty when there are none (or
+    no raw topic yet); ResumeUnavailable when Kafka cannot be read."""
     from confluent_kafka import Consumer, KafkaException, TopicPartition
 
     prefix = f"{source}:".encode()
@@ -65,10 +68,7 @@ def last_cursors(
                     break
                 end, window = start, window * 4
     except KafkaException as exc:
-        log.warning(
-            "could not read the raw topic's tail; starting without a cursor", extra={"error": str(exc)}
-        )
-        return []
+        raise ResumeUnavailable(f"could not read the tail of {topic}: {exc}") from None
     finally:
         consumer.close()
     return found
