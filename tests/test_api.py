@@ -168,6 +168,15 @@ INVALID = {
         lambda d: d["spec"].update(processing={"watermark": "2 minutes"}),
         "spec.processing.watermark",
     ),
+    "zero-window": (lambda d: d["spec"].update(processing={"window": "0s"}), "spec.processing.window"),
+    "zero-watermark": (
+        lambda d: d["spec"].update(processing={"watermark": "0m0.0s"}),
+        "spec.processing.watermark",
+    ),
+    "zero-max-future-skew": (
+        lambda d: d["spec"].update(processing={"maxFutureSkew": "0ms"}),
+        "spec.processing.maxFutureSkew",
+    ),
     "name-too-long": (lambda d: d["metadata"].update(name="x" * (m.MAX_PIPELINE_NAME + 1)), "metadata.name"),
     "name-not-dns-1035": (lambda d: d["metadata"].update(name="1demo"), "metadata.name"),
     "seventeen-sources": (
@@ -270,6 +279,41 @@ def test_server_and_cli_refuse_the_same_invalid_specs(control_plane, namespace, 
         if not any(field in e for e in cli):
             failures.append(f"{case}: CLI does not name {field}: {cli}")
     assert not failures, "\n".join(failures)
+
+
+@pytest.mark.parametrize(
+    ("value", "accepted"),
+    [
+        ("1h30m", True),
+        ("1.5h", True),
+        ("500ms", True),
+        ("0.5ms", True),
+        ("2562047h", True),
+        ("0s", False),
+        ("0m0.0s", False),
+        ("2562048h", False),
+    ],
+)
+def test_positive_duration_rule_agrees_with_cel_duration_on_the_server(
+    value, accepted, control_plane, namespace, tmp_path
+):
+    """kubernetes v1.35.4 (go.mod: github.com/google/cel-go v0.26.0) evaluates the rule
+    ``duration(self.window) > duration('0s')`` with cel-go v0.26.0 common/types/string.go:
+    String.ConvertToType(DurationType) is Go's time.ParseDuration, which reads every form our
+    Duration pattern allows (decimals, concatenated ms|s|m|h) and fails past 2562047h47m16.854775807s;
+    ``streamotion validate`` must accept and refuse the same values."""
+    doc = _with(lambda d: d["spec"].update(processing={"window": value}))
+    f = tmp_path / "p.yaml"
+    f.write_text(yaml.safe_dump(doc))
+    result = control_plane.kubectl("create", "--dry-run=server", "-n", namespace, "-f", str(f), check=False)
+    cli = validate_object(doc)
+    assert (result.returncode == 0) == accepted, result.stderr
+    assert (not cli) == accepted, cli
+    if not accepted:  # the same message (an evaluation error reports the object, not the field)
+        assert "spec.processing" in result.stderr and "window must be longer than 0s" in result.stderr
+        assert any(
+            "spec.processing.window" in str(e) and "window must be longer than 0s" in str(e) for e in cli
+        )
 
 
 def test_round_trip_create_get_patch_status_delete(k8s_api, namespace):

@@ -9,6 +9,7 @@ which the test control plane serves.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -128,6 +129,7 @@ def test_rendered_objects_are_accepted_by_the_api_server(chart, control_plane, n
         "KafkaNodePool",
         "Secret",
         "Cluster",
+        "PodMonitor",
         "ConfigMap",
     }
     assert expected <= set(kinds), kinds
@@ -173,6 +175,7 @@ def test_operator_deployment_is_configured_for_the_operator(chart):
     assert cfg.producer_image == "registry.example/team/streamotion/ingest:1.2.3"
     assert cfg.job_image == "registry.example/team/streamotion/jobs:1.2.3"
     assert cfg.model_image == "registry.example/team/streamotion/serving:1.2.3"
+    assert cfg.model_gpu_image == "registry.example/team/streamotion/serving-gpu:1.2.3"  # `make images-gpu`
     assert cfg.kafka_namespace == "kafka"
     assert cfg.metrics_port == 9108
     assert container["args"] == ["operator"]
@@ -222,6 +225,7 @@ def test_kind_values_match_kind_config(chart):
     assert env["STREAMOTION_HTTP_SERVICE_TYPE"] == "NodePort"
     assert env["STREAMOTION_HTTP_NODE_PORT"] == "30080"
     assert env["STREAMOTION_PRODUCER_IMAGE"] == "streamotion/ingest:dev"  # what `make images` tags
+    assert env["STREAMOTION_MODEL_GPU_IMAGE"] == "streamotion/serving-gpu:dev"
 
 
 def test_gke_values(chart):
@@ -239,12 +243,60 @@ def test_gke_values(chart):
     assert kafka_config["default.replication.factor"] == 3 and kafka_config["min.insync.replicas"] == 2
 
 
+@pytest.mark.parametrize(("target", "brokers", "replicas", "min_isr"), [("gke", 3, 3, 2), ("kind", 1, 1, 1)])
+def test_operator_topic_defaults_follow_the_brokers(chart, target, brokers, replicas, min_isr):
+    """The operator gets the chart Kafka's replication factor (STREAMOTION_KAFKA_REPLICAS = min(brokers, 3))
+    and a pipeline without spec.kafka.replicas renders KafkaTopics with it and min.insync.replicas
+    min(2, replicas): never more than the topic has (test_kafka_cluster.py writes such topics)."""
+    from streamotion_operator import builders
+    from streamotion_operator.config import OperatorConfig
+
+    from streamotion.api.models import StreamPipeline
+
+    docs = render(chart, *value_files(chart, target))
+    assert find(docs, "KafkaNodePool")["spec"]["replicas"] == brokers
+    kafka_config = find(docs, "Kafka")["spec"]["kafka"]["config"]
+    assert (kafka_config["default.replication.factor"], kafka_config["min.insync.replicas"]) == (
+        replicas,
+        min_isr,
+    )
+    env = {
+        e["name"]: e.get("value")
+        for e in find(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    cfg = OperatorConfig.from_env({k: v for k, v in env.items() if v is not None})
+    demo = yaml.safe_load((ROOT / "examples" / "demo.yaml").read_text())
+    demo["metadata"]["namespace"] = "team"
+    assert "replicas" not in demo["spec"]["kafka"]
+    topics = builders.kafka_topics(StreamPipeline.model_validate(demo), cfg)
+    assert {(t["spec"]["replicas"], t["spec"]["config"]["min.insync.replicas"]) for t in topics} == {
+        (replicas, str(min_isr))
+    }
+    # An explicit spec.kafka.replicas wins, with its own min.insync.replicas.
+    demo["spec"]["kafka"]["replicas"] = 2
+    topics = builders.kafka_topics(StreamPipeline.model_validate(demo), cfg)
+    assert {(t["spec"]["replicas"], t["spec"]["config"]["min.insync.replicas"]) for t in topics} == {(2, "2")}
+
+
 def test_first_install_has_no_race_with_other_operators(chart):
     """Objects of a kind whose CRD a subchart installs from templates, or that another operator's webhook
-    validates (CloudNativePG's Cluster), are post-install hooks; the rest use CRDs from crds/ dirs."""
+    validates, are hooks that run after the release's objects; the rest use CRDs from crds/ dirs.
+
+    cloudnative-pg/charts cloudnative-pg-v0.29.0 charts/cloudnative-pg: templates/crds/crds.yaml (the
+    Cluster CRD is a template) and templates/validatingwebhookconfiguration.yaml + values.yaml
+    (vcluster.cnpg.io, failurePolicy Fail, served by the operator pod). helm/helm v4.3.1
+    pkg/cmd/upgrade.go: `upgrade --install` of a release with history (a failed install) runs an
+    upgrade, which fires post-upgrade hooks only (pkg/action/upgrade.go); pkg/action/hooks.go
+    hookSetDeletePolicy: a hook without a delete policy gets before-hook-creation, which deletes an
+    existing object of that name before creating the hook; deleteHookByPolicy(hook-failed) only runs
+    when WatchUntilReady fails, and pkg/kube/statuswait.go (alwaysReady) / wait.go (legacy) report
+    every kind but Job and Pod ready at once."""
     docs = render(chart)
     cluster = find(docs, "Cluster")
-    assert cluster["metadata"]["annotations"]["helm.sh/hook"] == "post-install"
+    annotations = cluster["metadata"]["annotations"]
+    assert set(annotations["helm.sh/hook"].split(",")) == {"post-install", "post-upgrade"}
+    policies = set(annotations["helm.sh/hook-delete-policy"].split(","))
+    assert policies and policies.isdisjoint({"before-hook-creation", "hook-succeeded"})
     for d in docs:
         if d["kind"] != "Cluster":
             assert "helm.sh/hook" not in d["metadata"].get("annotations", {}), d["kind"]
@@ -261,6 +313,89 @@ def test_first_install_has_no_race_with_other_operators(chart):
     # Kafka and the pipelines agree on the cluster and its namespace.
     assert find(docs, "Kafka")["metadata"]["namespace"] == demo["spec"]["kafka"]["namespace"]
     assert find(docs, "Kafka")["metadata"]["name"] == demo["spec"]["kafka"]["cluster"]
+
+
+def test_grafana_reads_postgres_from_the_primary_with_the_release_password(chart):
+    """Grafana's PostgreSQL datasource follows postgres.name: host <name>-rw and the password of the
+    Secret <name>-app, whatever the name, and no Grafana value names that Secret.
+
+    cloudnative-pg/cloudnative-pg v1.30.0 pkg/specs/services.go: <name>-rw selects the pod labelled
+    cnpg.io/instanceRole=primary, <name>-ro only cnpg.io/instanceRole=replica (no endpoints with one
+    instance); suffixes in api/v1/cluster_types.go. grafana-community/helm-charts grafana-12.10.4 (the
+    grafana chart kube-prometheus-stack-88.2.0 pins) charts/grafana/templates/_pod.tpl renders
+    envValueFrom with tpl in the grafana chart's own context, where this chart's postgres.name is out
+    of reach; its values.yaml sidecar.datasources.resource "both": the sidecar loads labelled Secrets
+    too, and kiwigrid/k8s-sidecar 2.10.1 (its sidecar image) src/resources.py _process_secret writes
+    each key base64-decoded as a file. prometheus-community/helm-charts kube-prometheus-stack-88.2.0
+    values.yaml grafana.sidecar.datasources label grafana_datasource, labelValue "1"."""
+    docs = render(chart, "--set", "postgres.name=orders-pg,postgres.owner=writer,postgres.database=orders")
+    loaded = [d for d in docs if d["metadata"].get("labels", {}).get("grafana_datasource") == "1"]
+    assert [d["kind"] for d in loaded] == ["Secret"]
+    (text,) = loaded[0]["stringData"].values()
+    (source,) = yaml.safe_load(text)["datasources"]
+    assert source["url"] == "orders-pg-rw.streamotion.svc:5432"
+    app = find(docs, "Secret", "orders-pg-app")["stringData"]
+    assert source["user"] == app["username"] == "writer" and source["jsonData"]["database"] == "orders"
+    assert source["secureJsonData"]["password"] == app["password"]
+    values = yaml.safe_load((chart / "values.yaml").read_text())
+    assert "-app" not in yaml.safe_dump(values["kube-prometheus-stack"])
+    off = render(chart, "--set", "grafanaDatasources.postgres=false")
+    assert not [d for d in off if d["metadata"].get("labels", {}).get("grafana_datasource")]
+
+
+def deprecated_fields(schema: dict, value, path: str = "") -> list[str]:
+    """The fields set in value whose OpenAPI schema description says they are deprecated."""
+    found = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            sub = schema.get("properties", {}).get(key, {})
+            if "Deprecated:" in sub.get("description", ""):
+                found.append(f"{path}.{key}")
+            found += deprecated_fields(sub, item, f"{path}.{key}")
+    elif isinstance(value, list):
+        for item in value:
+            found += deprecated_fields(schema.get("items", {}), item, f"{path}[]")
+    return found
+
+
+def test_postgres_instances_are_scraped_by_the_charts_podmonitor(chart):
+    """The Cluster uses no field the pinned CRD deprecates; its instances' metrics come from a PodMonitor
+    of the chart, rendered only with the PodMonitor API.
+
+    cloudnative-pg/cloudnative-pg v1.30.0 api/v1/cluster_types.go: spec.monitoring.enablePodMonitor
+    is deprecated ("create a PodMonitor manually"); pkg/specs/podmonitor.go: the operator's own
+    PodMonitor (named after the Cluster) selects cnpg.io/cluster=<name>, cnpg.io/podRole=instance
+    and scrapes the port "metrics"; pkg/specs/pods.go: instance pods carry those labels and the
+    container port "metrics" is url.PostgresMetricsPort, 9187 (pkg/management/url/url.go)."""
+    from tests.conftest import UPSTREAM_CRDS
+
+    docs = render(chart)
+    cluster = find(docs, "Cluster")
+    crd = yaml.safe_load(
+        (UPSTREAM_CRDS / "cloudnative-pg-1.30.0" / "postgresql.cnpg.io_clusters.yaml").read_text()
+    )
+    (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
+    spec_schema = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    assert deprecated_fields(spec_schema, cluster["spec"], "spec") == []
+    assert deprecated_fields(spec_schema, {"monitoring": {"enablePodMonitor": True}}, "spec") == [
+        "spec.monitoring.enablePodMonitor"
+    ]
+    monitor = find(docs, "PodMonitor")
+    assert monitor["metadata"]["name"] != cluster["metadata"]["name"]
+    assert monitor["metadata"]["namespace"] == cluster["metadata"]["namespace"]
+    assert monitor["spec"]["namespaceSelector"]["matchNames"] == [cluster["metadata"]["namespace"]]
+    assert monitor["spec"]["selector"]["matchLabels"] == {
+        "cnpg.io/cluster": cluster["metadata"]["name"],
+        "cnpg.io/podRole": "instance",
+    }
+    assert [e["port"] for e in monitor["spec"]["podMetricsEndpoints"]] == ["metrics"]
+    assert "PodMonitor" not in {
+        d["kind"] for d in render(chart, "--set", "postgres.podMonitor.enabled=false")
+    }
+    off = ["--set", "kube-prometheus-stack.enabled=false"]
+    assert "PodMonitor" not in {d["kind"] for d in render(chart, *off)}
+    with_api = render(chart, *off, "--api-versions", "monitoring.coreos.com/v1/PodMonitor")
+    assert find(with_api, "PodMonitor")["metadata"]["name"] == monitor["metadata"]["name"]
 
 
 def test_dependencies_can_be_disabled(chart):
@@ -305,8 +440,23 @@ def test_schema_refuses_bad_values(chart, setting, path):
 
 
 # ----------------------------------------------------------------------------------- helm install
+def secret_value(secret: dict, key: str) -> str:
+    return base64.b64decode(secret["data"][key]).decode()
+
+
+def datasource_password(secret: dict) -> str:
+    """The password in the Grafana datasource provisioning file of a Secret (as Grafana reads it raw)."""
+    (key,) = secret["data"]
+    (source,) = yaml.safe_load(secret_value(secret, key))["datasources"]
+    return source["secureJsonData"]["password"]
+
+
 def test_install_upgrade_uninstall(chart, control_plane, namespace):
-    """A real `helm install`/`upgrade`/`uninstall` against the API server (no kubelet: nothing starts)."""
+    """A real `helm install`/`upgrade`/`uninstall` against the API server (no kubelet: nothing starts).
+
+    Grafana expands $VAR in provisioning files and reads "$$" as a literal "$" (grafana/grafana
+    pkg/services/provisioning/values/values.go interpolateValue; Grafana docs, Provision Grafana,
+    "Use of the special character $")."""
     kube = ["--kubeconfig", str(control_plane.kubeconfig_path), "--namespace", namespace]
     kafka_ns, dash_ns = f"{namespace}-kafka", f"{namespace}-dash"
     sets = ["--set", f"defaults.kafkaNamespace={kafka_ns},defaults.dashboardsNamespace={dash_ns}"]
@@ -318,14 +468,19 @@ def test_install_upgrade_uninstall(chart, control_plane, namespace):
 
     try:
         helm("install", "st", str(chart), *kube, *sets, "--timeout", "2m")
-        password = get("secret", "streamotion-pg-app")["data"]["password"]
+        password = secret_value(get("secret", "streamotion-pg-app"), "password")
         cluster = get("clusters.postgresql.cnpg.io", "streamotion-pg")
-        assert cluster["metadata"]["annotations"]["helm.sh/hook"] == "post-install"
+        assert "post-install" in cluster["metadata"]["annotations"]["helm.sh/hook"].split(",")
         assert get("kafkas.kafka.strimzi.io", "streamotion", ns=kafka_ns)["spec"]["kafka"]["listeners"]
         assert get("deployment", "st-streamotion-operator")["spec"]["replicas"] == 1
-        # Upgrade: the generated password is kept (lookup) and the hook-created Cluster is left alone.
+        assert datasource_password(get("secret", "st-streamotion-datasource-postgres")) == password
+        # Upgrade: the password in the cluster is kept (lookup), here one changed by hand, Grafana's
+        # datasource gets it ("$$" is Grafana's literal "$"), and the hook-created Cluster is left alone.
+        patch = json.dumps({"stringData": {"password": "kept$PATH"}})
+        control_plane.kubectl("patch", "secret", "streamotion-pg-app", "-n", namespace, "-p", patch)
         helm("upgrade", "st", str(chart), *kube, *sets, "--set", "operator.workers=4", "--timeout", "2m")
-        assert get("secret", "streamotion-pg-app")["data"]["password"] == password
+        assert secret_value(get("secret", "streamotion-pg-app"), "password") == "kept$PATH"
+        assert datasource_password(get("secret", "st-streamotion-datasource-postgres")) == "kept$$PATH"
         env = get("deployment", "st-streamotion-operator")["spec"]["template"]["spec"]["containers"][0]["env"]
         assert {"name": "STREAMOTION_WORKERS", "value": "4"} in env
         after = get("clusters.postgresql.cnpg.io", "streamotion-pg")
@@ -337,6 +492,57 @@ def test_install_upgrade_uninstall(chart, control_plane, namespace):
         assert gone.returncode != 0 and "NotFound" in gone.stderr
         # Helm does not delete hook resources: the README has the uninstall order.
         assert get("clusters.postgresql.cnpg.io", "streamotion-pg")["metadata"]["name"] == "streamotion-pg"
+    finally:
+        helm("uninstall", "st", *kube, "--ignore-not-found", check=False)
+        control_plane.kubectl("delete", "clusters.postgresql.cnpg.io", "--all", "-n", namespace, check=False)
+        for ns in (kafka_ns, dash_ns):
+            control_plane.kubectl(
+                "delete", "namespace", ns, "--ignore-not-found", "--wait=false", check=False
+            )
+
+
+def test_a_rerun_after_a_failed_install_creates_postgres_and_never_replaces_it(
+    chart, control_plane, namespace
+):
+    """`make up` re-runs `helm upgrade --install` after a first install that timed out: that creates the
+    PostgreSQL Cluster; a healthy upgrade leaves it untouched; uninstall keeps it and a reinstall
+    neither replaces nor changes it (its data).
+
+    helm/helm v4.3.1 pkg/action/install.go: post-install hooks run only after a successful --wait;
+    pkg/cmd/upgrade.go: `upgrade --install` of a release with history (the failed install) runs an
+    upgrade, which fires post-upgrade hooks only (pkg/action/upgrade.go releasingUpgrade);
+    pkg/action/hooks.go: without a delete policy a hook is before-hook-creation, deleted and created
+    again on every run; pkg/action/uninstall.go deletes the release's objects, not its hooks."""
+    kube = ["--kubeconfig", str(control_plane.kubeconfig_path), "--namespace", namespace]
+    kafka_ns, dash_ns = f"{namespace}-kafka", f"{namespace}-dash"
+    sets = ["--set", f"defaults.kafkaNamespace={kafka_ns},defaults.dashboardsNamespace={dash_ns}"]
+    control_plane.kubectl("delete", "clusterrole", "streamotion-spark-driver", "--ignore-not-found")
+
+    def cluster() -> dict | None:
+        got = control_plane.kubectl(
+            "get", "clusters.postgresql.cnpg.io", "streamotion-pg", "-n", namespace, "-o", "json", check=False
+        )
+        return json.loads(got.stdout) if got.returncode == 0 else None
+
+    try:
+        # No kubelet here: the operator never gets ready, so --wait times out, like a slow first `make up`.
+        failed = helm("install", "st", str(chart), *kube, *sets, "--wait", "--timeout", "10s", check=False)
+        assert failed.returncode != 0
+        assert cluster() is None
+        helm("upgrade", "--install", "st", str(chart), *kube, *sets, "--timeout", "2m")
+        created = cluster()
+        assert created is not None, "the re-run did not create the PostgreSQL Cluster"
+        assert created["spec"]["bootstrap"]["initdb"]["secret"]["name"] == "streamotion-pg-app"
+        helm("upgrade", "--install", "st", str(chart), *kube, *sets, "--set", "operator.workers=4")
+        after = cluster()
+        assert after["metadata"]["uid"] == created["metadata"]["uid"]
+        assert after["metadata"]["resourceVersion"] == created["metadata"]["resourceVersion"]
+        helm("uninstall", "st", *kube, "--wait", "--timeout", "2m")  # its namespaces gone too
+        assert cluster()["metadata"]["uid"] == created["metadata"]["uid"]
+        helm("install", "st", str(chart), *kube, *sets, "--timeout", "2m")
+        again = cluster()
+        assert again["metadata"]["uid"] == created["metadata"]["uid"]
+        assert again["metadata"]["resourceVersion"] == created["metadata"]["resourceVersion"]
     finally:
         helm("uninstall", "st", *kube, "--ignore-not-found", check=False)
         control_plane.kubectl("delete", "clusters.postgresql.cnpg.io", "--all", "-n", namespace, check=False)

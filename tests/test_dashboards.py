@@ -127,7 +127,7 @@ def test_the_operator_ships_the_pipeline_dashboards_with_variables_preselected()
     p = load_pipeline(DEFAULT_DIR.parents[1] / "examples" / "demo.yaml")  # one PostgreSQL sink
     cm = dashboards(p, OperatorConfig(dashboards_dir=str(DEFAULT_DIR)))
     assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
-    prefix = f"{p.namespace}-{p.name}-"
+    prefix = f"{p.namespace}.{p.name}."
     assert sorted(cm["data"]) == [f"{prefix}emotions.json", f"{prefix}pipeline-health.json"]
     for key, text in cm["data"].items():
         board = json.loads(text)

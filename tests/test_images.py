@@ -28,6 +28,24 @@ ROOT = Path(__file__).resolve().parents[1]
 IMAGES = {"operator": "operator", "ingest": "ingest", "jobs": "jobs", "serving": "serving"}  # dir -> extra
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 CHART_VALUES = yaml.safe_load((ROOT / "charts" / "streamotion" / "values.yaml").read_text())
+MAKEFILE = (ROOT / "Makefile").read_text()
+
+
+def make_variable(name: str) -> str | None:
+    """A Makefile variable (``NAME := ...`` or ``NAME ?= ...``, continuation lines joined)."""
+    match = re.search(rf"^{name} [:?]= ((?:.*\\\n)*.*)$", MAKEFILE, re.M)
+    return re.sub(r"\\\n\s*", " ", match.group(1)).strip() if match else None
+
+
+def build_args(text: str | None) -> dict[str, str]:
+    """``--build-arg NAME=VALUE`` pairs of a docker build command line."""
+    return dict(re.findall(r"--build-arg (\w+)=(\S*)", text or ""))
+
+
+# Every image `make images` builds: image name -> (directory of its Dockerfile, build args).
+BUILDS: dict[str, tuple[str, dict[str, str]]] = {d: (d, {}) for d in IMAGES}
+if make_variable("GPU_IMAGE"):
+    BUILDS[make_variable("GPU_IMAGE")] = ("serving", build_args(make_variable("GPU_BUILD_ARGS")))
 
 
 def instructions(path: Path) -> list[tuple[str, str]]:
@@ -48,14 +66,15 @@ def instructions(path: Path) -> list[tuple[str, str]]:
     return out
 
 
-def stages(path: Path) -> list[dict]:
-    """Each FROM stage: its resolved image reference, alias and instructions."""
+def stages(path: Path, overrides: dict[str, str] | None = None) -> list[dict]:
+    """Each FROM stage: its resolved image reference, alias and instructions (``overrides``: the
+    ``--build-arg``s of the build)."""
     args: dict[str, str] = {}
     result: list[dict] = []
     for word, rest in instructions(path):
         if word == "ARG" and not result:
             name, _, default = rest.partition("=")
-            args[name] = default
+            args[name] = (overrides or {}).get(name, default)
         elif word == "FROM":
             parts = [p for p in rest.split() if not p.startswith("--")]
             image = re.sub(r"\$\{?(\w+)\}?", lambda m: args.get(m.group(1), m.group(0)), parts[0])
@@ -64,6 +83,16 @@ def stages(path: Path) -> list[dict]:
         elif result:
             result[-1]["body"].append((word, rest))
     return result
+
+
+def arg_values(path: Path, overrides: dict[str, str] | None = None) -> dict[str, str]:
+    """Every ARG of the Dockerfile (before and in its stages): its default, or the build's value."""
+    values = {}
+    for word, rest in instructions(path):
+        if word == "ARG":
+            name, _, default = rest.partition("=")
+            values[name] = default.strip('"')
+    return values | (overrides or {})
 
 
 def dependency_closure(extra: str) -> set[str]:
@@ -100,10 +129,12 @@ def test_hadolint(image):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("image", list(IMAGES))
+@pytest.mark.parametrize("image", list(BUILDS))
 def test_non_root_pinned_bases_and_only_its_own_extra(image):
-    dockerfile = ROOT / image / "Dockerfile"
-    all_stages = stages(dockerfile)
+    """Every build `make images` runs (the GPU model image too, with its build args)."""
+    directory, overrides = BUILDS[image]
+    dockerfile = ROOT / directory / "Dockerfile"
+    all_stages = stages(dockerfile, overrides)
     aliases = {s["alias"] for s in all_stages if s["alias"]}
     for stage in all_stages:
         ref = stage["image"]
@@ -117,7 +148,7 @@ def test_non_root_pinned_bases_and_only_its_own_extra(image):
     uid = users[-1].split(":")[0]
     assert uid.isdigit() and int(uid) != 0, f"{image}: runs as {users[-1]}, not a numeric non-root user"
     text = dockerfile.read_text()
-    assert set(re.findall(r'"\.\[(\w+)\]"', text)) == {IMAGES[image]}, f"{image}: installs other extras"
+    assert set(re.findall(r'"\.\[(\w+)\]"', text)) == {IMAGES[directory]}, f"{image}: installs other extras"
 
 
 @pytest.mark.parametrize("image", list(IMAGES))
@@ -173,16 +204,123 @@ def test_job_image_matches_spark_and_the_job():
     assert (ROOT / naming.JOB_MAIN).exists() or (ROOT / "jobs").is_dir()
 
 
-def test_model_image_matches_ray():
-    final = stages(ROOT / "serving" / "Dockerfile")[-1]
-    match = re.fullmatch(r"rayproject/ray:(\d+\.\d+\.\d+)-py3(\d+)-cpu", final["image"])
-    assert match, f"the model image is not on a Ray image: {final['image']}"
-    ray, minor = match.groups()
+MODEL_BUILDS = ["serving", "serving-gpu"]
+
+
+def test_make_images_builds_a_gpu_model_image():
+    """`make images` builds the model twice: ``serving`` (CPU torch) and ``serving-gpu`` (CUDA torch)."""
+    assert make_variable("GPU_IMAGE") == "serving-gpu", "the Makefile names no GPU model image (GPU_IMAGE)"
+    assert set(MODEL_BUILDS) <= set(BUILDS)
+    assert BUILDS["serving-gpu"][0] == "serving"
+
+
+@pytest.mark.parametrize("image", MODEL_BUILDS)
+def test_model_image_matches_ray(image):
+    """The model images are on the pinned Ray image of the same Python for both builds, and each
+    installs the torch of its platform.
+
+    ray-project/ray (docker images of the Ray release): ``rayproject/ray:<version>-py3<minor>-<platform>``,
+    platform ``cpu`` or ``cu<major><minor>`` of the CUDA image it is built on
+    (ci/ray_ci/automation/image_tags_lib.py format_platform_tag: cu12.8.1-cudnn -> -cu128); ``-gpu``
+    only aliases GPU_PLATFORM = "cu12.1.1-cudnn8" (ci/ray_ci/docker_container.py), a CUDA for which
+    PyTorch publishes no current wheels, so the GPU build names its CUDA. The torch wheels come from
+    download.pytorch.org/whl/<cpu|cuXYZ> of the same CUDA (TORCH_CUDA: what torch.version.cuda says).
+    """
+    if image not in BUILDS:
+        pytest.fail(f"`make images` does not build {image}")
+    directory, overrides = BUILDS[image]
+    dockerfile = ROOT / directory / "Dockerfile"
+    final = stages(dockerfile, overrides)[-1]
+    match = re.fullmatch(r"rayproject/ray:(\d+\.\d+\.\d+)-py3(\d+)-(cpu|cu\d+)", final["image"])
+    assert match, f"{image}: not on a Ray image of a named platform (cpu or cuXYZ): {final['image']}"
+    ray, minor, platform = match.groups()
     assert ray == CHART_VALUES["versions"]["ray"], "the RayService rayVersion must be the image's Ray"
     serving = [Requirement(r) for r in PYPROJECT["project"]["optional-dependencies"]["serving"]]
     assert ray in next(r.specifier for r in serving if r.name == "ray"), "image Ray outside the serving extra"
     assert SpecifierSet(PYPROJECT["project"]["requires-python"]).contains(f"3.{minor}")
-    assert naming.SERVE_IMPORT_PATH in (ROOT / "serving" / "Dockerfile").read_text()
+    assert naming.SERVE_IMPORT_PATH in dockerfile.read_text()
+    # Head (CPU image) and GPU workers are one Ray cluster: same Ray, same Python.
+    cpu = stages(ROOT / BUILDS["serving"][0] / "Dockerfile", BUILDS["serving"][1])[-1]["image"]
+    assert final["image"].rsplit("-", 1)[0] == cpu.rsplit("-", 1)[0], (
+        f"{image} and serving differ in Ray/Python"
+    )
+    args = arg_values(dockerfile, overrides)
+    if image == "serving":
+        assert platform == "cpu"
+        assert args["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
+        assert args["TORCH_CUDA"] == ""
+    else:
+        assert platform.startswith("cu"), f"{image}: a GPU image on {final['image']}"
+        assert args["TORCH_INDEX_URL"] == f"https://download.pytorch.org/whl/{platform}", (
+            "torch for another CUDA"
+        )
+        assert args["TORCH_CUDA"] == f"{platform[2:-1]}.{platform[-1]}"
+
+
+def torch_check(dockerfile: Path) -> list[str]:
+    """The build step that checks the installed torch against TORCH_CUDA (its shell words)."""
+    import shlex
+
+    runs = [rest for word, rest in instructions(dockerfile) if word == "RUN" and "torch.version.cuda" in rest]
+    assert len(runs) == 1, "serving/Dockerfile does not check the torch it installed"
+    words = shlex.split(runs[0])
+    assert "pip" in words[: words.index("&&")], "the check does not follow the pip install"
+    return words[words.index("&&") + 1 :]
+
+
+@pytest.mark.parametrize(
+    ("torch_cuda", "ok"),
+    [("", False), ("12.8", False), ("{installed}", True)],
+    ids=["cpu-build", "other-cuda", "this-cuda"],
+)
+def test_model_image_build_fails_on_a_torch_of_another_platform(torch_cuda, ok):
+    """pip takes the highest torch of PyPI and TORCH_INDEX_URL: if the index lacks that version it
+    silently installs PyPI's (CUDA 13) build. The Dockerfile's check, run here on .venv's torch
+    (a PyPI CUDA build), passes only for the CUDA that torch is built for."""
+    import torch
+
+    python, flag, code, arg = torch_check(ROOT / "serving" / "Dockerfile")
+    assert (python, flag, arg) == ("python", "-c", "${TORCH_CUDA}")
+    value = torch_cuda.format(installed=torch.version.cuda or "")
+    result = subprocess.run([sys.executable, "-c", code, value], capture_output=True, text=True, timeout=120)
+    assert (result.returncode == 0) is ok, result.stderr
+    if not ok:
+        assert "TORCH_INDEX_URL" in result.stderr and torch.__version__ in result.stderr
+
+
+def test_model_image_user_is_the_ray_user_the_rayservice_runs_as():
+    """The Ray images run Ray as uid 1000 (gid 100) from its home, and the RayService runs both the
+    head and the workers as that user (CPU and GPU pipelines).
+
+    ray-project/ray docker/base-deps/Dockerfile (the base of every rayproject/ray image):
+    ``ARG RAY_UID=1000``, ``ARG RAY_GID=100``, ``useradd -ms /bin/bash -d /home/ray ray --uid $RAY_UID
+    --gid $RAY_GID``, ``USER $RAY_UID``, Python in /home/ray/anaconda3; on ubuntu 24.04 / nvidia/cuda
+    ...-ubuntu24.04 (docker/base-deps/cpu.wanda.yaml, cuda.wanda.yaml) where useradd makes homes 0750
+    (Ubuntu 21.04+ login.defs HOME_MODE): any other uid outside gid 100 cannot even run Python.
+    """
+    from streamotion_operator import builders
+    from streamotion_operator.config import OperatorConfig
+    from streamotion_operator.testing import pipeline
+
+    from streamotion.api.models import StreamPipeline
+
+    for device in ("cpu", "gpu"):
+        body = pipeline("m", "ns")
+        body["spec"]["model"]["device"] = device
+        ray = builders.ray_service(StreamPipeline.model_validate(body), OperatorConfig())["spec"]
+        groups = [ray["rayClusterConfig"]["headGroupSpec"], *ray["rayClusterConfig"]["workerGroupSpecs"]]
+        for group in groups:
+            pod = group["template"]["spec"]
+            ctx = pod["securityContext"]
+            assert (ctx["runAsUser"], ctx["runAsGroup"], ctx["fsGroup"]) == (1000, 100, 100), (device, ctx)
+            assert ctx["runAsNonRoot"] is True
+            container = pod["containers"][0]
+            assert "runAsUser" not in container["securityContext"]  # the pod's, nothing else
+    final = stages(ROOT / "serving" / "Dockerfile")[-1]
+    users = [rest for word, rest in final["body"] if word == "USER"]
+    assert users[-1] == "1000:100", f"serving/Dockerfile runs as {users[-1]}, not the Ray image's 1000:100"
+    chowns = [re.search(r"--chown=(\S+)", rest) for word, rest in final["body"] if word in ("COPY", "ADD")]
+    assert chowns and all(c and c.group(1) == "1000:100" for c in chowns), "files not owned by 1000:100"
 
 
 def test_producer_image_runs_the_produce_command():
@@ -194,12 +332,20 @@ def test_producer_image_runs_the_produce_command():
 
 
 def test_make_images_tags_what_the_chart_deploys():
-    makefile = (ROOT / "Makefile").read_text()
+    makefile = MAKEFILE
     prefix = re.search(r"^IMAGE_PREFIX \?= (\S+)$", makefile, re.M).group(1)
     tag = re.search(r"^IMAGE_TAG \?= (\S+)$", makefile, re.M).group(1)
     built = re.search(r"^IMAGES := (.+)$", makefile, re.M).group(1).split()
     assert sorted(built) == sorted(IMAGES), "make images builds every Dockerfile"
-    assert {f"{prefix}{d}" for d in built} == set(CHART_VALUES["images"].values())
+    assert {f"{prefix}{d}" for d in BUILDS} == set(CHART_VALUES["images"].values())
+    assert CHART_VALUES["images"]["modelGpu"] == f"{prefix}serving-gpu"
+    # `make up` (kind: no GPUs, the demo pipeline is device: cpu) builds and loads the CPU images only.
+    up = re.search(r"^up: (.*)$", makefile, re.M).group(1)
+    assert up.split("##")[0].split() == ["images-cpu"]
+    images = re.search(r"^images: (.*)$", makefile, re.M).group(1)
+    assert images.split("##")[0].split() == ["images-cpu", "images-gpu"]
+    demo = yaml.safe_load((ROOT / "examples" / "demo.yaml").read_text())["spec"]
+    assert demo.get("model", {}).get("device", "cpu") == "cpu"
     kind_values = yaml.safe_load((ROOT / "charts" / "streamotion" / "values-kind.yaml").read_text())
     assert kind_values["image"]["tag"] == tag
 
@@ -222,13 +368,35 @@ else:
 """
 
 
+def vendored_modules(distributions: set[str]) -> set[str]:
+    """Top-level modules these distributions carry themselves: Ray ships psutil and colorama under
+    ray/thirdparty_files and puts that folder on sys.path, so `import psutil` works in the model image
+    even though no psutil distribution is installed there."""
+    out = set()
+    for name in distributions:
+        try:
+            files = metadata.distribution(name).files or []
+        except metadata.PackageNotFoundError:
+            continue
+        for f in files:
+            parts = f.parts
+            if "thirdparty_files" in parts[:-1]:
+                top = parts[parts.index("thirdparty_files") + 1]
+                if not top.endswith((".dist-info", ".pth")):
+                    out.add(top.removesuffix(".py"))
+    return out
+
+
 def modules_outside(extra: str) -> list[str]:
     """Top-level modules of the installed distributions that `pip install .[extra]` would not bring."""
     allowed = dependency_closure(extra) | {"streamotion"}
+    vendored = vendored_modules(allowed)
     return sorted(
         module
         for module, dists in metadata.packages_distributions().items()
-        if not any(canonicalize_name(d) in allowed for d in dists) and module not in sys.stdlib_module_names
+        if not any(canonicalize_name(d) in allowed for d in dists)
+        and module not in sys.stdlib_module_names
+        and module not in vendored
     )
 
 

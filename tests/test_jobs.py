@@ -27,8 +27,8 @@ BASE = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 SOURCES = ("reddit-a", "masto-b", "reviews-c")
 TEXTS = [
     "I love this so much, what a wonderful day #happy #sunday",
-    "This is awful and I hate it <b>so</b> much @someone https://t.co/abc #angry",
-    "<p>I am so scared and worried about tomorrow</p> #fear",
+    "This is awful and I hate it &gt;:( so much @someone https://t.co/abc #angry",
+    "I am so scared and worried about tomorrow :( #fear",
     "Wow I am really surprised by the news today",
     "So sad and lonely today, I want to cry",
     "Das ist wirklich sehr schön heute #berlin",
@@ -105,7 +105,7 @@ MALFORMED: list[bytes] = [
             "platform": "http",
             "text": "hi",
             "created_at": "2026-03-01T12:00:00Z",
-            "extra": 1,
+            "schema_version": 10,  # a contract version beyond the family this job reads
         }
     ).encode(),
 ]
@@ -338,7 +338,8 @@ def test_valid_and_malformed_events_give_rows_dead_letters_and_exact_aggregates(
         "SELECT text, clean_text, hashtags, terms, emotion, scores, sentiment FROM events WHERE id = 'e1'",
     )[0]
     assert text == TEXTS[1]
-    assert "<b>" not in clean and "https://" not in clean and "@someone" not in clean and "  " not in clean
+    assert ">:(" in clean and "&gt;" not in clean  # entities unescaped, emoticons kept
+    assert "https://" not in clean and "@someone" not in clean and "  " not in clean
     assert tags == ["angry"]
     assert "awful" in terms and "this" not in terms
     assert emotion in scores and sentiment in ("positive", "negative", "neutral")
@@ -350,7 +351,7 @@ def test_valid_and_malformed_events_give_rows_dead_letters_and_exact_aggregates(
     assert reasons["not json at all"].startswith("not JSON")
     assert "created_at" in reasons[MALFORMED[6].decode()]
     assert "platform" in reasons[MALFORMED[4].decode()]
-    assert "extra" in reasons[MALFORMED[7].decode()]
+    assert "schema_version 10 is not readable" in reasons[MALFORMED[7].decode()]
     letters = read_topic(kafka, names["deadLetter"], len(MALFORMED))
     keys = {m.key() for m in letters}
     assert len(keys) == len(MALFORMED)
@@ -734,3 +735,212 @@ def test_backfill_rescores_a_time_range_tagged_with_the_model_version(
     again = run_backfill(p, start, end, model=model_server.url, source="kafka", spark=spark)
     assert again.events == 30
     assert pg_count(postgres, pg_schema, "SELECT count(*) FROM event_scores") == 30
+
+
+# ------------------------------------------------------------------------------ messy and hostile input
+def _rows(postgres, schema: str) -> int:
+    events = pg_count(postgres, schema, "SELECT count(*) FROM events") or 0
+    return events + (pg_count(postgres, schema, "SELECT count(*) FROM dead_letters") or 0)
+
+
+def test_future_dated_event_is_a_dead_letter_and_aggregates_keep_moving_across_restarts(
+    spark, kafka, model_server, postgres, pg_schema, topics, tmp_path
+):
+    """One post dated 2099 (Bluesky and HTTP senders set created_at) used to move the watermark to
+    2099: every later event late, every window aggregate frozen, across restarts."""
+    p = pipeline(topics.name, [pg_sink(pg_schema)], window="1m", watermark="2m")
+    assert p.spec.processing.max_future_skew == "10m"  # the default bound
+    names = topics(p)
+    os.environ["STREAMOTION_PG_DSN"] = postgres.dsn
+    first = make_events(30, step_s=10)  # 12:00:00 .. 12:04:50
+    future = make_events(1, start=5000, base=datetime(2099, 1, 1, tzinfo=UTC))
+    second = make_events(30, start=100, base=BASE + timedelta(minutes=10), step_s=10)
+    third = make_events(30, start=200, base=BASE + timedelta(minutes=20), step_s=10)
+    produce(kafka, names["raw"], first)
+    checkpoint = tmp_path / "ckpt"
+    with JobThread(new_job(p, spark, kafka, model_server.url, checkpoint)) as jt:
+        wait_for(lambda: _rows(postgres, pg_schema) == 30 or _rows(postgres, pg_schema), what="first", job=jt)
+        produce(kafka, names["raw"], future)
+        wait_for(lambda: _rows(postgres, pg_schema) == 31 or _rows(postgres, pg_schema), what="2099", job=jt)
+        produce(kafka, names["raw"], second)
+        wait_for(
+            lambda: _rows(postgres, pg_schema) == 61 or _rows(postgres, pg_schema), what="second", job=jt
+        )
+    produce(kafka, names["raw"], third)
+    with JobThread(new_job(p, spark, kafka, model_server.url, checkpoint)) as jt:  # a restart
+        wait_for(lambda: _rows(postgres, pg_schema) == 91 or _rows(postgres, pg_schema), what="third", job=jt)
+    (reason,) = [r for (r,) in pg_rows(postgres, pg_schema, "SELECT reason FROM dead_letters")]
+    assert "created_at 2099-01-01" in reason and "processing.maxFutureSkew (600s)" in reason
+    assert_events_exact(postgres, pg_schema, {e.key for e in first + second + third})
+    assert pg_count(postgres, pg_schema, "SELECT count(*) FROM events WHERE late") == 0
+    for minutes in (10, 20):  # the windows after the 2099 post keep being aggregated
+        start, end = BASE + timedelta(minutes=minutes), BASE + timedelta(minutes=minutes + 5)
+        counted = pg_count(
+            postgres,
+            pg_schema,
+            "SELECT sum(events) FROM emotion_window WHERE window_start >= %s AND window_start < %s",
+            start,
+            end,
+        )
+        assert counted == 30
+    assert_aggregates_match(postgres, pg_schema)
+    watermark = pg_rows(postgres, pg_schema, "SELECT max(watermark) FROM batches")[0][0]
+    assert BASE + timedelta(minutes=20) < watermark < BASE + timedelta(minutes=30)
+
+
+def test_a_text_the_model_refuses_is_a_dead_letter_and_the_rest_of_its_batch_lands(
+    spark, kafka, model_server, postgres, pg_schema, topics, tmp_path
+):
+    """The session's model service refuses texts over MODEL_MAX_TEXT_CHARS with a 422 (serving's
+    max_text_chars): that used to fail the micro-batch, replayed from the same offsets forever."""
+    from tests.fixtures.model import MODEL_MAX_TEXT_CHARS
+
+    p = pipeline(topics.name, [pg_sink(pg_schema)], maxEventsPerTrigger=1000)
+    names = topics(p)
+    os.environ["STREAMOTION_PG_DSN"] = postgres.dsn
+    events = make_events(1000)
+    poison = events[417].model_copy(update={"text": "so sad and long " * (MODEL_MAX_TEXT_CHARS // 16 + 10)})
+    events[417] = poison
+    produce(kafka, names["raw"], events)
+    job = new_job(p, spark, kafka, model_server.url, tmp_path / "ckpt")
+    with JobThread(job) as jt:
+        wait_for(
+            lambda: (
+                (
+                    pg_count(postgres, pg_schema, "SELECT count(*) FROM events") == 999
+                    and pg_count(postgres, pg_schema, "SELECT count(*) FROM dead_letters") == 1
+                )
+                or _rows(postgres, pg_schema)
+            ),
+            timeout=240,
+            what="999 rows and 1 dead letter",
+            job=jt,
+        )
+        later = make_events(10, start=2000)
+        produce(kafka, names["raw"], later)  # the job keeps running
+        wait_for(
+            lambda: _rows(postgres, pg_schema) == 1010 or _rows(postgres, pg_schema), what="later", job=jt
+        )
+    assert jt.restarts == 0 and jt.error is None
+    assert_events_exact(postgres, pg_schema, {e.key for e in events + later} - {poison.key})
+    ((reason, payload),) = pg_rows(postgres, pg_schema, "SELECT reason, payload FROM dead_letters")
+    assert reason.startswith("model service refused the text (422):")
+    assert f"over this service's limit of {MODEL_MAX_TEXT_CHARS}" in reason
+    assert json.loads(payload)["id"] == poison.id  # the original payload, to re-publish once fixed
+    (letter,) = read_topic(kafka, names["deadLetter"], 1)
+    assert json.loads(letter.value())["reason"] == reason
+    assert pg_count(postgres, pg_schema, "SELECT sum(dead_letters) FROM batches") == 1
+
+
+def test_newer_producers_events_land_and_empty_or_unreadable_ones_say_why(
+    spark, kafka, model_server, postgres, pg_schema, topics, tmp_path
+):
+    """A producer one contract version ahead (new fields) used to send 100% of its events to the
+    dead letters; a text with nothing left after cleaning went to the model."""
+    from streamotion_jobs.transform import EMPTY_TEXT_REASON
+
+    from streamotion.events import MAX_READ_VERSION
+
+    p = pipeline(topics.name, [pg_sink(pg_schema)])
+    names = topics(p)
+    os.environ["STREAMOTION_PG_DSN"] = postgres.dsn
+    current = make_events(20)
+    newer = [
+        {**json.loads(e.to_json()), "schema_version": 2, "reply_to": "http:e1", "media": [{"kind": "image"}]}
+        for e in make_events(20, start=100)
+    ]
+    emoticons = Event(
+        id="emo", source=SOURCES[0], platform="http", text="I <3 you so much >.< really 😂", created_at=BASE
+    )
+    empty = [
+        Event(id=f"empty{i}", source=SOURCES[0], platform="http", text=t, created_at=BASE)
+        for i, t in enumerate([" \n\t ", "https://t.co/abc @someone"])
+    ]
+    beyond = {**newer[0], "id": "beyond", "schema_version": MAX_READ_VERSION + 1}
+    produce(
+        kafka,
+        names["raw"],
+        [*current, emoticons, *empty],
+        [json.dumps(d).encode() for d in [*newer, beyond]],
+    )
+    job = new_job(p, spark, kafka, model_server.url, tmp_path / "ckpt")
+    with JobThread(job) as jt:
+        wait_for(lambda: _rows(postgres, pg_schema) == 44 or _rows(postgres, pg_schema), what="all", job=jt)
+    assert_events_exact(
+        postgres,
+        pg_schema,
+        {e.key for e in [*current, emoticons]} | {f"{d['source']}:http:{d['id']}" for d in newer},
+    )
+    reasons = dict(pg_rows(postgres, pg_schema, "SELECT reason, count(*) FROM dead_letters GROUP BY 1"))
+    assert reasons.pop(EMPTY_TEXT_REASON) == 2
+    ((version_reason, n),) = reasons.items()
+    assert n == 1 and f"schema_version {MAX_READ_VERSION + 1} is not readable by this job" in version_reason
+    # the fields the job does not know were dropped and counted (2 per newer event)
+    labels = {"namespace": p.namespace, "pipeline": p.name}
+    assert job.metrics.registry.get_sample_value("streamotion_job_unknown_fields_total", labels) == 40
+    (clean,) = pg_rows(postgres, pg_schema, "SELECT clean_text FROM events WHERE id = 'emo'")[0]
+    assert clean == "I <3 you so much >.< really 😂"  # emoticons and emoji reach the model
+
+
+@pytest.fixture
+def multi_label_model(tiny_models, tmp_path):
+    """The tiny 28-label multi-label model served as Ekman, with Ekman thresholds under which only
+    joy is ever chosen (its scores sit near 0.5 for every label; anger is the arg-max)."""
+    import shutil
+
+    from streamotion_serving.model import META_FILE
+    from streamotion_serving.server import ServeProcess
+
+    from streamotion.labels import EKMAN
+
+    model = tmp_path / "multi"
+    shutil.copytree(tiny_models["original-multi"], model)
+    meta_file = model / META_FILE
+    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    meta["thresholds_by_taxonomy"] = {"ekman": {label: 0.3 if label == "joy" else 0.99 for label in EKMAN}}
+    meta_file.write_text(json.dumps(meta))
+    server = ServeProcess(
+        {"model": str(model), "taxonomy": "ekman", "num_replicas": 1, "max_batch_size": 32},
+        num_cpus=1,
+        log_path=tmp_path / "serve.log",
+    )
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_multi_label_results_store_the_served_label_set_and_sentiment_from_it(
+    spark, kafka, multi_label_model, postgres, pg_schema, topics, tmp_path
+):
+    """The stored emotion used to be the arg-max (anger here) and the thresholded labels were
+    dropped; summing four negative sigmoid scores against one positive made every text negative."""
+    import httpx
+
+    from streamotion.labels import sentiment, sentiment_index
+
+    p = pipeline(topics.name, [pg_sink(pg_schema)])
+    names = topics(p)
+    os.environ["STREAMOTION_PG_DSN"] = postgres.dsn
+    events = make_events(24)
+    produce(kafka, names["raw"], events)
+    job = new_job(p, spark, kafka, multi_label_model.url, tmp_path / "ckpt")
+    with JobThread(job) as jt:
+        wait_for(
+            lambda: _rows(postgres, pg_schema) == 24 or _rows(postgres, pg_schema), what="events", job=jt
+        )
+    rows = pg_rows(
+        postgres,
+        pg_schema,
+        "SELECT clean_text, emotion, score, labels, sentiment, sentiment_index, scores FROM events",
+    )
+    texts = sorted({r[0] for r in rows})
+    answer = httpx.post(f"{multi_label_model.url}/v1/classify", json={"texts": texts}, timeout=60).json()
+    served = dict(zip(texts, answer["results"], strict=True))
+    for clean, emotion, score, labels, sent, index, scores in rows:
+        result = served[clean]
+        assert labels == result["labels"] == ["joy"] and emotion == "joy"
+        assert max(scores, key=scores.get) != "joy"  # not the arg-max
+        assert score == pytest.approx(scores["joy"])
+        assert index == pytest.approx(sentiment_index(scores, multi_label=True))
+        assert sent == sentiment(labels, index, p.spec.processing.sentiment_threshold) == "positive"
+    assert_aggregates_match(postgres, pg_schema)

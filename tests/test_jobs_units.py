@@ -24,9 +24,26 @@ BASE = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 
 # ---------------------------------------------------------------------------------------- text
-def test_clean_text_strips_markup_urls_mentions_and_whitespace_keeping_hashtag_words():
-    raw = "<p>I &amp; you</p>  love it!! @bob @alice@mastodon.social see https://x.co/a?b=1 www.y.org #Happy\n\nok"
+def test_clean_text_unescapes_entities_drops_urls_mentions_and_whitespace_keeping_hashtag_words():
+    raw = "I &amp; you  love it!! @bob @alice@mastodon.social see https://x.co/a?b=1 www.y.org #Happy\n\nok"
     assert clean_text(raw) == "I & you love it!! see Happy ok"
+
+
+@pytest.mark.parametrize(
+    ("raw", "clean"),
+    [
+        ("I <3 you so much >.< really", "I <3 you so much >.< really"),
+        ("I &lt;3 you &gt;:( so much", "I <3 you >:( so much"),  # X and Reddit send entities
+        ("love it <3 <3 :) :-( ;P xD", "love it <3 <3 :) :-( ;P xD"),
+        ("so happy 😂😂 🎉 ❤️ #party", "so happy 😂😂 🎉 ❤️ party"),
+        ("a < b and c > d, 1<2>3", "a < b and c > d, 1<2>3"),
+        ("<3 <333 </3 >_< <(^_^)> >:-)", "<3 <333 </3 >_< <(^_^)> >:-)"),
+    ],
+)
+def test_clean_text_keeps_angle_brackets_emoticons_and_emoji(raw, clean):
+    """The producers convert HTML to text (Mastodon's ``html_to_text``): the job must not strip
+    "tags" again, which would eat everything between a ``<3`` and a later ``>``."""
+    assert clean_text(raw) == clean
 
 
 def test_hashtags_are_distinct_lowercase_in_order():
@@ -68,7 +85,7 @@ def test_parse_one_names_the_reason(payload, reason):
 
 
 def test_parse_frame_keeps_position_payload_and_derived_fields():
-    good = _event(text="<b>Great</b> news @x #Win https://a.b", lang="en").to_json()
+    good = _event(text="Great news @x #Win https://a.b", lang="en").to_json()
     raw = pd.DataFrame({"value": [good, b"oops"], "topic": ["t", "t"], "partition": [1, 1], "offset": [7, 8]})
     out = parse_frame(raw)
     ok, bad = out.iloc[0], out.iloc[1]
@@ -78,15 +95,123 @@ def test_parse_frame_keeps_position_payload_and_derived_fields():
     assert bad["error"].startswith("not JSON") and bad["payload"] == "oops" and bad["kafka_offset"] == 8
 
 
-def test_sentiment_follows_the_labels_module_and_threshold():
-    scores = dict.fromkeys(EKMAN, 0.0) | {"joy": 0.6, "anger": 0.2}
-    assert sentiment_index(scores) == pytest.approx(0.4)
-    pdf = parse_frame(
-        pd.DataFrame({"value": [_event().to_json()], "topic": ["t"], "partition": [0], "offset": [0]})
+def _raw(*values: bytes) -> pd.DataFrame:
+    n = len(values)
+    return pd.DataFrame({"value": list(values), "topic": ["t"] * n, "partition": [0] * n, "offset": range(n)})
+
+
+@pytest.mark.parametrize(
+    "text", ["   ", "\n\t \u3000", "https://x.co/a @bob", "@alice@mastodon.social  www.y.org"]
+)
+def test_text_empty_after_cleaning_is_a_dead_letter_with_its_own_reason(text):
+    from streamotion_jobs.transform import EMPTY_TEXT_REASON
+
+    empty = _event(text=text).to_json()
+    out = parse_frame(_raw(empty, _event(id="2", text="fine :)").to_json()))
+    assert out["error"].tolist() == [EMPTY_TEXT_REASON, None]
+    assert out["payload"][0] == empty.decode()  # the original, to re-publish
+    assert out["clean_text"][1] == "fine :)"
+
+
+def test_event_time_more_than_max_future_skew_ahead_is_a_dead_letter():
+    now = datetime.now(UTC)
+    cases = {
+        "ok-9m": _event(id="a", created_at=now + timedelta(minutes=9), ingested_at=now),
+        "ahead-11m": _event(id="b", created_at=now + timedelta(minutes=11), ingested_at=now),
+        "2099": _event(id="c", created_at=datetime(2099, 1, 1, tzinfo=UTC), ingested_at=now),
+        # a forged ingested_at does not carry it: the job's own clock bounds it too
+        "forged": _event(
+            id="d", created_at=datetime(2099, 1, 1, tzinfo=UTC), ingested_at=datetime(2099, 1, 1, tzinfo=UTC)
+        ),
+        "past": _event(id="e", created_at=BASE, ingested_at=now),
+    }
+    out = parse_frame(_raw(*(e.to_json() for e in cases.values())), max_future_skew_s=600)
+    errors = dict(zip(cases, out["error"], strict=True))
+    assert errors["ok-9m"] is None and errors["past"] is None
+    for name in ("ahead-11m", "2099"):
+        assert "ahead of ingested_at" in errors[name] and "processing.maxFutureSkew (600s)" in errors[name]
+    assert "ahead of the job's clock" in errors["forged"]
+    assert "2099-01-01" in errors["2099"]
+    # without a bound (backfills read a fixed time range) every one is an event
+    assert parse_frame(_raw(*(e.to_json() for e in cases.values())))["error"].isna().all()
+
+
+def test_newer_contract_versions_are_read_and_unknown_fields_dropped():
+    from streamotion.events import MAX_READ_VERSION
+
+    base = json.loads(_event(text="hello there").to_json())
+    newer = {**base, "id": "n", "schema_version": 2, "reply_to": "x:1", "moderation": {"nsfw": False}}
+    oldest = {k: v for k, v in base.items() if k != "schema_version"} | {"id": "o"}
+    beyond = {**base, "id": "b", "schema_version": MAX_READ_VERSION + 1}
+    typo = {**base, "id": "t", "schema_version": "two"}
+    out = parse_frame(_raw(*(json.dumps(d).encode() for d in (newer, oldest, beyond, typo))))
+    assert (
+        out["error"][0] is None and out["event_id"][0] == "s:http:n" and out["clean_text"][0] == "hello there"
     )
-    result = {"label": "joy", "score": 0.6, "scores": scores, "model_version": "m1"}
-    assert enrich(pdf, [result], threshold=0.15)["sentiment"].tolist() == ["positive"]
-    assert enrich(pdf, [result], threshold=0.5)["sentiment"].tolist() == ["neutral"]
+    assert list(out["dropped_fields"][0]) == ["moderation", "reply_to"]
+    assert out["error"][1] is None and list(out["dropped_fields"][1]) == []
+    assert f"schema_version {MAX_READ_VERSION + 1} is not readable by this job" in out["error"][2]
+    assert f"reads contract versions 1 to {MAX_READ_VERSION}" in out["error"][2]
+    assert "schema_version" in out["error"][3]
+
+
+def _classified(*results: dict, threshold: float = 0.15) -> list[dict]:
+    pdf = parse_frame(_raw(*(_event(id=str(i)).to_json() for i in range(len(results)))))
+    out = enrich(pdf, list(results), threshold=threshold)
+    return out[["emotion", "score", "labels", "sentiment", "sentiment_index"]].to_dict("records")
+
+
+def test_single_label_result_stores_its_top_label_and_sentiment_follows_it():
+    joy = dict.fromkeys(EKMAN, 0.0) | {"joy": 0.6, "anger": 0.2, "neutral": 0.2}
+    # the top label is neutral; the negative ones together outweigh it, but they were not chosen
+    calm = dict.fromkeys(EKMAN, 0.0) | {
+        "neutral": 0.4,
+        "anger": 0.2,
+        "sadness": 0.15,
+        "fear": 0.15,
+        "joy": 0.1,
+    }
+    a, b = _classified(
+        {"label": "joy", "score": 0.6, "scores": joy, "model_version": "m1"},
+        {"label": "neutral", "score": 0.4, "scores": calm, "model_version": "m1"},
+    )
+    assert (a["emotion"], list(a["labels"]), a["sentiment"]) == ("joy", ["joy"], "positive")
+    assert a["sentiment_index"] == pytest.approx(0.4)  # softmax: P(joy) - P(any negative), summed
+    assert (b["emotion"], list(b["labels"]), b["sentiment"]) == ("neutral", ["neutral"], "neutral")
+    assert sentiment_index(joy) == pytest.approx(0.4)
+
+
+def test_multi_label_result_stores_serving_rule_labels_and_unbiased_sentiment():
+    """Serving's rule (``streamotion_serving.model.EmotionModel.results``): every label over its
+    threshold, strongest first, else the top label; ``emotion`` is the first of them."""
+    sig = dict.fromkeys(EKMAN, 0.1)
+    happy = sig | {"joy": 0.7, "anger": 0.3, "disgust": 0.3, "fear": 0.3, "sadness": 0.3}
+    # the top score (neutral) is under its threshold, sadness and fear are over theirs; an older
+    # service answered the arg-max as label: the labels decide
+    sad = sig | {"neutral": 0.8, "sadness": 0.6, "fear": 0.55}
+    mixed = sig | {"joy": 0.9, "anger": 0.6}
+    a, b, c = _classified(
+        {"label": "joy", "score": 0.7, "scores": happy, "labels": ["joy"], "model_version": "m"},
+        {
+            "label": "neutral",
+            "score": 0.8,
+            "scores": sad,
+            "labels": ["sadness", "fear"],
+            "model_version": "m",
+        },
+        {"label": "joy", "score": 0.9, "scores": mixed, "labels": ["joy", "anger"], "model_version": "m"},
+    )
+    # summing four negative sigmoid scores against one positive made this text negative (-0.5)
+    assert a["sentiment"] == "positive" and a["sentiment_index"] == pytest.approx(0.4)
+    assert (b["emotion"], list(b["labels"]), b["sentiment"]) == ("sadness", ["sadness", "fear"], "negative")
+    assert b["score"] == pytest.approx(0.6)
+    assert list(c["labels"]) == ["joy", "anger"] and c["sentiment_index"] == pytest.approx(0.3)
+    assert c["sentiment"] == "positive"  # a mixed set follows the index beyond the threshold
+    (c_strict,) = _classified(
+        {"label": "joy", "score": 0.9, "scores": mixed, "labels": ["joy", "anger"], "model_version": "m"},
+        threshold=0.5,
+    )
+    assert c_strict["sentiment"] == "neutral"
 
 
 # ------------------------------------------------------------------------------------ watermark
@@ -101,6 +226,10 @@ def test_windows_and_late_flags_follow_the_watermark():
     assert with_windows(ev, 60, None)["late"].tolist() == [False, False, False]
     assert next_watermark(None, ev, 120) == int((BASE + timedelta(seconds=80)).timestamp() * US)
     assert next_watermark(wm, ev, 120) == wm  # never moves back
+    # never past the batch's processing time (a created_at in 2099 cannot push it there)
+    future = pd.DataFrame({"created_at_us": [int(datetime(2099, 1, 1, tzinfo=UTC).timestamp() * US)]})
+    now = int((BASE + timedelta(minutes=10)).timestamp() * US)
+    assert next_watermark(None, future, 120, now_us=now) == now - 120 * US
 
 
 def test_durations_and_checkpoint_location(tmp_path, monkeypatch):
@@ -190,6 +319,61 @@ def test_model_client_gives_up_after_its_deadline(flaky_server):
         refused.classify(["x"])
 
 
+class _Picky(BaseHTTPRequestHandler):
+    """Refuses (422, serving's message format) any request holding a text with POISON in it."""
+
+    calls = 0
+
+    def do_POST(self):
+        type(self).calls += 1
+        texts = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["texts"]
+        bad = [i for i, t in enumerate(texts) if "POISON" in t]
+        if bad:
+            body = {"message": f"body.texts.{bad[0]}: not classifiable", "detail": []}
+            status = 422
+        else:
+            status = 200
+            body = {
+                "results": [
+                    {"label": "joy", "score": 1.0, "scores": {"joy": 1.0}, "model_version": t} for t in texts
+                ]
+            }
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_model_client_isolates_refused_texts_by_bisecting():
+    from streamotion_jobs.classify import ModelRefused, Refusal
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Picky)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        texts = [f"t{i}" for i in range(100)]
+        texts[37], texts[38], texts[90] = "POISON a", "POISON b", "POISON c"
+        _Picky.calls = 0
+        out = ModelClient(url, batch_size=64).classify(texts, isolate=True)
+        assert len(out) == 100
+        refused = {i: r for i, r in enumerate(out) if isinstance(r, Refusal)}
+        assert sorted(refused) == [37, 38, 90]
+        assert refused[37].reason == "model service refused the text (422): body.texts.0: not classifiable"
+        assert [r["model_version"] for i, r in enumerate(out) if i not in refused] == [
+            t for i, t in enumerate(texts) if i not in refused
+        ]  # every other result in its text's place
+        assert _Picky.calls < 40  # bisecting, not one request per text
+        with pytest.raises(ModelRefused, match="422"):  # without isolate, as before: the caller decides
+            ModelClient(url).classify(["POISON"])
+    finally:
+        server.shutdown()
+
+
 # ------------------------------------------------------------------------------------- sinks
 def _batch(batch_id: int, ids: range, minutes: float = 0, dead: int = 0, query: str = "q1") -> Batch:
     events = [
@@ -241,6 +425,67 @@ def test_postgres_sink_is_idempotent_per_batch_and_per_event(postgres, pg_schema
             "SELECT hashtag, sum(events) FROM hashtag_window GROUP BY 1 ORDER BY 1"
         ).fetchall()
         assert tags == [("tag0", 15), ("tag1", 15)]
+        # the chosen label set beside the emotion (migration 0003)
+        assert conn.execute("SELECT DISTINCT labels FROM events").fetchall() == [(["joy"],)]
+    sink.close()
+
+
+def test_postgres_migration_0003_adds_labels_to_rows_of_an_older_release(postgres, pg_schema):
+    from psycopg import sql
+    from streamotion_jobs.sinks.postgres import PostgresSink, migrations
+
+    with postgres.connect() as conn:  # the schema as the release before 0003 left it, with a row
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(pg_schema)))
+        conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(pg_schema)))
+        conn.execute(
+            "CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL, "
+            "applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        for version, name, text in migrations():
+            if version < 3:
+                conn.execute(text)
+                conn.execute("INSERT INTO schema_migrations (version, name) VALUES (%s, %s)", (version, name))
+        conn.execute(
+            "INSERT INTO events (event_id, id, source, platform, text, clean_text, created_at, text_length, emotion, "
+            "score, scores, sentiment, sentiment_index, model_version, window_start, window_end) VALUES "
+            "('http:old', 'old', 's', 'http', 'hi', 'hi', now(), 2, 'joy', 0.9, '{}', 'positive', 0.9, 'm', now(), now())"
+        )
+    sink = PostgresSink(postgres.dsn, schema=pg_schema, log=lambda *_: None)
+    sink.open()
+    assert sink.write(_batch(0, range(0, 3))) is True
+    with postgres.connect(options=f"-c search_path={pg_schema}") as conn:
+        rows = dict(conn.execute("SELECT event_id, labels FROM events").fetchall())
+        # 0004 too: the older row's identity is source:platform:id now
+        assert rows == {"s:http:old": [], "s:http:u0": ["joy"], "s:http:u1": ["joy"], "s:http:u2": ["joy"]}
+    sink.close()
+
+
+def _poison_ledger(execute) -> None:
+    """A ledger as the job wrote it before event time was bounded: one future-dated event moved the
+    watermark to 2099 (the batch was committed now)."""
+    execute(
+        "INSERT INTO {batches} (query_id, batch_id, events, late_events, dead_letters, watermark, committed_at) "
+        "VALUES ('old', 0, 1, 0, 0, TIMESTAMP '2099-01-01 00:00:00+00', CURRENT_TIMESTAMP)"
+    )
+
+
+def test_postgres_sink_bounds_a_watermark_logged_from_a_future_event(postgres, pg_schema):
+    from streamotion_jobs.sinks.postgres import PostgresSink
+
+    sink = PostgresSink(postgres.dsn, schema=pg_schema, log=lambda *_: None)
+    sink.open()
+    with postgres.connect(options=f"-c search_path={pg_schema}") as conn:
+        _poison_ledger(lambda sql: conn.execute(sql.format(batches="batches")))
+    # today's traffic (window 1m, watermark 1m): on time, counted in the aggregates
+    now = datetime.now(UTC).replace(microsecond=0)
+    batch = _batch(1, range(0, 10), minutes=0)
+    batch.events["created_at_us"] = int(now.timestamp() * US) + batch.events.index * US
+    assert sink.write(batch) is True
+    with postgres.connect(options=f"-c search_path={pg_schema}") as conn:
+        assert conn.execute("SELECT count(*) FROM events WHERE late").fetchone()[0] == 0
+        assert conn.execute("SELECT sum(events) FROM emotion_window").fetchone()[0] == 10
+        (wm,) = conn.execute("SELECT watermark FROM batches WHERE query_id = 'q1'").fetchone()
+        assert wm < now + timedelta(minutes=11)
     sink.close()
 
 
@@ -273,6 +518,54 @@ def test_bigquery_sink_is_idempotent_per_batch_and_per_event(bigquery_emulator):
     assert one("SELECT SUM(events) FROM `{ds}.hashtag_window`") == 30
     tables = {t.table_id for t in client.list_tables(ds)}
     assert not any(t.startswith("_staging") for t in tables)
+    sink.close()
+
+
+def test_bigquery_sink_adds_the_labels_column_to_tables_an_older_release_created(bigquery_emulator):
+    import uuid
+
+    from google.cloud import bigquery
+    from streamotion_jobs.sinks.bigquery import BigQuerySink, _schema
+
+    dataset = "l_" + uuid.uuid4().hex[:8]
+    client = bigquery_emulator.client()
+    ds = f"{bigquery_emulator.project}.{dataset}"
+    client.create_dataset(ds)
+    old = [f for f in _schema()["events"][0] if f.name != "labels"]
+    client.create_table(bigquery.Table(f"{ds}.events", schema=old))
+    sink = BigQuerySink(bigquery_emulator.project, dataset, client=client, log=lambda *_: None)
+    sink.open()
+    sink.open()  # IF NOT EXISTS: opening again changes nothing
+    assert sink.write(_batch(0, range(0, 4))) is True
+    rows = list(client.query(f"SELECT event_id, labels FROM `{ds}.events` ORDER BY event_id").result())
+    assert [(r[0], list(r[1])) for r in rows] == [(f"s:http:u{i}", ["joy"]) for i in range(4)]
+    sink.close()
+
+
+def test_bigquery_sink_bounds_a_watermark_logged_from_a_future_event(bigquery_emulator):
+    import uuid
+
+    from streamotion_jobs.sinks.bigquery import BigQuerySink
+
+    dataset = "w_" + uuid.uuid4().hex[:8]
+    client = bigquery_emulator.client()
+    sink = BigQuerySink(bigquery_emulator.project, dataset, client=client, log=lambda *_: None)
+    sink.open()
+    ds = f"{bigquery_emulator.project}.{dataset}"
+    _poison_ledger(lambda sql: client.query(sql.format(batches=f"`{ds}.batches`")).result())
+    now = datetime.now(UTC).replace(microsecond=0)
+    batch = _batch(1, range(0, 10), minutes=0)
+    batch.events["created_at_us"] = int(now.timestamp() * US) + batch.events.index * US
+    assert sink.write(batch) is True
+
+    def one(sql):
+        return next(iter(client.query(sql.format(ds=ds)).result()))[0]
+
+    assert one("SELECT COUNT(*) FROM `{ds}.events` WHERE late") == 0
+    assert one("SELECT SUM(events) FROM `{ds}.emotion_window`") == 10
+    assert one("SELECT MAX(watermark) FROM `{ds}.batches` WHERE query_id = 'q1'") < now + timedelta(
+        minutes=11
+    )
     sink.close()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -59,6 +60,21 @@ def test_multi_label_28_head(tiny_models):
     for res, row in zip(m.classify(TEXTS), scores, strict=True):
         above = {EKMAN[k] for k in np.flatnonzero(row >= 0.5)}
         assert set(res["labels"]) == (above or {res["label"]})
+
+
+def test_multi_label_label_is_the_strongest_over_its_threshold(tiny_models):
+    """The documented rule (``streamotion.model_api.Classification``): ``labels`` every label over its
+    threshold, strongest first, else the top label; ``label`` (and ``score``) the first of them."""
+    m = EmotionModel(ModelConfig(model=str(tiny_models["original-multi"]), taxonomy="ekman"))
+    m.thresholds = np.array([0.9 if label == "neutral" else 0.5 for label in EKMAN], dtype=np.float32)
+    row = np.full(len(EKMAN), 0.1, dtype=np.float32)
+    row[EKMAN.index("neutral")], row[EKMAN.index("sadness")], row[EKMAN.index("fear")] = 0.8, 0.6, 0.55
+    quiet = np.full(len(EKMAN), 0.1, dtype=np.float32)
+    quiet[EKMAN.index("surprise")] = 0.3
+    over, none_over = m.results(np.stack([row, quiet]))
+    assert over["labels"] == ["sadness", "fear"] and over["label"] == "sadness"
+    assert over["score"] == pytest.approx(0.6)
+    assert none_over["labels"] == ["surprise"] and none_over["label"] == "surprise"
 
 
 def test_label_mapping_errors_and_overrides():
@@ -139,6 +155,11 @@ def test_28_label_multi_label_training_also_serves_ekman(tiny_models, shared, tm
     assert meta["dev_by_taxonomy"]["ekman"]["data"].endswith("ekman/dev.tsv")
     for taxonomy in ("original", "ekman"):  # what the thresholds give on dev rows not tuned on
         assert 0 <= meta["dev_by_taxonomy"][taxonomy]["macro_f1_heldout"] <= 1
+        # tuned on the scores serving computes: texts truncated to serving's max_length, not training's
+        assert meta["max_length"] == 64 and ModelConfig.max_length == 128
+        assert meta["dev_by_taxonomy"][taxonomy]["max_length"] == ModelConfig.max_length
+        report = json.loads(Path(meta["dev_by_taxonomy"][taxonomy]["eval"]).read_text())
+        assert report["max_length"] == ModelConfig.max_length
     assert meta["dev"]["macro_f1"] == by_tax["original"] == result["dev_macro_f1"]
     served = EmotionModel(ModelConfig(model=str(out), taxonomy="ekman"))
     expected = [meta["thresholds_by_taxonomy"]["ekman"][label] for label in EKMAN]
@@ -146,6 +167,7 @@ def test_28_label_multi_label_training_also_serves_ekman(tiny_models, shared, tm
     card = (out / "README.md").read_text()
     assert "### original" in card and "### ekman (the original labels folded into ekman" in card
     assert "tuned on one half of dev" in card
+    assert "texts truncated to 128 tokens, as served" in card
 
 
 def test_eval_writes_json_and_confusion_png(trained, shared, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -76,6 +77,18 @@ def test_render_prints_exactly_the_builders_objects():
     } <= alerts
 
 
+@pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.name)
+def test_render_prints_plain_yaml_without_anchors(example):
+    """Children share dicts (security contexts, labels, env): a plain YAML dump turns those into
+    ``&id001`` anchors and ``*id001`` aliases, which a person cannot read or diff per object."""
+    result = runner.invoke(app, ["render", str(example), "-n", "team-a"])
+    assert result.exit_code == 0, result.output
+    assert not re.search(r"[&*]id\d{3}", result.stdout), result.stdout
+    # still exactly the builders' objects
+    docs = list(yaml.safe_load_all(result.stdout))
+    assert docs == render_file(example, OperatorConfig.from_env(), namespace="team-a")
+
+
 def test_render_uses_configured_images_and_gpu():
     env = {
         "STREAMOTION_PRODUCER_IMAGE": "registry.example/p:1",
@@ -93,6 +106,67 @@ def test_render_uses_configured_images_and_gpu():
     args = yaml.safe_load(ray["spec"]["serveConfigV2"])["applications"][0]["args"]
     assert args["num_gpus"] == 1 and args["device"] == "cuda"
     assert args["autoscaling"] == {"min_replicas": 1, "max_replicas": 2}
+
+
+def test_render_topic_replicas_default_to_the_operators_with_min_isr_at_most_two(tmp_path):
+    def topics(*args: str, env: dict[str, str] | None = None, file: str = "examples/demo.yaml") -> set:
+        docs = render_cli(str(ROOT / file), *args, env=env)
+        return {
+            (d["spec"]["replicas"], d["spec"]["config"]["min.insync.replicas"])
+            for d in docs
+            if d["kind"] == "KafkaTopic"
+        }
+
+    assert topics() == {(1, "1")}  # the operator's default: one broker
+    assert topics("--kafka-replicas", "3") == {(3, "2")}
+    assert topics(env={"STREAMOTION_KAFKA_REPLICAS": "2"}) == {(2, "2")}
+    assert topics("--kafka-replicas", "5") == {(5, "2")}
+    explicit = yaml.safe_load((ROOT / "examples/demo.yaml").read_text())
+    explicit["spec"]["kafka"]["replicas"] = 1
+    (tmp_path / "one.yaml").write_text(yaml.safe_dump(explicit))
+    assert topics("--kafka-replicas", "3", file=str(tmp_path / "one.yaml")) == {(1, "1")}  # the spec wins
+    result = runner.invoke(app, ["render", str(ROOT / "examples/demo.yaml"), "--kafka-replicas", "0"])
+    assert result.exit_code != 0 and "--kafka-replicas" in result.output
+    with pytest.raises(ValueError, match="STREAMOTION_KAFKA_REPLICAS=0"):
+        OperatorConfig.from_env({"STREAMOTION_KAFKA_REPLICAS": "0"})
+
+
+def test_gpu_pipelines_run_the_gpu_model_image_on_their_workers(tmp_path):
+    """``device: gpu``: the workers (which hold the replicas and the GPUs) run the GPU model image
+    (CUDA torch), the head keeps the CPU one (num-cpus 0 and no GPU: it runs no replica, only GCS,
+    the dashboard, Serve's controller and proxy, the autoscaler and the application build, none of
+    which touches torch). ``device: cpu`` runs the CPU image everywhere.
+
+    kuberay v1.7.0 ray-operator/controllers/ray/common/pod.go: generateRayStartCommand derives
+    ``--num-gpus`` from the limits of the Ray container (index 0, utils.RayContainerIndex) through
+    addWellKnownAcceleratorResources (a key ending in "gpu", utils/resources.go IsGPUResourceKey)
+    unless rayStartParams sets it: the worker limits nvidia.com/gpu and leaves num-gpus alone.
+    """
+    env = {
+        "STREAMOTION_MODEL_IMAGE": "registry.example/m:2",
+        "STREAMOTION_MODEL_GPU_IMAGE": "registry.example/g:2",
+    }
+    cfg = OperatorConfig.from_env(env)
+    assert cfg.model_gpu_image == "registry.example/g:2"
+    for device, worker_image in (("cpu", "registry.example/m:2"), ("gpu", "registry.example/g:2")):
+        body = pipeline("m", "ns")
+        body["spec"]["model"]["device"] = device
+        cluster = builders.ray_service(StreamPipeline.model_validate(body), cfg)["spec"]["rayClusterConfig"]
+        head = cluster["headGroupSpec"]
+        (worker,) = cluster["workerGroupSpecs"]
+        assert head["template"]["spec"]["containers"][0]["image"] == "registry.example/m:2", device
+        assert worker["template"]["spec"]["containers"][0]["image"] == worker_image, device
+        assert "num-gpus" not in worker["rayStartParams"] and "num-gpus" not in head["rayStartParams"]
+        assert "nvidia.com/gpu" not in json.dumps(head)
+        limits = worker["template"]["spec"]["containers"][0]["resources"]["limits"]
+        assert limits.get("nvidia.com/gpu") == ("1" if device == "gpu" else None)
+    # `streamotion render` (and the operator, OperatorConfig.from_env) take it from the environment
+    body = yaml.safe_load((ROOT / "examples/demo.yaml").read_text())
+    body["spec"].setdefault("model", {})["device"] = "gpu"
+    (tmp_path / "gpu.yaml").write_text(yaml.safe_dump(body))
+    ray = next(d for d in render_cli(str(tmp_path / "gpu.yaml"), env=env) if d["kind"] == "RayService")
+    (worker,) = ray["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    assert worker["template"]["spec"]["containers"][0]["image"] == "registry.example/g:2"
 
 
 def test_render_refuses_an_invalid_pipeline(tmp_path):
@@ -159,6 +233,113 @@ def test_examples_render_to_objects_the_api_server_accepts(example, control_plan
     with pytest.raises(ApiError) as err:
         kube.dry_run_apply(topic)
     assert err.value.status == 422
+
+
+def kuberay_pods(ray_service: dict) -> dict[str, dict]:
+    """The Pods KubeRay v1.7.0 makes of a RayService's head and worker templates, as far as security
+    goes (ray-operator/controllers/ray/common/pod.go):
+
+    - DefaultHeadPodTemplate: with enableInTreeAutoscaling an ``autoscaler`` sidecar
+      (BuildAutoscalerContainer: the head's image, no securityContext of its own) that
+      mergeAutoscalerOverrides gives autoscalerOptions' env, volumeMounts and securityContext;
+    - DefaultWorkerPodTemplate: an init container ``wait-gcs-ready`` with the Ray container's image,
+      securityContext, env and volumeMounts;
+    - BuildPod: an emptyDir (medium Memory) at /dev/shm on the Ray container, and on the head with the
+      autoscaler an emptyDir at /tmp/ray on the Ray and autoscaler containers (addEmptyDir: unless a
+      volume is mounted at exactly that path).
+    """
+    import copy
+
+    cluster = ray_service["spec"]["rayClusterConfig"]
+
+    def add_empty_dir(spec, container, name, path, medium=""):
+        if any(m["mountPath"] == path for m in container.get("volumeMounts", [])):
+            return
+        if not any(v["name"] == name for v in spec["volumes"]):
+            spec["volumes"].append({"name": name, "emptyDir": {"medium": medium} if medium else {}})
+        container.setdefault("volumeMounts", []).append({"name": name, "mountPath": path})
+
+    def pod(template, name):
+        spec = copy.deepcopy(template["spec"])
+        spec.setdefault("volumes", [])
+        add_empty_dir(spec, spec["containers"][0], "shared-mem", "/dev/shm", "Memory")
+        return {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "labels": template["metadata"]["labels"]},
+            "spec": spec,
+        }
+
+    head = pod(cluster["headGroupSpec"]["template"], "head")
+    ray = head["spec"]["containers"][0]
+    if cluster.get("enableInTreeAutoscaling"):
+        options = cluster.get("autoscalerOptions", {})
+        autoscaler = {
+            "name": "autoscaler",
+            "image": ray["image"],
+            "command": ["/bin/bash", "-lc", "--"],
+            "args": ["ray kuberay-autoscaler --cluster-name $(RAY_CLUSTER_NAME)"],
+            "env": [{"name": "KUBERAY_CRD_VER", "value": "v1"}, *options.get("env", [])],
+            "resources": {"limits": {"cpu": "500m", "memory": "512Mi"}},
+            "volumeMounts": list(options.get("volumeMounts", [])),
+        }
+        if "securityContext" in options:
+            autoscaler["securityContext"] = options["securityContext"]
+        head["spec"]["containers"].append(autoscaler)
+        for container in (ray, autoscaler):
+            add_empty_dir(head["spec"], container, "ray-logs", "/tmp/ray")
+    pods = {"head": head}
+    for group in cluster["workerGroupSpecs"]:
+        worker = pod(group["template"], f"worker-{group['groupName']}")
+        ray = worker["spec"]["containers"][0]
+        init = {
+            "name": "wait-gcs-ready",
+            "image": ray["image"],
+            "command": ["/bin/bash", "-lc", "--"],
+            "args": ["ray health-check --address head:6379"],
+            "env": ray.get("env", []),
+            "volumeMounts": ray.get("volumeMounts", []),
+            "resources": {"limits": {"cpu": "200m", "memory": "256Mi"}},
+        }
+        if "securityContext" in ray:
+            init["securityContext"] = copy.deepcopy(ray["securityContext"])
+        worker["spec"]["initContainers"] = [*worker["spec"].get("initContainers", []), init]
+        pods[worker["metadata"]["name"]] = worker
+    return pods
+
+
+@pytest.mark.parametrize("device", ["cpu", "gpu"])
+def test_ray_pods_pass_the_restricted_pod_security_standard(device, control_plane, kube, namespace):
+    """The Pods KubeRay makes of the RayService (its sidecar and init container included) are admitted
+    in a namespace that enforces the ``restricted`` Pod Security Standard (the API server's
+    PodSecurity admission, server-side dry run), and run as the Ray image's user with a read-only
+    root: Ray writes its session dir /tmp/ray, HOME (/tmp) and HF_HOME under /tmp, an emptyDir."""
+    control_plane.kubectl(
+        "label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted", "--overwrite"
+    )
+    body = pipeline("m", namespace)
+    body["spec"]["model"]["device"] = device
+    ray_service = builders.ray_service(StreamPipeline.model_validate(body), OperatorConfig())
+    kube.dry_run_apply(ray_service)  # the RayService CRD (KubeRay v1.7.0) takes it
+    pods = kuberay_pods(ray_service)
+    assert set(pods) == {"head", f"worker-{device}"}
+    for name, pod in pods.items():
+        pod["metadata"]["namespace"] = namespace
+        kube.request("POST", f"/api/v1/namespaces/{namespace}/pods", body=pod, query={"dryRun": "All"})
+        for container in [*pod["spec"]["containers"], *pod["spec"].get("initContainers", [])]:
+            assert container["securityContext"]["readOnlyRootFilesystem"] is True, (name, container["name"])
+            env = {e["name"]: e.get("value") for e in container.get("env", [])}
+            assert env.get("HOME") == "/tmp", (name, container["name"])
+            mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+            volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+            assert "emptyDir" in volumes[mounts["/tmp"]], (name, container["name"])
+    # and the same pods without the restricted settings are refused: the check can fail
+    bare = kuberay_pods(ray_service)["head"]
+    bare["metadata"]["namespace"] = namespace
+    del bare["spec"]["containers"][0]["securityContext"]
+    with pytest.raises(ApiError) as err:
+        kube.request("POST", f"/api/v1/namespaces/{namespace}/pods", body=bare, query={"dryRun": "All"})
+    assert err.value.status == 403 and "restricted" in str(err.value)
 
 
 def _service_account_kube(control_plane, kube, namespace) -> Kube:

@@ -11,6 +11,7 @@ import pytest
 
 from streamotion.labels import EKMAN
 from streamotion.model_api import MAX_TEXTS, ClassifyResponse, ModelInfo
+from tests.fixtures.model import MODEL_MAX_TEXT_CHARS
 
 
 def _samples(text: str, name: str) -> list[tuple[str, float]]:
@@ -141,6 +142,10 @@ def test_concurrent_clients_form_batches_and_keep_order(model_server):
         ({"texts": ["ok"] * (MAX_TEXTS + 1)}, f"at most {MAX_TEXTS}"),
         ({"text": "ok"}, "texts"),
         ({"texts": "not a list"}, "texts"),
+        (
+            {"texts": ["ok", "x" * (MODEL_MAX_TEXT_CHARS + 1)]},
+            f"body.texts.1: text of {MODEL_MAX_TEXT_CHARS + 1} characters, over this service's limit",
+        ),
     ],
 )
 def test_bad_inputs_are_4xx_with_a_clear_message(model_server, body, fragment):

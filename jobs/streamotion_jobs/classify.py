@@ -1,7 +1,12 @@
 """Calling the model service (contract: :mod:`streamotion.model_api`) in batches, with timeouts and
 retries with exponential backoff. When the service stays unavailable past ``deadline_s`` the call
 raises :class:`ModelUnavailable`: the Spark task, and so the micro-batch, fails and is retried from
-the checkpoint — never a row without an emotion, never a dropped row."""
+the checkpoint — never a row without an emotion, never a dropped row.
+
+A client error (400, 413, 422) says the request is wrong, so retrying it cannot help: with
+``isolate=True`` the chunk is split in halves until each refused text stands alone, and that text's
+result is a :class:`Refusal` carrying the service's message (the job dead-letters it); the other
+texts are classified as usual."""
 
 from __future__ import annotations
 
@@ -16,6 +21,27 @@ from streamotion.model_api import MAX_TEXTS
 
 class ModelUnavailable(RuntimeError):
     pass
+
+
+class ModelRefused(ModelUnavailable):
+    """The service refused the request (400, 413 or 422): retrying the same request cannot help."""
+
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        self.message = message
+        super().__init__(f"model service refused the request ({status}): {message}")
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """The result of a text the service refused on its own (``isolate=True``)."""
+
+    status: int
+    message: str
+
+    @property
+    def reason(self) -> str:
+        return f"model service refused the text ({self.status}): {self.message}"
 
 
 @dataclass
@@ -46,12 +72,25 @@ class ModelClient:
             self._session.close()
             self._session = None
 
-    def classify(self, texts: Sequence[str]) -> list[dict[str, Any]]:
-        """One result per text, in order (each {label, score, scores, model_version, ...})."""
-        out: list[dict[str, Any]] = []
+    def classify(self, texts: Sequence[str], isolate: bool = False) -> list[Any]:
+        """One result per text, in order (each {label, score, scores, model_version, ...}); with
+        ``isolate``, a :class:`Refusal` for each text the service refuses (else the refusal raises
+        :class:`ModelRefused`)."""
+        out: list[Any] = []
         for start in range(0, len(texts), self.batch_size):
-            out.extend(self._chunk(list(texts[start : start + self.batch_size])))
+            chunk = list(texts[start : start + self.batch_size])
+            out.extend(self._isolating(chunk) if isolate else self._chunk(chunk))
         return out
+
+    def _isolating(self, texts: list[str]) -> list[Any]:
+        """Bisect on a client error: about 2·log2(n) extra requests per refused text."""
+        try:
+            return self._chunk(texts)
+        except ModelRefused as exc:
+            if len(texts) == 1:
+                return [Refusal(exc.status, exc.message)]
+            mid = len(texts) // 2
+            return self._isolating(texts[:mid]) + self._isolating(texts[mid:])
 
     def _chunk(self, texts: list[str]) -> list[dict[str, Any]]:
         import requests
@@ -75,9 +114,7 @@ class ModelClient:
                         )
                     return results
                 if resp.status_code in (400, 413, 422):  # our request is wrong: retrying cannot help
-                    raise ModelUnavailable(
-                        f"model service refused the request ({resp.status_code}): {resp.text[:500]}"
-                    )
+                    raise ModelRefused(resp.status_code, _message(resp))
                 error = f"HTTP {resp.status_code}: {resp.text[:200]}"
             except requests.RequestException as exc:
                 error = f"{type(exc).__name__}: {exc}"
@@ -88,3 +125,16 @@ class ModelClient:
                 )
             time.sleep(delay * (0.75 + random.random() / 2))
             delay = min(delay * 2, self.backoff_max_s)
+
+
+def _message(resp) -> str:
+    """The service's own message (serving answers ``{"message": ...}``), else the body's start."""
+    try:
+        doc = resp.json()
+    except ValueError:
+        doc = None
+    if isinstance(doc, dict) and isinstance(doc.get("message"), str) and doc["message"]:
+        return doc["message"][:500]
+    if isinstance(doc, dict) and isinstance(doc.get("detail"), str):
+        return doc["detail"][:500]
+    return resp.text[:500]

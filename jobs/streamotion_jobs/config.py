@@ -93,6 +93,7 @@ class JobConfig:
     topics: dict[str, str] = field(default_factory=dict)
     model_batch_size: int = 256
     model_deadline_s: float = 120.0
+    max_future_skew_s: float = 600.0
 
     @classmethod
     def from_pipeline(
@@ -111,6 +112,7 @@ class JobConfig:
             trigger_s=parse_duration(proc.trigger),
             window_s=parse_duration(proc.window),
             watermark_s=parse_duration(proc.watermark),
+            max_future_skew_s=parse_duration(proc.max_future_skew),
             max_events_per_trigger=proc.max_events_per_trigger,
             starting_offsets=proc.starting_offsets,
             sentiment_threshold=proc.sentiment_threshold,

@@ -137,6 +137,7 @@ class StreamingJob:
             batch_size=cfg.model_batch_size,
             deadline_s=cfg.model_deadline_s,
             per_row=self.per_row_model_calls,
+            max_future_skew_s=cfg.max_future_skew_s,
         )
         out = df.mapInPandas(fn, PROCESSED_SCHEMA).toPandas()
         t_processed = time.monotonic()
@@ -144,6 +145,7 @@ class StreamingJob:
         dead_pdf = out.loc[is_dead, ["kafka_topic", "kafka_partition", "kafka_offset", "error", "payload"]]
         dead_pdf = dead_pdf.reset_index(drop=True)
         events_pdf = out.loc[~is_dead].drop(columns=["error", "payload"]).reset_index(drop=True)
+        dropped = unknown_fields(events_pdf.pop("dropped_fields"))
         if not events_pdf.empty:
             # a producer that re-sent an event: one row per event id (the first offset wins)
             events_pdf = events_pdf.sort_values(["kafka_partition", "kafka_offset"]).drop_duplicates(
@@ -162,6 +164,12 @@ class StreamingJob:
         written = [sink.name for sink in self.sinks if self._write(sink, batch)]
         if written:  # a batch every sink had written before (a replay) is not counted again
             self.metrics.batch_written(batch.events, len(dead_pdf))
+            if dropped:
+                self.metrics.unknown_fields_dropped(sum(dropped.values()))
+                self.log(
+                    f"batch {batch_id}: fields unknown to this job's contract dropped: "
+                    + ", ".join(f"{name[:64]!r} ({n})" for name, n in sorted(dropped.items())[:10])
+                )
         self.batches_written += 1
         batch.stats["batch_s"] = time.monotonic() - started
         batch.stats["process_s"] = t_processed - started
@@ -288,6 +296,17 @@ class StreamingJob:
                 sink.close()
             except Exception:
                 pass
+
+
+def unknown_fields(column) -> dict[str, int]:
+    """How often each unknown field was dropped, over a batch's ``dropped_fields`` lists."""
+    counts: dict[str, int] = {}
+    for names in column:
+        if names is None or isinstance(names, float):
+            continue
+        for name in names:
+            counts[str(name)] = counts.get(str(name), 0) + 1
+    return counts
 
 
 def utcnow_iso() -> str:

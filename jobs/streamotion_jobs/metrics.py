@@ -11,7 +11,9 @@ series labelled ``namespace`` and ``pipeline``:
 * ``streamotion_job_sink_write_seconds{sink}`` (histogram): one micro-batch's write, per sink;
 * ``streamotion_job_sink_errors_total{sink}`` (counter): failed writes, per sink;
 * ``streamotion_job_end_to_end_latency_seconds`` (histogram): from the event's ingestion by a
-  producer (``ingested_at``; ``created_at`` when absent) to its row written, one observation per event.
+  producer (``ingested_at``; ``created_at`` when absent) to its row written, one observation per event;
+* ``streamotion_job_unknown_fields_total`` (counter): fields of written events that this job's event
+  contract does not know (a newer producer's), dropped (names in the job's log, not in labels).
 
 Each job owns a registry (a test process may run several jobs); a metrics failure is logged, never
 raised into a micro-batch.
@@ -76,7 +78,14 @@ class JobMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self._unknown = Counter(
+            "streamotion_job_unknown_fields",
+            "Fields of written events unknown to the job's event contract (a newer producer's), dropped.",
+            LABELS,
+            registry=r,
+        )
         self.lag = self._lag.labels(*self.labels)
+        self.unknown_fields = self._unknown.labels(*self.labels)
         self.events = self._events.labels(*self.labels)
         self.dead_letters = self._dead.labels(*self.labels)
         self.latency = self._latency.labels(*self.labels)
@@ -129,6 +138,9 @@ class JobMetrics:
                 self._sink_write.labels(*self.labels, name)
 
         self.safely("sinks", update)
+
+    def unknown_fields_dropped(self, count: int) -> None:
+        self.safely("unknown fields", lambda: self.unknown_fields.inc(count))
 
     def batch_written(self, events, dead_letters: int, now: float | None = None) -> None:
         """Count one written micro-batch: ``events`` is the batch's event DataFrame."""

@@ -1,6 +1,6 @@
 """The SparkSession the job runs in, with the Kafka connector from Maven Central.
 
-The connector (``spark-sql-kafka-0-10_2.12``) is pinned to the running pyspark's version and
+The connector (``spark-sql-kafka-0-10_2.13``) is pinned to the running pyspark's version and
 resolved through ``spark.jars.packages`` (Ivy) into ``~/.cache/streamotion/ivy``: the first run
 downloads it (``make prepare`` does that once), later runs resolve from the cache.
 """
@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-SCALA_BINARY = "2.12"
+SCALA_BINARY = "2.13"  # Spark 4 is built for Scala 2.13 only
 
 
 def cache_dir() -> Path:
@@ -80,6 +80,9 @@ def session(
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     if master and master.startswith("local"):
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+        from streamotion.dev.java import for_spark_local  # a supported Java: the system's or the wheel's
+
+        extra = {**for_spark_local(), **(extra or {})}
     from pyspark.sql import SparkSession
 
     builder = SparkSession.builder

@@ -7,7 +7,6 @@ import html
 import re
 import unicodedata
 
-_TAG = re.compile(r"<[^>]{0,500}>")
 _URL = re.compile(r"(?:https?://|www\.)\S+", re.IGNORECASE)
 _MENTION = re.compile(r"(?<![\w@])@[\w.\-]+(?:@[\w.\-]+)?")  # @user and @user@instance
 _HASHTAG = re.compile(r"(?<![\w#&])#(\w{1,100})", re.UNICODE)
@@ -607,9 +606,11 @@ STOPWORDS: dict[str, frozenset[str]] = {
 
 
 def clean_text(text: str) -> str:
-    """The text the model sees: HTML unescaped and stripped, URLs and @mentions removed, whitespace
-    collapsed. Hashtag words stay (``#happy`` becomes ``happy``): they carry the emotion."""
-    out = html.unescape(_TAG.sub(" ", text))
+    """The text the model sees: HTML entities unescaped (X and Reddit send ``&lt;3``), URLs and
+    @mentions removed, whitespace collapsed. Hashtag words stay (``#happy`` becomes ``happy``): they
+    carry the emotion. Angle brackets stay too: the producers already turned HTML into text, and
+    emoticons (``<3``, ``>.<``) and emoji are signal for the model."""
+    out = html.unescape(text)
     out = _URL.sub(" ", out)
     out = _MENTION.sub(" ", out)
     out = _HASHTAG.sub(r"\1", out)

@@ -14,8 +14,9 @@ from datetime import UTC, datetime
 import pandas as pd
 from pydantic import ValidationError
 
-from streamotion.events import Event
-from streamotion.labels import GOEMOTIONS_TO_EKMAN, NEGATIVE, POSITIVE, sentiment
+from streamotion.events import Event, UnreadableVersion, read_event
+from streamotion.labels import sentiment
+from streamotion.labels import sentiment_index as _sentiment_index
 from streamotion_jobs.text import clean_text, hashtags, terms
 
 # Kafka's columns as the job reads them (key and value as bytes).
@@ -26,7 +27,7 @@ PARSED_SCHEMA = (
     "text string, clean_text string, lang string, created_at_us long, ingested_at_us long, url string, "
     "hashtags array<string>, terms array<string>, text_length int, "
     "kafka_topic string, kafka_partition int, kafka_offset long, "
-    "error string, payload string"
+    "error string, payload string, dropped_fields array<string>"
 )
 EVENT_COLUMNS = [
     "event_id",
@@ -54,7 +55,7 @@ CLASSIFIED_SCHEMA = (
     "hashtags array<string>, terms array<string>, text_length int, "
     "kafka_topic string, kafka_partition int, kafka_offset long, "
     "emotion string, score double, scores string, sentiment string, sentiment_index double, "
-    "model_version string, classified_at_us long"
+    "model_version string, classified_at_us long, labels array<string>"
 )
 MAX_PAYLOAD_CHARS = 100_000
 
@@ -86,40 +87,94 @@ def _validation_reason(exc: ValidationError) -> str:
 
 def parse_one(value: bytes | None) -> tuple[Event | None, str | None, str]:
     """(event, None, payload) or (None, reason, payload) for one Kafka message value."""
+    event, error, payload, _ = read_one(value)
+    return event, error, payload
+
+
+def read_one(value: bytes | None) -> tuple[Event | None, str | None, str, list[str]]:
+    """:func:`parse_one` plus the names of the unknown fields dropped (:func:`streamotion.events.read_event`)."""
     if value is None:
-        return None, "empty message (null value)", ""
+        return None, "empty message (null value)", "", []
     raw = bytes(value)
     payload = raw.decode("utf-8", errors="replace")[:MAX_PAYLOAD_CHARS]
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        return None, f"not UTF-8: {exc}", payload
+        return None, f"not UTF-8: {exc}", payload, []
     try:
         doc = json.loads(text)
     except ValueError as exc:
-        return None, f"not JSON: {exc}", payload
+        return None, f"not JSON: {exc}", payload, []
     if not isinstance(doc, dict):
-        return None, f"not a JSON object but {type(doc).__name__}", payload
+        return None, f"not a JSON object but {type(doc).__name__}", payload, []
     try:
-        return Event.model_validate(doc), None, payload
+        event, dropped = read_event(doc)
+        return event, None, payload, dropped
+    except UnreadableVersion as exc:
+        return None, str(exc), payload, []
     except ValidationError as exc:
-        return None, _validation_reason(exc), payload
+        return None, _validation_reason(exc), payload, []
 
 
-def parse_frame(pdf: pd.DataFrame) -> pd.DataFrame:
+def future_reason(created_us: int, ingested_us: int, now: int, max_future_skew_s: float) -> str | None:
+    """Why an event's time is out of bounds, or None: ``created_at`` may be at most
+    ``max_future_skew_s`` ahead of its ``ingested_at`` (or of the job's clock, when that is earlier)."""
+    reference = min(ingested_us, now)
+    ahead = created_us - reference
+    if ahead <= max_future_skew_s * 1_000_000:
+        return None
+    which = "ingested_at" if ingested_us <= now else "the job's clock"
+    created = datetime.fromtimestamp(created_us / 1_000_000, UTC).isoformat()
+    return (
+        f"event time in the future: created_at {created} is {ahead / 1_000_000:.0f}s ahead of {which}, "
+        f"more than processing.maxFutureSkew ({max_future_skew_s:g}s): a wrong clock at the platform or "
+        "producer (stored, it would move the watermark past every later event)"
+    )
+
+
+EMPTY_TEXT_REASON = (
+    "no text to classify: the text is empty after cleaning (only whitespace, URLs or @mentions)"
+)
+
+
+def parse_frame(pdf: pd.DataFrame, max_future_skew_s: float | None = None) -> pd.DataFrame:
+    """One row per Kafka record: the event's columns, or ``error`` and ``payload`` (a dead letter).
+
+    Dead letters besides invalid payloads: an event whose text is empty once cleaned, and, with
+    ``max_future_skew_s``, one whose ``created_at`` is further ahead than that (:func:`future_reason`).
+    """
     rows = []
+    now = now_us()
     for value, topic, partition, offset in zip(
         pdf["value"], pdf["topic"], pdf["partition"], pdf["offset"], strict=True
     ):
         where = {"kafka_topic": topic, "kafka_partition": int(partition), "kafka_offset": int(offset)}
+        dropped: list[str] = []
         try:
-            event, error, payload = parse_one(value)
+            event, error, payload, dropped = read_one(value)
+            if event is not None:
+                clean = clean_text(event.text)
+                if not clean:
+                    event, error = None, EMPTY_TEXT_REASON
+                elif max_future_skew_s is not None:
+                    error = future_reason(
+                        to_us(event.created_at), to_us(event.ingested_at), now, max_future_skew_s
+                    )
+                    event = None if error else event
         except Exception as exc:  # bad input never crashes the job
             event, error, payload = None, f"unexpected error while parsing: {exc!r}", ""
         if event is None:
-            rows.append({**where, "hashtags": [], "terms": [], "error": error, "payload": payload})
+            rows.append(
+                {
+                    **where,
+                    "hashtags": [],
+                    "terms": [],
+                    "error": error,
+                    "payload": payload,
+                    "dropped_fields": [],
+                }
+            )
             continue
-        clean = clean_text(event.text) or event.text.strip() or event.text
         rows.append(
             {
                 "event_id": event.key,
@@ -140,6 +195,7 @@ def parse_frame(pdf: pd.DataFrame) -> pd.DataFrame:
                 **where,
                 "error": None,
                 "payload": None,
+                "dropped_fields": dropped,
             }
         )
     ints = {"created_at_us": "Int64", "ingested_at_us": "Int64", "kafka_offset": "Int64"}
@@ -147,7 +203,7 @@ def parse_frame(pdf: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(
         {
             col: pd.Series([r.get(col) for r in rows], dtype=ints.get(col, object))
-            for col in [*EVENT_COLUMNS, "error", "payload"]
+            for col in [*EVENT_COLUMNS, "error", "payload", "dropped_fields"]
         }
     )
 
@@ -157,24 +213,33 @@ def parse_records(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         yield parse_frame(pdf)
 
 
-def sentiment_index(scores: dict[str, float]) -> float:
-    """P(positive emotions) - P(negative emotions), over Ekman emotions (GoEmotions labels mapped)."""
-    ekman: dict[str, float] = {}
-    for label, score in scores.items():
-        target = GOEMOTIONS_TO_EKMAN.get(label, label)
-        ekman[target] = ekman.get(target, 0.0) + float(score)
-    return sum(ekman.get(x, 0.0) for x in POSITIVE) - sum(ekman.get(x, 0.0) for x in NEGATIVE)
+def sentiment_index(scores: dict[str, float], multi_label: bool = False) -> float:
+    """P(positive emotions) - P(negative emotions) (:func:`streamotion.labels.sentiment_index`)."""
+    return _sentiment_index(scores, multi_label)
+
+
+def chosen_labels(result: dict) -> list[str]:
+    """The labels a result stands for, by serving's documented rule: a multi-label head's
+    ``labels`` (every label over its threshold, strongest first, else the top label), a single-label
+    head's top ``label``."""
+    labels = result.get("labels")
+    return [str(x) for x in labels] if labels else [str(result["label"])]
 
 
 def enrich(pdf: pd.DataFrame, results: list[dict], threshold: float) -> pd.DataFrame:
+    """The events plus their classification: ``emotion`` is the first chosen label (its ``score``
+    beside it), ``labels`` every chosen one, sentiment derived from them (:func:`streamotion.labels.sentiment`)."""
     out = pdf[EVENT_COLUMNS].copy()
-    out["emotion"] = [r["label"] for r in results]
-    out["score"] = [float(r["score"]) for r in results]
+    chosen = [chosen_labels(r) for r in results]
+    indices = [sentiment_index(r["scores"], r.get("labels") is not None) for r in results]
+    out["emotion"] = [c[0] for c in chosen]
+    out["score"] = [float(r["scores"].get(c[0], r["score"])) for r, c in zip(results, chosen, strict=True)]
     out["scores"] = [json.dumps(r["scores"], sort_keys=True) for r in results]
-    out["sentiment"] = [sentiment(r["scores"], threshold) for r in results]
-    out["sentiment_index"] = [sentiment_index(r["scores"]) for r in results]
+    out["sentiment"] = [sentiment(c, i, threshold) for c, i in zip(chosen, indices, strict=True)]
+    out["sentiment_index"] = indices
     out["model_version"] = [str(r.get("model_version") or "unknown") for r in results]
     out["classified_at_us"] = now_us()
+    out["labels"] = chosen
     return arrow_safe(out)
 
 
@@ -201,7 +266,7 @@ def classifier(
 
 # Parse, validate and classify in one pass over each partition (the streaming job's micro-batch):
 # one Spark job per micro-batch; invalid records come out with ``error`` and ``payload`` set.
-PROCESSED_SCHEMA = CLASSIFIED_SCHEMA + ", error string, payload string"
+PROCESSED_SCHEMA = CLASSIFIED_SCHEMA + ", error string, payload string, dropped_fields array<string>"
 _CLASSIFIED_ONLY = [
     "emotion",
     "score",
@@ -210,7 +275,12 @@ _CLASSIFIED_ONLY = [
     "sentiment_index",
     "model_version",
     "classified_at_us",
+    "labels",
 ]
+
+
+def _payload(value: bytes | None) -> str:
+    return "" if value is None else bytes(value).decode("utf-8", errors="replace")[:MAX_PAYLOAD_CHARS]
 
 
 def processor(
@@ -219,30 +289,48 @@ def processor(
     batch_size: int = 256,
     deadline_s: float = 120.0,
     per_row: bool = False,
+    max_future_skew_s: float | None = None,
 ) -> Callable:
-    """A ``mapInPandas`` function: Kafka records -> classified events and dead letters."""
+    """A ``mapInPandas`` function: Kafka records -> classified events and dead letters.
+
+    A text the model service refuses on its own (a 400/413/422, isolated by bisecting the request)
+    becomes a dead letter with the service's message; the rest of the batch carries on. The service
+    being down or failing (5xx, timeouts) still fails the micro-batch, which is retried."""
 
     def process(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        from streamotion_jobs.classify import ModelClient
+        from streamotion_jobs.classify import ModelClient, Refusal
 
         client = ModelClient(model_url, batch_size=1 if per_row else batch_size, deadline_s=deadline_s)
         try:
             for raw in batches:
-                parsed = parse_frame(raw)
-                ok = parsed[parsed["error"].isna()].reset_index(drop=True)
-                bad = parsed[parsed["error"].notna()].reset_index(drop=True)
+                parsed = parse_frame(raw, max_future_skew_s)  # one row per record, in order
+                ok = parsed[parsed["error"].isna()]
+                classified = None
                 if len(ok):
                     texts = ok["clean_text"].tolist()
                     # per_row: the ancestors' pattern (benchmark only), one HTTP call per row
-                    results = [client.classify([t])[0] for t in texts] if per_row else client.classify(texts)
-                    classified = enrich(ok, results, threshold)
-                    classified["error"] = None
-                    classified["payload"] = None
-                else:
-                    classified = None
+                    if per_row:
+                        results = [client.classify([t], isolate=True)[0] for t in texts]
+                    else:
+                        results = client.classify(texts, isolate=True)
+                    refused = [k for k, r in enumerate(results) if isinstance(r, Refusal)]
+                    if refused:
+                        rows = ok.index[refused]
+                        parsed.loc[rows, "error"] = [results[k].reason for k in refused]
+                        parsed.loc[rows, "payload"] = [_payload(raw["value"].iloc[i]) for i in rows]
+                        ok = ok.drop(index=rows)
+                        results = [r for r in results if not isinstance(r, Refusal)]
+                    if len(ok):
+                        ok = ok.reset_index(drop=True)
+                        classified = enrich(ok, results, threshold)
+                        classified["error"] = None
+                        classified["payload"] = None
+                        classified["dropped_fields"] = ok["dropped_fields"].tolist()
+                bad = parsed[parsed["error"].notna()].reset_index(drop=True)
                 if len(bad):
                     for col in _CLASSIFIED_ONLY:
                         bad[col] = None
+                    bad["dropped_fields"] = [[] for _ in range(len(bad))]
                 parts = [f for f in (classified, bad) if f is not None and len(f)]
                 if parts:
                     out = pd.concat(parts, ignore_index=True)
@@ -253,4 +341,4 @@ def processor(
     return process
 
 
-PROCESSED_COLUMNS = [*EVENT_COLUMNS, *_CLASSIFIED_ONLY, "error", "payload"]
+PROCESSED_COLUMNS = [*EVENT_COLUMNS, *_CLASSIFIED_ONLY, "error", "payload", "dropped_fields"]

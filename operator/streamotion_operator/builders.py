@@ -27,7 +27,11 @@ SOURCE_LABEL = "streamotion.io/source"
 CHECKPOINT_MOUNT = "/checkpoint"  # streamotion_jobs.config.CHECKPOINT_MOUNT
 BIGQUERY_KEY_DIR = "/var/run/secrets/streamotion/bigquery"
 JOB_WORKDIR = "/opt/streamotion"
-SPARK_UI_PORT = 4040
+# The Spark UI (and its PrometheusServlet) port on the driver is declared by Spark itself under this
+# name (apache/spark v4.0.0 k8s Constants.scala UI_PORT_NAME, BasicDriverFeatureStep.scala), as are
+# "driver-rpc-port" and "blockmanager": spark-operator appends spec.driver.ports / spec.executor.ports
+# to Spark's own without de-duplication, so our ports never reuse those names.
+SPARK_UI_PORT_NAME = "spark-ui"
 RAY_METRICS_PORT = 8080
 SERVE_PORT = 8000
 APP_NAME = "streamotion-model"  # streamotion_serving.app.APP_NAME
@@ -258,8 +262,22 @@ def pipeline_config_map(p: StreamPipeline) -> dict[str, Any]:
     }
 
 
+def topic_replicas(p: StreamPipeline, cfg: OperatorConfig) -> int:
+    """spec.kafka.replicas, else the operator's default (the chart passes min(its brokers, 3))."""
+    return p.spec.kafka.replicas or cfg.kafka_replicas
+
+
+def min_insync_replicas(replicas: int) -> int:
+    """min(2, replicas), set on each topic rather than left to the broker's default: acks=all writes
+    need that many in-sync replicas, so it must never exceed the topic's replicas (RF 1 under a
+    broker default of 2 refuses every write with NOT_ENOUGH_REPLICAS). RF 3 / min ISR 2 is the
+    durable setting (one broker may be down); RF 2 keeps every write on both (durability first)."""
+    return min(2, replicas)
+
+
 def kafka_topics(p: StreamPipeline, cfg: OperatorConfig) -> list[dict[str, Any]]:
     k = p.spec.kafka
+    replicas = topic_replicas(p, cfg)
     out = []
     for role, topic in naming.topic_names(p).items():
         out.append(
@@ -276,10 +294,11 @@ def kafka_topics(p: StreamPipeline, cfg: OperatorConfig) -> list[dict[str, Any]]
                 "spec": {
                     "topicName": topic,
                     "partitions": k.partitions,
-                    "replicas": k.replicas,
+                    "replicas": replicas,
                     "config": {
                         "retention.ms": str(k.retention_hours * 3600 * 1000),
                         "cleanup.policy": "delete",
+                        "min.insync.replicas": str(min_insync_replicas(replicas)),
                     },
                 },
             }
@@ -444,6 +463,11 @@ def spark_application(p: StreamPipeline, cfg: OperatorConfig) -> dict[str, Any]:
     ]
     volumes: list[dict[str, Any]] = [_pipeline_volume(p), {"name": "tmp", "emptyDir": {}}]
     mounts: list[dict[str, Any]] = [_PIPELINE_MOUNT, {"name": "tmp", "mountPath": "/tmp"}]
+    # Executors only parse and classify (mapInPandas); the driver keeps the checkpoint (a
+    # ReadWriteOnce claim: executors on other nodes could not attach it) and writes the sinks
+    # (streamotion_jobs.job: toPandas), so the claim and the sink credentials are the driver's only.
+    executor_env = list(env)
+    executor_mounts = list(mounts)
     if not proc.checkpoint.uri:
         volumes.append(
             {"name": "checkpoint", "persistentVolumeClaim": {"claimName": naming.checkpoint_pvc_name(p)}}
@@ -491,10 +515,8 @@ def spark_application(p: StreamPipeline, cfg: OperatorConfig) -> dict[str, Any]:
             "labels": pod_labels,
             "env": env,
             "volumeMounts": mounts,
-            "ports": [
-                {"name": "metrics", "containerPort": naming.METRICS_PORT, "protocol": "TCP"},
-                {"name": "spark-ui", "containerPort": SPARK_UI_PORT, "protocol": "TCP"},
-            ],
+            # Spark declares spark-ui (4040) itself; ours are only the job's own
+            "ports": [{"name": "metrics", "containerPort": naming.METRICS_PORT, "protocol": "TCP"}],
             "podSecurityContext": POD_SECURITY,
             "securityContext": CONTAINER_SECURITY,
         },
@@ -503,8 +525,8 @@ def spark_application(p: StreamPipeline, cfg: OperatorConfig) -> dict[str, Any]:
             "cores": proc.executors.cores,
             "memory": proc.executors.memory,
             "labels": pod_labels,
-            "env": env,
-            "volumeMounts": mounts,
+            "env": executor_env,
+            "volumeMounts": executor_mounts,
             "podSecurityContext": POD_SECURITY,
             "securityContext": CONTAINER_SECURITY,
         },
@@ -543,26 +565,38 @@ def serve_config(p: StreamPipeline) -> dict[str, Any]:
     }
 
 
-def _ray_pod(p: StreamPipeline, cfg: OperatorConfig, role: str, resources: dict, ports: list) -> dict:
+# The Ray images run Ray as their user ray, uid 1000 gid 100, from its home (/home/ray, Python in
+# /home/ray/anaconda3, not readable by other users): ray-project/ray docker/base-deps/Dockerfile
+# (RAY_UID=1000, RAY_GID=100), and serving/Dockerfile's USER 1000:100.
+RAY_UID, RAY_GID = 1000, 100
+RAY_POD_SECURITY = {**POD_SECURITY, "runAsUser": RAY_UID, "runAsGroup": RAY_GID, "fsGroup": RAY_GID}
+# Root is read-only: Ray writes its session dir (/tmp/ray), HOME and HF_HOME under /tmp, an emptyDir
+# (and its object store to /dev/shm, an emptyDir KubeRay adds).
+RAY_ENV = [{"name": "HOME", "value": "/tmp"}, {"name": "HF_HOME", "value": "/tmp/huggingface"}]
+RAY_TMP_MOUNT = {"name": "tmp", "mountPath": "/tmp"}
+
+
+def _ray_pod(
+    p: StreamPipeline, cfg: OperatorConfig, role: str, image: str, resources: dict, ports: list
+) -> dict:
     return {
         "metadata": {"labels": labels(p, "model", **{"streamotion.io/ray-node": role})},
         "spec": {
-            "securityContext": POD_SECURITY,
+            "securityContext": RAY_POD_SECURITY,
             "containers": [
                 {
                     "name": f"ray-{role}",
-                    "image": cfg.model_image,
+                    "image": image,
                     "imagePullPolicy": cfg.image_pull_policy,
                     "env": [
-                        {"name": "HOME", "value": "/tmp"},
-                        {"name": "HF_HOME", "value": "/tmp/huggingface"},
+                        *copy.deepcopy(RAY_ENV),
                         # counters exported once, as counters (not also as Ray's legacy gauge copy)
                         {"name": "RAY_EXPORT_COUNTER_AS_GAUGE", "value": "0"},
                     ],
                     "ports": ports,
                     "resources": resources,
                     "securityContext": CONTAINER_SECURITY,
-                    "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+                    "volumeMounts": [copy.deepcopy(RAY_TMP_MOUNT)],
                 }
             ],
             "volumes": [{"name": "tmp", "emptyDir": {}}],
@@ -588,10 +622,13 @@ def ray_service(p: StreamPipeline, cfg: OperatorConfig) -> dict[str, Any]:
         metrics,
     ]
     start = {"metrics-export-port": str(RAY_METRICS_PORT)}
+    # GPU workers run the CUDA torch image; the head (num-cpus 0, no GPU) runs no replica and keeps
+    # the CPU image (same Ray, same Python: tests/test_images.py).
     worker = _ray_pod(
         p,
         cfg,
         "worker",
+        cfg.model_gpu_image if m.device == "gpu" else cfg.model_image,
         worker_resources,
         [{"name": "serve", "containerPort": SERVE_PORT, "protocol": "TCP"}, metrics],
     )
@@ -609,12 +646,17 @@ def ray_service(p: StreamPipeline, cfg: OperatorConfig) -> dict[str, Any]:
             "rayClusterConfig": {
                 "rayVersion": cfg.ray_version,
                 "enableInTreeAutoscaling": True,
+                # KubeRay's autoscaler sidecar in the head pod: restricted like the Ray container
+                "autoscalerOptions": copy.deepcopy(
+                    {"env": RAY_ENV, "volumeMounts": [RAY_TMP_MOUNT], "securityContext": CONTAINER_SECURITY}
+                ),
                 "headGroupSpec": {
                     "rayStartParams": {**start, "dashboard-host": "0.0.0.0", "num-cpus": "0"},
                     "template": _ray_pod(
                         p,
                         cfg,
                         "head",
+                        cfg.model_image,
                         {"requests": {"cpu": "500m", "memory": "2Gi"}, "limits": {"memory": "2Gi"}},
                         head_ports,
                     ),
@@ -676,7 +718,12 @@ def pod_monitors(p: StreamPipeline) -> list[dict[str, Any]]:
                     "honorLabels": True,
                     "relabelings": _pipeline_relabel(),
                 },
-                {"port": "spark-ui", "path": "/metrics/prometheus/", "relabelings": _pipeline_relabel()},
+                # Spark's own UI port on the driver (see SPARK_UI_PORT_NAME)
+                {
+                    "port": SPARK_UI_PORT_NAME,
+                    "path": "/metrics/prometheus/",
+                    "relabelings": _pipeline_relabel(),
+                },
             ],
             match={**selector(p, "job"), "spark-role": "driver"},
         ),
@@ -795,7 +842,7 @@ def dashboards(p: StreamPipeline, cfg: OperatorConfig) -> dict[str, Any]:
         if "pipeline" not in names or any(n in names and n not in values for n in ("schema", "dataset")):
             continue
         board = preselect(board, values, suffix)
-        data[f"{p.namespace}-{p.name}-{path.name}"] = json.dumps(board, indent=1, sort_keys=True)
+        data[naming.dashboard_file_prefix(p) + path.name] = json.dumps(board, indent=1, sort_keys=True)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",

@@ -15,11 +15,17 @@ def render(
     kafka_namespace: str = typer.Option(
         None, envvar="STREAMOTION_KAFKA_NAMESPACE", help="Kafka's namespace when the pipeline names none."
     ),
+    kafka_replicas: int = typer.Option(
+        None,
+        envvar="STREAMOTION_KAFKA_REPLICAS",
+        min=1,
+        help="Topics' replication factor when the pipeline sets none (1; the chart: min(brokers, 3)).",
+    ),
 ) -> None:
     """Print the objects the operator would create for FILE (multi-document YAML, same builder code)."""
     from streamotion_operator.render import render_file
 
-    cfg = OperatorConfig.from_env(kafka_namespace=kafka_namespace)
+    cfg = OperatorConfig.from_env(kafka_namespace=kafka_namespace, kafka_replicas=kafka_replicas)
     try:
         docs = render_file(file, cfg, namespace=namespace)
     except ValueError as exc:
@@ -29,11 +35,13 @@ def render(
 
 
 def dump_yaml(docs: list[dict]) -> str:
-    """Multi-document YAML; multi-line strings (pipeline file, serve config) as literal blocks."""
+    """Multi-document YAML a person can read and diff: multi-line strings (pipeline file, serve config)
+    as literal blocks, and no anchors or aliases (``&id001``/``*id001``) where children share a dict."""
     import yaml
 
     class Dumper(yaml.SafeDumper):
-        pass
+        def ignore_aliases(self, data):
+            return True
 
     def text(dumper, value):
         style = "|" if "\n" in value else None
@@ -52,6 +60,12 @@ def operator(
         None,
         envvar="STREAMOTION_KAFKA_NAMESPACE",
         help="Kafka's namespace when a pipeline names none (kafka).",
+    ),
+    kafka_replicas: int = typer.Option(
+        None,
+        envvar="STREAMOTION_KAFKA_REPLICAS",
+        min=1,
+        help="Topics' replication factor when a pipeline sets none (1; the chart: min(brokers, 3)).",
     ),
     resync_seconds: float = typer.Option(
         None, envvar="STREAMOTION_RESYNC_SECONDS", help="Full reconcile at least this often (30)."
@@ -84,6 +98,7 @@ def operator(
         job_image=job_image,
         model_image=model_image,
         kafka_namespace=kafka_namespace,
+        kafka_replicas=kafka_replicas,
         resync_seconds=resync_seconds,
         metrics_port=metrics_port,
         health_port=health_port,

@@ -29,10 +29,14 @@ class OperatorConfig:
     producer_image: str = f"ghcr.io/streamotion/producer:{VERSION}"
     job_image: str = f"ghcr.io/streamotion/job:{VERSION}"
     model_image: str = f"ghcr.io/streamotion/model:{VERSION}"
+    model_gpu_image: str = f"ghcr.io/streamotion/model-gpu:{VERSION}"
+    """Image of the model's Ray workers when spec.model.device is gpu (CUDA torch; `make images`: serving-gpu)."""
     image_pull_policy: str = "IfNotPresent"
     kafka_namespace: str = "kafka"
     """Namespace of the Strimzi Kafka cluster when a pipeline does not name one."""
-    spark_version: str = "3.5.7"
+    kafka_replicas: int = 1
+    """Replication factor of the topics of pipelines without spec.kafka.replicas (the chart: min(brokers, 3))."""
+    spark_version: str = "4.0.0"
     ray_version: str = "2.60.0"
     spark_driver_cluster_role: str = "streamotion-spark-driver"
     """ClusterRole bound (per pipeline namespace) to the Spark driver's ServiceAccount."""
@@ -80,3 +84,9 @@ class OperatorConfig:
                 raise ValueError(f"{name}={raw!r}: {exc}") from exc
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+    def __post_init__(self) -> None:
+        if self.kafka_replicas < 1:
+            raise ValueError(
+                f"STREAMOTION_KAFKA_REPLICAS={self.kafka_replicas}: a replication factor is at least 1"
+            )

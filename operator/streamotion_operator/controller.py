@@ -7,6 +7,7 @@ resourceVersion), so it can run as often as needed to repair drift.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -30,9 +31,28 @@ log = logging.getLogger("streamotion.operator")
 
 PIPELINE_KIND = Kind(API_VERSION, KIND, PLURAL)
 APPLIED_HASH_ANNOTATION = "streamotion.io/applied-hash"
-# Kinds whose children are deleted when the spec no longer asks for them (topics never: data).
-PRUNABLE = ("Deployment", "Service", "PodMonitor", "PrometheusRule", "PersistentVolumeClaim", "ConfigMap")
-TRANSIENT_REASONS = {"DependencyMissing", "NamespaceMissing", "SecretMissing", "PartitionsDecreaseRefused"}
+# Kinds whose children are deleted when the spec no longer asks for them. Never topics nor the
+# checkpoint claim (data): those go only with the pipeline (the claim through its ownerReference).
+PRUNABLE = ("Deployment", "Service", "PodMonitor", "PrometheusRule", "ConfigMap")
+CHILD_CONFLICT = "ChildConflict"
+TRANSIENT_REASONS = {
+    "DependencyMissing",
+    "NamespaceMissing",
+    "SecretMissing",
+    "PartitionsDecreaseRefused",
+    CHILD_CONFLICT,
+}
+# Reasons meaning a desired child was not applied: status.observedGeneration stays behind.
+NOT_APPLIED = frozenset(
+    {"ApplyFailed", CHILD_CONFLICT, "NamespaceMissing", "DependencyMissing", "InvalidSpec"}
+)
+# Children that use other children by name (mount the pipeline ConfigMap or the checkpoint claim,
+# run as or grant a role to the Spark ServiceAccount): not applied while one of those is someone
+# else's object (it would run with, write into or grant rights to that object).
+WORKLOADS = ("Deployment", "SparkApplication", "RayService", "RoleBinding")
+# Maps whose values are resource quantities (resources.requests/limits, PVC capacity): the API
+# server stores built-in kinds' quantities in canonical form (1024Mi is stored as 1Gi).
+QUANTITY_MAPS = frozenset({"requests", "limits", "capacity"})
 COMPONENT_CONDITIONS = (
     "TopicsReady",
     "SourcesReady",
@@ -49,13 +69,39 @@ def now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def is_subset(want: Any, have: Any) -> bool:
-    """Whether every field of ``want`` has the same value in ``have`` (server defaults ignored)."""
+def same_quantity(want: Any, have: Any) -> bool:
+    """Whether two Kubernetes resource quantities are equal as quantities ("1024Mi" is "1Gi")."""
+    if want == have:
+        return True
+    if isinstance(want, bool) or isinstance(have, bool) or not isinstance(want, str | int | float):
+        return False
+    from kubernetes.utils import parse_quantity
+
+    try:
+        return parse_quantity(want) == parse_quantity(have)
+    except (ValueError, TypeError):
+        return False
+
+
+def is_subset(want: Any, have: Any, quantities: bool = False) -> bool:
+    """Whether every field of ``want`` has the same value in ``have`` (server defaults ignored).
+
+    ``quantities``: ``want`` is a map of resource quantities, compared as quantities."""
     if isinstance(want, dict):
-        # the API server drops empty maps and lists (a ConfigMap without data): absent equals empty
-        return isinstance(have, dict) and all(
-            is_subset(v, have[k]) if k in have else v in ({}, [], None) for k, v in want.items()
-        )
+        if not isinstance(have, dict):
+            return False
+        for k, v in want.items():
+            if k not in have:
+                # the API server drops empty maps and lists (a ConfigMap without data): absent equals empty
+                if v in ({}, [], None):
+                    continue
+                return False
+            if quantities and not isinstance(v, dict | list):
+                if not same_quantity(v, have[k]):
+                    return False
+            elif not is_subset(v, have[k], k in QUANTITY_MAPS):
+                return False
+        return True
     if isinstance(want, list):
         return (
             isinstance(have, list)
@@ -67,6 +113,33 @@ def is_subset(want: Any, have: Any) -> bool:
     if isinstance(want, int | float) and isinstance(have, int | float):
         return want == have
     return want == have
+
+
+def foreign_reason(obj: dict[str, Any], name: str, namespace: str, uid: str | None) -> str | None:
+    """Why ``obj`` is not a child the operator created for pipeline ``namespace/name`` (None: it is).
+
+    A child is the operator's when it carries the pipeline's labels (streamotion.io/pipeline,
+    streamotion.io/pipeline-namespace, app.kubernetes.io/managed-by=streamotion-operator), the
+    field manager ``streamotion-operator`` has applied it (managedFields, operation Apply), and
+    any controller ownerReference it has is this very pipeline (``uid``; None: not checked).
+    Anything else is never written, adopted or deleted."""
+    m = obj.get("metadata") or {}
+    labels = m.get("labels") or {}
+    if (
+        labels.get(naming.PIPELINE_LABEL) != name
+        or labels.get(naming.PIPELINE_NS_LABEL) != namespace
+        or labels.get("app.kubernetes.io/managed-by") != naming.MANAGED_BY
+    ):
+        return "it does not carry this pipeline's labels"
+    if not any(
+        f.get("manager") == naming.FIELD_MANAGER and f.get("operation") == "Apply"
+        for f in m.get("managedFields") or []
+    ):
+        return f"field manager {naming.FIELD_MANAGER} never applied it"
+    for ref in m.get("ownerReferences") or []:
+        if ref.get("controller") and uid and ref.get("uid") != uid:
+            return f"it is controlled by {ref.get('kind')} {ref.get('name')} (uid {ref.get('uid')})"
+    return None
 
 
 @dataclass
@@ -179,7 +252,9 @@ class Controller:
             "blockOwnerDeletion": True,
         }
         live = self._live(p, out)
+        uid = body["metadata"]["uid"]
         wanted_keys = set()
+        conflicts: dict[tuple[str, str, str], str] = {}
         current: dict[tuple[str, str, str], dict[str, Any]] = {}
         to_apply: list[tuple[dict[str, Any], dict[str, Any] | None, str]] = []
         for obj in desired:
@@ -193,6 +268,39 @@ class Controller:
             k = builders.key(obj)
             wanted_keys.add(k)
             have = live.get(k)
+            if have is None:
+                # not among the pipeline's labelled children: an object of that name may still
+                # exist (someone else's); applying would take it over
+                try:
+                    have = self.kube.get(kind, k[1], k[2])
+                except ApiError as exc:  # e.g. forbidden: reported like a failed apply
+                    out.problems.append(self._apply_problem(obj, cond, exc, p))
+                    continue
+            why = foreign_reason(have, name, namespace, uid) if have is not None else None
+            if why:
+                conflicts[k] = why
+                out.problems.append(
+                    Problem(
+                        cond,
+                        CHILD_CONFLICT,
+                        f"{k[0]} {k[1]}/{k[2]} already exists and was not created by the operator for "
+                        f"this pipeline ({why}): left untouched; delete or rename it",
+                    )
+                )
+                continue
+            used = _uses(obj, conflicts)
+            if used:
+                out.problems.append(
+                    Problem(
+                        cond,
+                        CHILD_CONFLICT,
+                        f"{k[0]} {k[1]}/{k[2]} not applied: it would use {', '.join(used)}, which the "
+                        "operator did not create",
+                    )
+                )
+                if have is not None:
+                    current[k] = have
+                continue
             if obj["kind"] == "KafkaTopic" and have:
                 self._guard_partitions(obj, have, out)
             obj["metadata"].setdefault("annotations", {})[APPLIED_HASH_ANNOTATION] = builders.spec_hash(obj)
@@ -217,8 +325,8 @@ class Controller:
             label = f"{obj['kind']} {obj['metadata']['namespace']}/{obj['metadata']['name']}"
             (out.updated if have is not None else out.created).append(label)
             self.metrics.applied.labels(obj["kind"], "update" if have is not None else "create").inc()
-        for k in live:
-            if k in wanted_keys or k[0] not in PRUNABLE:
+        for k, obj in live.items():
+            if k in wanted_keys or k[0] not in PRUNABLE or foreign_reason(obj, name, namespace, uid):
                 continue
             try:
                 if self.kube.delete(KINDS[k[0]], k[1], k[2]):
@@ -303,7 +411,13 @@ class Controller:
         generation: int | None,
     ) -> dict[str, Any]:
         old = body.get("status") or {}
-        status: dict[str, Any] = {"observedGeneration": generation}
+        # observedGeneration: the generation the children were applied for; kept at the last one
+        # while some child of this generation could not be applied (the spec is not in effect)
+        if p is None or any(pr.reason in NOT_APPLIED for pr in out.problems):
+            observed = old.get("observedGeneration")
+        else:
+            observed = generation
+        status: dict[str, Any] = {"observedGeneration": observed} if observed is not None else {}
         problems: dict[str, list[Problem]] = {}
         for pr in out.problems:
             problems.setdefault(pr.condition, []).append(pr)
@@ -542,10 +656,21 @@ class Controller:
                 m = item["metadata"]
                 if m.get("namespace") == namespace and kind.kind == "ConfigMap":
                     continue  # garbage-collected through its ownerReference
+                if foreign_reason(item, name, namespace, None):
+                    continue  # labelled like a child, but not created by the operator
                 if self.kube.delete(kind, m["namespace"], m["name"]):
                     deleted.append(f"{kind.kind} {m['namespace']}/{m['name']}")
         self.metrics.observe(namespace, name, None, False)
         return deleted
+
+
+def _uses(obj: dict[str, Any], conflicts: dict[tuple[str, str, str], str]) -> list[str]:
+    """The conflicting objects a workload child would use (mount, run as) by name."""
+    if obj["kind"] not in WORKLOADS or not conflicts:
+        return []
+    text = json.dumps({k: v for k, v in obj.items() if k != "metadata"})
+    ns = obj["metadata"]["namespace"]
+    return [f"{c[0]} {c[1]}/{c[2]}" for c in conflicts if c[1] == ns and json.dumps(c[2]) in text]
 
 
 def _condition_ready(obj: dict[str, Any] | None, what: str) -> tuple[bool, str]:

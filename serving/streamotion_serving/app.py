@@ -23,7 +23,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
 
-from streamotion.model_api import MAX_TEXTS, ClassifyRequest, ClassifyResponse, ModelInfo
+from streamotion.model_api import MAX_TEXT_CHARS, MAX_TEXTS, ClassifyRequest, ClassifyResponse, ModelInfo
 from streamotion_serving import metrics
 from streamotion_serving.model import EmotionModel, ModelConfig
 
@@ -39,6 +39,7 @@ class ServeConfig(ModelConfig):
 
     max_batch_size: int = 64  # texts per model batch
     batch_wait_ms: float = 5.0  # how long a batch waits to fill
+    max_text_chars: int = MAX_TEXT_CHARS  # a longer text is refused (422 naming it)
 
 
 api = FastAPI(
@@ -113,7 +114,21 @@ class EmotionClassifier:
         response_model=ClassifyResponse,
         summary=f"Classify 1 to {MAX_TEXTS} texts; one result per text, in order",
     )
-    async def classify(self, body: ClassifyRequest) -> dict[str, Any]:
+    async def classify(self, body: ClassifyRequest) -> Any:
+        limit = self.cfg.max_text_chars
+        too_long = [(i, len(t)) for i, t in enumerate(body.texts) if len(t) > limit] if limit > 0 else []
+        if too_long:
+            self.metrics.error("/v1/classify", "invalid_request")
+            errors = [
+                {
+                    "loc": ["body", "texts", i],
+                    "msg": f"text of {n} characters, over this service's limit of {limit} (max_text_chars)",
+                    "type": "string_too_long",
+                }
+                for i, n in too_long
+            ]
+            summary = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors)
+            return JSONResponse(status_code=422, content={"detail": errors, "message": summary})
         results = await asyncio.gather(*(self._classify_batch(t) for t in body.texts))
         self.metrics.texts(len(results))
         return {"results": results}
@@ -157,6 +172,8 @@ def build_app(args: dict[str, Any] | None = None) -> serve.Application:
         more replicas of 1 thread each beat one replica of many threads, above all on busy nodes
       - ``bucket_size``: texts per length bucket inside a batch (default 8)
       - ``threshold``: multi-label default threshold (default 0.5; tuned ones from training win)
+      - ``max_text_chars``: longest text accepted (default 100,000, the event contract's limit; a
+        longer one is a 422 naming it; 0: no limit)
     Batching:
       - ``max_batch_size``: texts per model batch (default 64)
       - ``batch_wait_ms``: how long a batch waits to fill (default 5)

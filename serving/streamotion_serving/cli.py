@@ -126,7 +126,9 @@ def calibrate_cmd(
     model: str = typer.Option(None, "--model", help="model directory (default: latest trained)"),
     taxonomy: str = typer.Option(None, "--taxonomy", help="ekman or original (default: the model's)"),
     data: Path = typer.Option(None, "--data", help="dev TSV (default: GoEmotions dev.tsv of the taxonomy)"),
-    max_length: int = typer.Option(64),
+    max_length: int = typer.Option(
+        128, help="tokens per text: what serving truncates to (spec.model.maxLength)"
+    ),
     limit: int = typer.Option(0, help="use only the first N dev rows (0: all)"),
 ) -> None:
     """Tune a multi-label model's per-label thresholds on dev for a taxonomy (a 28-label model also

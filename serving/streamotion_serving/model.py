@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -217,6 +218,16 @@ class EmotionModel:
         self.name = str(self.meta.get("name") or getattr(self.hf_config, "name_or_path", "") or local.name)
         self.version = model_version(local, self.meta) if local.is_dir() else str(path)
         self.max_length = cfg.max_length
+        calibrated = ((self.meta.get("dev_by_taxonomy") or {}).get(cfg.taxonomy) or {}).get("max_length")
+        if self.multi_label and thresholds and calibrated and calibrated != cfg.max_length:
+            logging.getLogger("streamotion.serving").warning(
+                "%s: thresholds were tuned at max_length %s, served at %s: run `streamotion model "
+                "calibrate --max-length %s` for thresholds that fit",
+                self.name,
+                calibrated,
+                cfg.max_length,
+                cfg.max_length,
+            )
         self.backend = cfg.backend
         if cfg.backend == "torch":
             from transformers import AutoModelForSequenceClassification
@@ -312,9 +323,12 @@ class EmotionModel:
                 "scores": {label: float(s) for label, s in zip(self.labels, row, strict=True)},
                 "model_version": self.version,
             }
-            if self.multi_label:
+            if self.multi_label:  # every label over its threshold, strongest first, else the top label
                 above = [i for i in np.argsort(-row) if row[i] >= self.thresholds[i]]
                 result["labels"] = [self.labels[i] for i in above] or [self.labels[top]]
+                # the documented label of a multi-label head: the strongest one over its threshold
+                result["label"] = result["labels"][0]
+                result["score"] = float(row[self.labels.index(result["label"])])
             out.append(result)
         return out
 

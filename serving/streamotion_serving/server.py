@@ -181,15 +181,9 @@ class ServeProcess:
 
 def _session_pids(sid: int) -> list[int]:
     """Processes whose session id is ``sid`` (the child was started with setsid)."""
-    pids = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            parts = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if len(parts) > 4 and int(parts[3]) == sid:
-            pids.append(int(stat.parent.name))
-    return pids
+    from streamotion.dev.procs import session_pids
+
+    return session_pids(sid)
 
 
 def _port_open(port: int) -> bool:

@@ -42,6 +42,10 @@ from streamotion_serving.model import (
     read_meta,
 )
 
+SERVING_MAX_LENGTH = (
+    ModelConfig.max_length
+)  # tokens serving truncates texts to (spec.model.maxLength's default)
+
 
 @dataclass
 class TrainConfig:
@@ -211,11 +215,11 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     # model is also calibrated and scored for the Ekman taxonomy it folds into
     taxonomies = [cfg.taxonomy] + (["ekman"] if cfg.taxonomy == "original" else [])
     for taxonomy in taxonomies:
-        meta = calibrate(
+        meta = calibrate(  # at the max_length serving truncates to, not the (shorter) training one
             out,
             dev_file(data_dir, taxonomy),
             taxonomy,
-            max_length=cfg.max_length,
+            max_length=SERVING_MAX_LENGTH,
             limit=cfg.dev_limit,
             threads=cfg.threads,
             progress=progress,
@@ -248,13 +252,16 @@ def calibrate(
     dev: Path,
     taxonomy: str,
     *,
-    max_length: int = 64,
+    max_length: int = SERVING_MAX_LENGTH,
     limit: int = 0,
     threads: int = 0,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Score the dev split for ``taxonomy``, tune per-label thresholds (multi-label heads), evaluate,
-    and record both in the model's ``streamotion.json`` and model card. Returns the new metadata."""
+    and record both in the model's ``streamotion.json`` and model card. Returns the new metadata.
+
+    ``max_length`` defaults to what serving truncates texts to (``ModelConfig.max_length``): the
+    thresholds are tuned on the scores serving will compute (longer texts score differently)."""
     model_dir = Path(model_dir)
     data_labels = labels_for(dev)
     rows = read_tsv(dev, len(data_labels), limit=limit)
@@ -274,7 +281,7 @@ def calibrate(
     report = evaluate(
         model_dir, dev, taxonomy=taxonomy, max_length=max_length, limit=limit, progress=False, scores=scores
     )
-    result = {k: report[k] for k in ("macro_f1", "micro_f1", "per_label")}
+    result = {k: report[k] for k in ("macro_f1", "micro_f1", "per_label", "max_length")}
     if served.multi_label:  # the same tuning on half the rows, scored on the other half
         result["macro_f1_heldout"] = heldout_macro_f1(scores.values, gold)
     result.update(rows=report["rows"], eval=report["json"], data=str(dev))
@@ -312,6 +319,8 @@ def model_card(meta: dict[str, Any]) -> str:
             if "macro_f1_heldout" in dev
             else ""
         )
+        if dev.get("max_length"):
+            heldout += f"; texts truncated to {dev['max_length']} tokens, as served"
         folded = (
             f" (the {meta['taxonomy']} labels folded into {taxonomy}: `--taxonomy {taxonomy}`)"
             if taxonomy != meta["taxonomy"]

@@ -4,6 +4,14 @@ Producers publish :class:`Event` as JSON to the pipeline's raw topic with key ``
 (the event's identity, see :func:`event_key`); anything that cannot become a valid event goes to the
 dead-letter topic as :class:`DeadLetter`.
 ``streamotion.events.json_schema()`` is the published JSON Schema (``docs/event.schema.json``).
+
+Contract versions: producers write ``schema_version`` :data:`SCHEMA_VERSION`. Versions
+:data:`MIN_READ_VERSION` to :data:`MAX_READ_VERSION` form one family: each only adds optional
+fields to the one before, and every field of version 1 keeps its name, type and meaning (a change
+that removes, renames or re-types a field starts a new family at ``MAX_READ_VERSION + 1``). The
+streaming job reads the whole family with :func:`read_event`: it validates the fields it knows and
+drops (and counts) the others, so a producer one version ahead is read, not dead-lettered; a version
+outside the family, or a known field it cannot validate, is dead-lettered with the reason.
 """
 
 from __future__ import annotations
@@ -16,7 +24,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 1  # what this code writes
+MIN_READ_VERSION = 1  # the family the streaming job reads (see the module docstring)
+MAX_READ_VERSION = 9
 Platform = Literal["reddit", "mastodon", "bluesky", "x", "http", "replay"]
 AUTHOR_KEY_ENV = "STREAMOTION_AUTHOR_KEY"  # HMAC key for author hashing (a Secret in clusters)
 
@@ -42,7 +52,12 @@ class Event(BaseModel):
     created_at: datetime = Field(description="Event time, UTC.")
     url: str | None = Field(None, max_length=2048)
     ingested_at: datetime = Field(default_factory=utcnow)
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: int = Field(
+        SCHEMA_VERSION,
+        ge=MIN_READ_VERSION,
+        le=MAX_READ_VERSION,
+        description=f"Contract version; readers accept {MIN_READ_VERSION} to {MAX_READ_VERSION} (additive changes only).",
+    )
 
     @field_validator("created_at", "ingested_at")
     @classmethod
@@ -80,6 +95,31 @@ def event_key(source: str, platform: str, event_id: str) -> str:
     one. The sinks keep the first row of each identity, so a re-sent event is stored once.
     """
     return f"{source}:{platform}:{event_id}"
+
+
+class UnreadableVersion(ValueError):
+    """A payload of a contract version outside the family this code reads."""
+
+
+def read_event(doc: dict[str, Any]) -> tuple[Event, list[str]]:
+    """A consumer's reading of one decoded payload: ``(event, names of the fields dropped)``.
+
+    Fields this version of the contract does not know (a newer producer's additions) are dropped,
+    not refused; raises :class:`UnreadableVersion` for a ``schema_version`` outside
+    ``MIN_READ_VERSION..MAX_READ_VERSION`` and pydantic's ``ValidationError`` for a known field
+    that does not validate."""
+    version = doc.get("schema_version", SCHEMA_VERSION)
+    readable = MIN_READ_VERSION <= version <= MAX_READ_VERSION if isinstance(version, int) else True
+    if not readable and not isinstance(version, bool):
+        raise UnreadableVersion(
+            f"schema_version {version} is not readable by this job (it reads contract versions "
+            f"{MIN_READ_VERSION} to {MAX_READ_VERSION}): upgrade the job, or re-publish as a version it reads"
+        )
+    known = Event.model_fields
+    dropped = sorted(str(k) for k in doc if k not in known)
+    if dropped:
+        doc = {k: v for k, v in doc.items() if k in known}
+    return Event.model_validate(doc), dropped
 
 
 def hash_author(handle: Any, key: str | bytes | None = None) -> str | None:

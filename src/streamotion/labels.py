@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 EKMAN = ("anger", "disgust", "fear", "joy", "neutral", "sadness", "surprise")
 
 GOEMOTIONS = (
@@ -45,15 +47,35 @@ POSITIVE = ("joy",)
 NEGATIVE = ("anger", "disgust", "fear", "sadness")
 
 
-def sentiment(scores: dict[str, float], threshold: float = 0.15) -> str:
-    """positive / negative / neutral from (Ekman or GoEmotions) scores."""
-    ekman: dict[str, float] = {}
-    for label, score in scores.items():
-        target = GOEMOTIONS_TO_EKMAN.get(label, label)
-        ekman[target] = ekman.get(target, 0.0) + score
-    index = sum(ekman.get(x, 0.0) for x in POSITIVE) - sum(ekman.get(x, 0.0) for x in NEGATIVE)
-    if index > threshold:
+def polarity(label: str) -> str:
+    """positive / negative / neutral of one (Ekman or GoEmotions) label."""
+    ekman = GOEMOTIONS_TO_EKMAN.get(label, label)
+    return "positive" if ekman in POSITIVE else "negative" if ekman in NEGATIVE else "neutral"
+
+
+def sentiment_index(scores: Mapping[str, float], multi_label: bool = False) -> float:
+    """P(a positive emotion) - P(a negative emotion), in [-1, 1], over (Ekman or GoEmotions) scores.
+
+    "Any of a group" is computed the way serving folds labels: the sum of a single-label (softmax)
+    head's exclusive probabilities, the strongest of a multi-label (sigmoid) head's independent ones
+    (summing four negative sigmoid scores against one positive would lean every text negative)."""
+    pos = [float(v) for k, v in scores.items() if polarity(k) == "positive"]
+    neg = [float(v) for k, v in scores.items() if polarity(k) == "negative"]
+    if multi_label:
+        return max(pos, default=0.0) - max(neg, default=0.0)
+    return sum(pos) - sum(neg)
+
+
+def sentiment(labels: Sequence[str], index: float = 0.0, threshold: float = 0.15) -> str:
+    """positive / negative / neutral from the labels a result chose (the top label of a single-label
+    head; every label over its threshold, else the top one, of a multi-label head): positive when
+    they hold a positive emotion and no negative one, negative the other way round, neutral when they
+    hold neither; a mixed set (both) follows ``index`` beyond ``threshold``."""
+    kinds = {polarity(label) for label in labels}
+    if "positive" in kinds and "negative" in kinds:
+        return "positive" if index > threshold else "negative" if index < -threshold else "neutral"
+    if "positive" in kinds:
         return "positive"
-    if index < -threshold:
+    if "negative" in kinds:
         return "negative"
     return "neutral"

@@ -12,6 +12,9 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 MAX_TEXTS = 1024  # per request; more is a 422 with a clear message
+# Characters per text (serving's ``max_text_chars``; the event contract's own limit by default):
+# a longer text is a 422 naming it, so a client can set that one text aside and send the others.
+MAX_TEXT_CHARS = 100_000
 
 # Ray exports application metrics as ray_<name>; scrapes rename the model service's back
 RAY_METRIC_REGEX = "ray_(streamotion_model_.+)"
@@ -40,9 +43,10 @@ class ClassifyRequest(BaseModel):
 
 class Classification(BaseModel):
     label: str  # the top label (single-label) or the top label above its threshold (multi-label)
-    score: float
+    score: float  # the score of ``label``
     scores: dict[str, float]  # every canonical label
-    labels: list[str] | None = None  # multi-label heads: every label above its threshold
+    labels: list[str] | None = None  # multi-label heads: every label above its threshold, strongest
+    # first, else the top label alone (``label`` is the first)
     model_version: str
 
 

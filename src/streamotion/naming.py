@@ -62,7 +62,16 @@ def config_map_name(p: StreamPipeline) -> str:
 
 
 def dashboard_config_map_name(p: StreamPipeline) -> str:
-    return f"streamotion-{p.namespace}-{p.name}-dashboards"
+    """ConfigMap name in the dashboards namespace, shared by every pipeline namespace: injective,
+    as "." appears in neither a namespace (DNS-1123 label) nor a pipeline name (DNS-1035 label)
+    (``streamotion-<ns>-<name>-dashboards`` was not: team-a/x and team/a-x shared one)."""
+    return f"streamotion.{p.namespace}.{p.name}.dashboards"
+
+
+def dashboard_file_prefix(p: StreamPipeline) -> str:
+    """Prefix of the pipeline's dashboard files (ConfigMap keys): Grafana's sidecar writes every
+    pipeline's files into one folder, so the prefix is injective too (see above)."""
+    return f"{p.namespace}.{p.name}."
 
 
 def consumer_group(p: StreamPipeline) -> str:

@@ -53,6 +53,8 @@ app.kubernetes.io/component: operator
 {{- if or (index . 2) ($root.Capabilities.APIVersions.Has (index . 1)) -}}true{{- end -}}
 {{- end -}}
 
+{{/* Replication factor of the Kafka's internal topics, its default.replication.factor, and the operator's
+default for pipeline topics (STREAMOTION_KAFKA_REPLICAS); topics then get min.insync.replicas min(2, it). */}}
 {{- define "streamotion.kafkaReplicationFactor" -}}
 {{- min 3 .Values.kafka.replicas -}}
 {{- end -}}

@@ -8,7 +8,12 @@ Shared rules (PostgreSQL and BigQuery apply them the same way):
 * late data: the watermark is the largest event time seen so far minus ``processing.watermark``;
   a window is final once the watermark has passed its end. An event that arrives for a final window
   is stored (``late = true``) but does not change that window's aggregates. The watermark is read
-  from the sink's batch log, so a replayed batch sees the same watermark as its first attempt.
+  from the sink's batch log, so a replayed batch sees the same watermark as its first attempt;
+* bounded event time: events more than ``processing.maxFutureSkew`` ahead never reach the sinks
+  (dead letters), and the watermark never passes the job's own clock minus ``processing.watermark``:
+  a batch's watermark is computed from event times no later than its processing time, and read back
+  as at most its commit time minus the watermark delay, so a ledger written before this bound
+  existed (a watermark in 2099) cannot keep every window final.
 """
 
 from __future__ import annotations
@@ -47,10 +52,17 @@ def with_windows(events: pd.DataFrame, window_s: float, watermark_us: int | None
     return out
 
 
-def next_watermark(previous_us: int | None, events: pd.DataFrame, watermark_s: float) -> int | None:
+def next_watermark(
+    previous_us: int | None, events: pd.DataFrame, watermark_s: float, now_us: int | None = None
+) -> int | None:
+    """The watermark after a batch: its latest event time, no later than ``now_us`` (the batch's
+    processing time), minus the watermark delay; it never moves back."""
     if events.empty:
         return previous_us
-    candidate = int(events["created_at_us"].astype("int64").max()) - int(watermark_s * US)
+    latest = int(events["created_at_us"].astype("int64").max())
+    if now_us is not None:
+        latest = min(latest, now_us)
+    candidate = latest - int(watermark_s * US)
     return candidate if previous_us is None else max(previous_us, candidate)
 
 

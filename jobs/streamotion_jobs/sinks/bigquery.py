@@ -71,6 +71,7 @@ def _schema():
         F("batch_id", "INT64"),
         F("classified_at", "TIMESTAMP"),
         F("written_at", "TIMESTAMP"),
+        F("labels", "STRING", mode="REPEATED"),  # added after the first release: NULLABLE/REPEATED only
     ]
     window = [req("window_start", "TIMESTAMP"), req("window_end", "TIMESTAMP")]
     updated = [F("updated_at", "TIMESTAMP")]
@@ -156,6 +157,7 @@ def _schema():
                 req("sentiment", "STRING"),
                 req("sentiment_index", "FLOAT64"),
                 req("scored_at", "TIMESTAMP"),
+                F("labels", "STRING", mode="REPEATED"),
             ],
             "created_at",
             ["model_version", "emotion"],
@@ -286,7 +288,8 @@ class BigQuerySink(Sink):
                 )
             if cluster:
                 table.clustering_fields = cluster
-            self.client.create_table(table, exists_ok=True)
+            existing = self.client.create_table(table, exists_ok=True)
+            self._add_columns(existing, schema)
         self._migrate()
         for name, query in VIEWS.items():
             view = bigquery.Table(f"{self.ds}.{name}")
@@ -310,6 +313,22 @@ class BigQuerySink(Sink):
                 v=version,
                 n=name,
             )
+
+    def _add_columns(self, table, schema) -> None:
+        """Add the columns a newer release defines to a table an older one created, with DDL
+        (``ALTER TABLE ... ADD COLUMN IF NOT EXISTS``; NULLABLE and REPEATED columns only: existing
+        rows read NULL or an empty array)."""
+        have = {f.name for f in table.schema}
+        missing = [f for f in schema if f.name not in have]
+        if not missing:
+            return
+        self.log(f"bigquery: adding {', '.join(f.name for f in missing)} to {table.table_id}")
+        columns = ", ".join(
+            f"ADD COLUMN IF NOT EXISTS {f.name} "
+            + (f"ARRAY<{f.field_type}>" if f.mode == "REPEATED" else f.field_type)
+            for f in missing
+        )
+        self._query(f"ALTER TABLE `{self.ds}.{table.table_id}` {columns}")
 
     def _query(self, sql: str, **params: Any):
         from google.cloud import bigquery
@@ -353,7 +372,13 @@ class BigQuerySink(Sink):
         )
         if done[0]["n"]:
             return False
-        wm_row = self._query(f"SELECT MAX(watermark) AS w FROM `{ds}.batches`")
+        # each batch's watermark counts for at most its commit time minus the delay (see the PostgreSQL sink)
+        wm_row = self._query(
+            f"""SELECT MAX(CASE WHEN watermark > TIMESTAMP_SUB(committed_at, INTERVAL @delay MICROSECOND)
+                           THEN TIMESTAMP_SUB(committed_at, INTERVAL @delay MICROSECOND) ELSE watermark END) AS w
+                FROM `{ds}.batches`""",
+            delay=int(batch.watermark_s * US),
+        )
         watermark = wm_row[0]["w"] if wm_row else None
         watermark_us = None if watermark is None else int(watermark.timestamp() * US)
         events = with_windows(batch.events, batch.window_s, watermark_us)
@@ -415,7 +440,7 @@ class BigQuerySink(Sink):
                    AND T.kafka_offset = S.kafka_offset
                 WHEN NOT MATCHED THEN INSERT ({", ".join(cols)}) VALUES ({", ".join("S." + c for c in cols)})"""
             )
-        new_watermark = next_watermark(watermark_us, events, batch.watermark_s)
+        new_watermark = next_watermark(watermark_us, events, batch.watermark_s, int(time.time() * US))
         self._query(
             f"""INSERT INTO `{ds}.batches` (query_id, batch_id, events, late_events, dead_letters, watermark,
                                             committed_at)
@@ -472,6 +497,7 @@ class BigQuerySink(Sink):
                     "batch_id": batch.batch_id,
                     "classified_at": _iso(r.get("classified_at_us")),
                     "written_at": now,
+                    "labels": _strings(r.get("labels")),
                 }
             )
         return rows
@@ -493,6 +519,7 @@ class BigQuerySink(Sink):
                 "sentiment": r["sentiment"],
                 "sentiment_index": float(r["sentiment_index"]),
                 "scored_at": now,
+                "labels": _strings(r.get("labels")),
             }
             for r in scored.to_dict("records")
         ]
@@ -515,3 +542,7 @@ class BigQuerySink(Sink):
 
 def _val_list(v: Any) -> bool:
     return v is not None and v is not pd.NA and not (isinstance(v, float) and math.isnan(v))
+
+
+def _strings(v: Any) -> list[str]:
+    return [str(x) for x in list(v)] if _val_list(v) else []

@@ -34,6 +34,10 @@ def migrations() -> list[tuple[int, str, str]]:
     return sorted(out)
 
 
+def _now_us() -> int:
+    return int(time.time() * US)
+
+
 def _ts(us: Any) -> datetime | None:
     if us is None or (isinstance(us, float) and math.isnan(us)) or us is pd.NA:
         return None
@@ -92,6 +96,7 @@ EVENT_COLUMNS = (
     "query_id",
     "batch_id",
     "classified_at",
+    "labels",
 )
 
 
@@ -130,6 +135,7 @@ def event_rows(events: pd.DataFrame, query_id: str, batch_id: int) -> list[tuple
                 query_id,
                 batch_id,
                 _ts(r.get("classified_at_us")),
+                _list(r.get("labels")),
             )
         )
     return rows
@@ -177,6 +183,14 @@ AGGREGATES_SQL = (
         updated_at = excluded.updated_at
     """,
 )
+
+
+# The watermark so far: each batch's counts for at most its commit time minus the watermark delay
+# (the job's clock bounds it), so one logged from a future-dated event cannot keep windows final.
+WATERMARK_SQL = """
+    SELECT max(CASE WHEN watermark > committed_at - make_interval(secs => %(delay_s)s)
+                    THEN committed_at - make_interval(secs => %(delay_s)s) ELSE watermark END)
+    FROM batches"""
 
 
 class PostgresSink(Sink):
@@ -254,7 +268,7 @@ class PostgresSink(Sink):
             ).fetchone()
             if done:
                 return False
-            (watermark,) = cur.execute("SELECT max(watermark) FROM batches").fetchone()
+            (watermark,) = cur.execute(WATERMARK_SQL, {"delay_s": batch.watermark_s}).fetchone()
             watermark_us = None if watermark is None else int(watermark.timestamp() * US)
             events = with_windows(batch.events, batch.window_s, watermark_us)
             cur.execute("CREATE TEMP TABLE staging_events (LIKE events INCLUDING DEFAULTS) ON COMMIT DROP")
@@ -289,7 +303,7 @@ class PostgresSink(Sink):
                         for r in dead.to_dict("records")
                     ],
                 )
-            new_watermark = next_watermark(watermark_us, events, batch.watermark_s)
+            new_watermark = next_watermark(watermark_us, events, batch.watermark_s, _now_us())
             late = sum(1 for _, is_late in inserted if is_late)
             cur.execute(
                 """INSERT INTO batches (query_id, batch_id, events, late_events, dead_letters, watermark)
@@ -322,18 +336,19 @@ class PostgresSink(Sink):
                 r["scores"],
                 r["sentiment"],
                 float(r["sentiment_index"]),
+                _list(r.get("labels")),
             )
             for r in scored.to_dict("records")
         ]
         with conn.transaction():
             conn.cursor().executemany(
                 """INSERT INTO event_scores (event_id, model_version, created_at, source, emotion, score, scores,
-                                            sentiment, sentiment_index)
-                   VALUES (%s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s)
+                                            sentiment, sentiment_index, labels)
+                   VALUES (%s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s, %s)
                    ON CONFLICT (event_id, model_version) DO UPDATE
                    SET emotion = excluded.emotion, score = excluded.score, scores = excluded.scores,
                        sentiment = excluded.sentiment, sentiment_index = excluded.sentiment_index,
-                       scored_at = now()""",
+                       labels = excluded.labels, scored_at = now()""",
                 rows,
             )
         return len(rows)

@@ -10,6 +10,7 @@ enforces (``x-kubernetes-validations``) and the equivalent Python check the CLI 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal
@@ -128,8 +129,8 @@ class KafkaSpec(ApiModel):
     """Namespace of the Kafka resource; defaults to the operator's configured Kafka namespace."""
     partitions: int = Field(3, ge=1, le=1000)
     """Partitions of the raw-events topic. Can grow, never shrink (Kafka cannot remove partitions)."""
-    replicas: int = Field(1, ge=1, le=10)
-    """Replication factor of every topic."""
+    replicas: int | None = Field(None, ge=1, le=10)
+    """Replication factor of every topic (default: the operator's); min.insync.replicas is min(2, this)."""
     retention_hours: int = Field(168, ge=1, le=87600)
     """How long raw events and dead letters are kept, in hours (the window for backfills)."""
     bootstrap_servers: str | None = Field(None, max_length=1024)
@@ -269,21 +270,49 @@ class CheckpointSpec(ApiModel):
     """An object-store or HDFS URI (gs://bucket/path); no claim is created then."""
 
 
+def positive_duration(field: str) -> Rule:
+    """``field`` (a Duration) must be longer than zero and fit a Go ``time.Duration`` (CEL's ``duration()``)."""
+    return Rule(
+        cel=f"duration(self.{field}) > duration('0s')",
+        message=f"{field} must be longer than 0s (and at most 2562047h)",
+        field_path=f".{field}",
+        check=lambda o: 0 < duration_seconds(o.get(field, "1s")) <= MAX_GO_DURATION_S,
+    )
+
+
+MAX_GO_DURATION_S = (2**63 - 1) / 1e9  # about 292 years: longer is an error for CEL's duration()
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def duration_seconds(value: str) -> float:
+    """Seconds of a Duration (``1h30m``, ``500ms``); the pattern is checked separately."""
+    return sum(
+        float(n) * _DURATION_UNITS[u] for n, u in re.findall(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)", value)
+    )
+
+
 class ProcessingSpec(ApiModel):
     """The Spark Structured Streaming job."""
 
+    cel_rules: ClassVar[tuple[Rule, ...]] = tuple(
+        positive_duration(f) for f in ("window", "watermark", "maxFutureSkew")
+    )
     trigger: Duration = "5s"
     """Micro-batch interval."""
     window: Duration = "1m"
-    """Tumbling window of the aggregates."""
+    """Tumbling window of the aggregates (longer than 0s)."""
     watermark: Duration = "2m"
-    """How late an event may arrive and still count in its window's aggregates."""
+    """How late an event may arrive and still count in its window's aggregates (longer than 0s)."""
+    max_future_skew: Duration = "10m"
+    """How far an event's created_at may be ahead of its ingested_at (wrong clocks); a later one is
+    dead-lettered with the reason, so it never moves the watermark. Longer than 0s."""
     max_events_per_trigger: int = Field(5000, ge=1, le=10_000_000)
     """Most events one micro-batch reads."""
     starting_offsets: Literal["earliest", "latest"] = "earliest"
     """Where a new job starts reading (a restarted job always resumes from its checkpoint)."""
     sentiment_threshold: float = Field(0.15, ge=0, le=1)
-    """Positive when P(joy) minus P(anger, disgust, fear, sadness) exceeds this, negative below its negative."""
+    """Sentiment follows the labels a result chose (joy positive; anger, disgust, fear, sadness negative); a
+    mixed set is positive when P(joy) minus P(the negative ones) exceeds this, negative below its negative."""
     driver: DriverSpec = _nested(DriverSpec)
     executors: ExecutorSpec = _nested(ExecutorSpec)
     checkpoint: CheckpointSpec = _nested(CheckpointSpec)
@@ -488,7 +517,7 @@ class StreamPipeline(BaseModel):
 def all_rules() -> dict[str, Rule]:
     """Every cross-field rule, by its CEL expression."""
     out: dict[str, Rule] = {}
-    for model in (MastodonSource, Source, ModelReplicas, Sink):
+    for model in (MastodonSource, Source, ProcessingSpec, ModelReplicas, Sink):
         for rule in model.cel_rules:
             out[rule.cel] = rule
     return out

