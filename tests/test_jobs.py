@@ -335,7 +335,7 @@ def test_valid_and_malformed_events_give_rows_dead_letters_and_exact_aggregates(
     text, clean, tags, terms, emotion, scores, sentiment = pg_rows(
         postgres,
         pg_schema,
-        "SELECT text, clean_text, hashtags, terms, emotion, scores, sentiment FROM events WHERE event_id = 'http:e1'",
+        "SELECT text, clean_text, hashtags, terms, emotion, scores, sentiment FROM events WHERE id = 'e1'",
     )[0]
     assert text == TEXTS[1]
     assert ">:(" in clean and "&gt;" not in clean  # entities unescaped, emoticons kept
@@ -343,7 +343,7 @@ def test_valid_and_malformed_events_give_rows_dead_letters_and_exact_aggregates(
     assert tags == ["angry"]
     assert "awful" in terms and "this" not in terms
     assert emotion in scores and sentiment in ("positive", "negative", "neutral")
-    german_terms = pg_rows(postgres, pg_schema, "SELECT terms FROM events WHERE event_id = 'http:e5'")[0][0]
+    german_terms = pg_rows(postgres, pg_schema, "SELECT terms FROM events WHERE id = 'e5'")[0][0]
     assert "schön" in german_terms and "ist" not in german_terms
 
     # dead letters: reason, original payload and topic/partition/offset, in the table and on the topic
@@ -479,7 +479,7 @@ def test_late_events_beyond_the_watermark_are_stored_but_do_not_change_final_win
     flags = dict(
         pg_rows(postgres, pg_schema, "SELECT event_id, late FROM events WHERE id IN ('e1000', 'e2000')")
     )
-    assert flags == {"http:e1000": True, "http:e2000": False}
+    assert flags == {late[0].key: True, still_on_time[0].key: False}
     window_12_01 = BASE + timedelta(minutes=1)
     counted = pg_count(
         postgres, pg_schema, "SELECT sum(events) FROM emotion_window WHERE window_start = %s", window_12_01
@@ -867,7 +867,9 @@ def test_newer_producers_events_land_and_empty_or_unreadable_ones_say_why(
     with JobThread(job) as jt:
         wait_for(lambda: _rows(postgres, pg_schema) == 44 or _rows(postgres, pg_schema), what="all", job=jt)
     assert_events_exact(
-        postgres, pg_schema, {e.key for e in [*current, emoticons]} | {f"http:{d['id']}" for d in newer}
+        postgres,
+        pg_schema,
+        {e.key for e in [*current, emoticons]} | {f"{d['source']}:http:{d['id']}" for d in newer},
     )
     reasons = dict(pg_rows(postgres, pg_schema, "SELECT reason, count(*) FROM dead_letters GROUP BY 1"))
     assert reasons.pop(EMPTY_TEXT_REASON) == 2

@@ -89,7 +89,7 @@ def test_parse_frame_keeps_position_payload_and_derived_fields():
     raw = pd.DataFrame({"value": [good, b"oops"], "topic": ["t", "t"], "partition": [1, 1], "offset": [7, 8]})
     out = parse_frame(raw)
     ok, bad = out.iloc[0], out.iloc[1]
-    assert ok["event_id"] == "http:1" and ok["error"] is None
+    assert ok["event_id"] == "s:http:1" and ok["error"] is None
     assert ok["clean_text"] == "Great news Win" and list(ok["hashtags"]) == ["win"]
     assert ok["created_at_us"] == int(BASE.timestamp() * US)
     assert bad["error"].startswith("not JSON") and bad["payload"] == "oops" and bad["kafka_offset"] == 8
@@ -146,7 +146,7 @@ def test_newer_contract_versions_are_read_and_unknown_fields_dropped():
     typo = {**base, "id": "t", "schema_version": "two"}
     out = parse_frame(_raw(*(json.dumps(d).encode() for d in (newer, oldest, beyond, typo))))
     assert (
-        out["error"][0] is None and out["event_id"][0] == "http:n" and out["clean_text"][0] == "hello there"
+        out["error"][0] is None and out["event_id"][0] == "s:http:n" and out["clean_text"][0] == "hello there"
     )
     assert list(out["dropped_fields"][0]) == ["moderation", "reply_to"]
     assert out["error"][1] is None and list(out["dropped_fields"][1]) == []
@@ -455,7 +455,8 @@ def test_postgres_migration_0003_adds_labels_to_rows_of_an_older_release(postgre
     assert sink.write(_batch(0, range(0, 3))) is True
     with postgres.connect(options=f"-c search_path={pg_schema}") as conn:
         rows = dict(conn.execute("SELECT event_id, labels FROM events").fetchall())
-        assert rows == {"http:old": [], "http:u0": ["joy"], "http:u1": ["joy"], "http:u2": ["joy"]}
+        # 0004 too: the older row's identity is source:platform:id now
+        assert rows == {"s:http:old": [], "s:http:u0": ["joy"], "s:http:u1": ["joy"], "s:http:u2": ["joy"]}
     sink.close()
 
 
@@ -537,7 +538,7 @@ def test_bigquery_sink_adds_the_labels_column_to_tables_an_older_release_created
     sink.open()  # IF NOT EXISTS: opening again changes nothing
     assert sink.write(_batch(0, range(0, 4))) is True
     rows = list(client.query(f"SELECT event_id, labels FROM `{ds}.events` ORDER BY event_id").result())
-    assert [(r[0], list(r[1])) for r in rows] == [(f"http:u{i}", ["joy"]) for i in range(4)]
+    assert [(r[0], list(r[1])) for r in rows] == [(f"s:http:u{i}", ["joy"]) for i in range(4)]
     sink.close()
 
 

@@ -1,5 +1,5 @@
 """Streamotion producers: one process per pipeline source, publishing :class:`streamotion.events.Event`
-JSON to the pipeline's raw topic (key ``platform:id``) and undecodable payloads to its dead-letter topic.
+JSON to the pipeline's raw topic (key ``source:platform:id``) and undecodable payloads to its dead-letter topic.
 
 Entry point: ``streamotion produce --source NAME --pipeline FILE`` (the Kubernetes Deployments run it).
 """

@@ -6,6 +6,7 @@ import logging
 import os
 import random
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from streamotion.api.models import Source, StreamPipeline
@@ -30,6 +31,32 @@ class Context:
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("streamotion.ingest"))
     handled: int = 0  # payloads handed to the publisher so far
     busy: bool = False  # inside publish: a signal only sets stop, the loop ends after it
+    # The cursors of this source's last records on the raw topic (set by run.pump; see resume.py).
+    recover: Callable[[], list[str]] | None = None
+
+    def last_cursors(self) -> list[str]:
+        """Where this source was when its last events were published (before a restart); retried
+        while Kafka cannot be read (until stopped: then none)."""
+        from streamotion_ingest.resume import ResumeUnavailable
+
+        if self.recover is None:
+            return []
+        backoff = self.backoff(1.0, 30.0)
+        while not self.stop.is_set():
+            try:
+                cursors = self.recover()
+            except ResumeUnavailable as exc:
+                delay = backoff.next()
+                self.log.warning(
+                    "cannot read the raw topic yet; retrying",
+                    extra={"error": str(exc), "in_s": round(delay, 3)},
+                )
+                self.wait(delay)
+                continue
+            if cursors:
+                self.log.info("resuming from the raw topic", extra={"cursors": len(cursors)})
+            return cursors
+        return []
 
     def backoff(self, initial: float, maximum: float, *, linear: bool = False) -> Backoff:
         return Backoff(initial * self.backoff_scale, maximum * self.backoff_scale, linear=linear)

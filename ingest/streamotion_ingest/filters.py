@@ -7,41 +7,95 @@ import threading
 from collections.abc import Iterable
 from functools import lru_cache
 
-_EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
+# E-mail addresses: RFC 5322 atext in the local part, a dotted domain with a letter TLD. In URLs the
+# local part is narrower (letters, digits, ._%+-) so query parameter names around it survive.
+_ATEXT = r"A-Za-z0-9.!#$%&'*+/=?^_`{|}~-"
+_EMAIL = re.compile(rf"[{_ATEXT}]+@[A-Za-z0-9.-]+\.[A-Za-z]{{2,}}")
+# First pass: whole local parts only, and not the user@instance part of a fediverse @user@instance
+# handle (the handle pass masks those as handles).
+_EMAIL_WHOLE = re.compile(rf"(?<![@{_ATEXT}])" + _EMAIL.pattern)
+_URL_EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
 _URL = re.compile(r"\b(?:https?|wss?|ftp)://[^\s<>\"']+", re.I)
 _HANDLE = re.compile(
     r"(?<![\w@/])@[A-Za-z0-9_](?:[A-Za-z0-9_.]*[A-Za-z0-9_])?(?:@[A-Za-z0-9.-]+\.[A-Za-z]{2,})?"
 )
-# International or national phone numbers: 7 to 15 digits with usual separators.
-_PHONE = re.compile(r"(?<![\w+])(?:\+|00)?\d(?:[\s().-]{0,2}\d){6,14}(?!\w)")
 _USERINFO = re.compile(r"(?<=://)[^/@\s:]+(?::[^/@\s]*)?@")
 _SECRET_PARAM = re.compile(
     r"([?&#;](?:[\w.-]*?(?:token|key|secret|sig|signature|password|passwd|pwd|auth|session|code|credential)[\w.-]*)=)[^&#\s]*",
     re.I,
 )
+_DIGITS = re.compile(r"\d(?:[\s().-]{0,2}\d){6,}")  # the fallback when the phone matcher fails
+
+# Phone numbers: Google's libphonenumber rules (the ``phonenumbers`` port). International numbers
+# (+CC or 00CC) are found whatever the region; national formats are read as this region's.
+# Leniency POSSIBLE: a number of a possible length for its region, valid or not (fictional 555
+# numbers are masked too); dates, times, versions and IP addresses are not numbers there.
+PHONE_REGION = "US"
 
 EMAIL_MASK, PHONE_MASK, HANDLE_MASK, TOKEN_MASK = "[EMAIL]", "[PHONE]", "@[USER]", "[REDACTED]"
 
 
-def _redact_url(m: re.Match) -> str:
-    url = _USERINFO.sub(TOKEN_MASK + "@", m.group(0))
-    return _SECRET_PARAM.sub(lambda p: p.group(1) + TOKEN_MASK, url)
+def _redact_url(url: str) -> str:
+    url = _USERINFO.sub(TOKEN_MASK + "@", url)
+    url = _SECRET_PARAM.sub(lambda p: p.group(1) + TOKEN_MASK, url)
+    return _URL_EMAIL.sub(EMAIL_MASK, url)
+
+
+_DATE = re.compile(r"(\d{1,4})([./-])(\d{1,2})\2(\d{2}|\d{4})")
+
+
+def _is_date(raw: str) -> bool:
+    """2024-01-15, 15.01.2024, 01/15/24: the matcher reads some as a national prefix and a number."""
+    m = _DATE.fullmatch(raw.strip())
+    if m is None:
+        return False
+    a, b, c = int(m.group(1)), int(m.group(3)), int(m.group(4))
+    if len(m.group(1)) == 4:
+        return 1 <= b <= 12 and 1 <= c <= 31
+    return len(m.group(1)) <= 2 and 1 <= a <= 31 and 1 <= b <= 31 and min(a, b) <= 12
+
+
+def _redact_phones(text: str) -> str:
+    import phonenumbers
+
+    try:
+        spans = [
+            (m.start, m.end)
+            for m in phonenumbers.PhoneNumberMatcher(
+                text, PHONE_REGION, leniency=phonenumbers.Leniency.POSSIBLE
+            )
+            if not _is_date(m.raw_string)
+        ]
+    except Exception:  # never let a library error crash a producer: mask every long digit run
+        return _DIGITS.sub(PHONE_MASK, text)
+    for start, end in reversed(spans):
+        text = text[:start] + PHONE_MASK + text[end:]
+    return text
+
+
+def _redact_text(text: str) -> str:
+    text = _EMAIL_WHOLE.sub(EMAIL_MASK, text)
+    text = _HANDLE.sub(HANDLE_MASK, text)
+    text = _EMAIL.sub(EMAIL_MASK, text)
+    return _redact_phones(text)
 
 
 def redact_pii(text: str) -> str:
-    """Mask e-mail addresses, phone numbers, @handles and credentials in URLs (user:pass@, ?token=...)."""
-    # URLs first so their parts are not mistaken for handles, e-mails or numbers.
-    urls: list[str] = []
+    """Mask e-mail addresses, phone numbers, @handles and credentials in URLs (user:pass@, ?token=...).
 
-    def keep(m: re.Match) -> str:
-        urls.append(_redact_url(m))
-        return f"\x00{len(urls) - 1}\x00"
-
-    text = _URL.sub(keep, text)
-    text = _HANDLE.sub(HANDLE_MASK, text)
-    text = _EMAIL.sub(EMAIL_MASK, text)
-    text = _PHONE.sub(PHONE_MASK, text)
-    return re.sub(r"\x00(\d+)\x00", lambda m: urls[int(m.group(1))], text)
+    URLs are kept (their credentials and e-mail addresses masked) and the text between them is
+    redacted piece by piece, so no character of the input (NUL included) can confuse the two.
+    Any text gives a str; no e-mail address is left anywhere.
+    """
+    out: list[str] = []
+    pos = 0
+    for m in _URL.finditer(text):
+        out.append(_redact_text(text[pos : m.start()]))
+        out.append(_redact_url(m.group(0)))
+        pos = m.end()
+    out.append(_redact_text(text[pos:]))
+    # A last pass over the whole result: an address split across a URL's edge is masked too.
+    return _EMAIL.sub(EMAIL_MASK, "".join(out))
 
 
 def keyword_matcher(keywords: Iterable[str]):
@@ -75,7 +129,7 @@ def detect_language(text: str) -> str | None:
     return lang.iso_code_639_1.name.lower()
 
 
-def normalise_lang(code: str | None) -> str | None:
-    if not code:
+def normalise_lang(code: object) -> str | None:
+    if not code or not isinstance(code, str):
         return None
     return code.split("-")[0].split("_")[0].lower()[:16] or None

@@ -1,6 +1,6 @@
 """Publishing to Kafka: idempotent, acks=all, compressed, bounded queue with backpressure.
 
-Every payload either becomes a valid :class:`Event` on the raw topic (key ``platform:id``), is
+Every payload either becomes a valid :class:`Event` on the raw topic (key ``source:platform:id``), is
 dropped by the source's filters (counted), or goes to the dead-letter topic with a reason and
 the raw payload. Nothing is dropped silently.
 """
@@ -31,6 +31,20 @@ class Malformed:
 
     reason: str
     payload: Any
+
+
+# Kafka header of raw-topic records: where the source was in the platform's stream when it read the
+# event (Jetstream time_us, Mastodon timeline and status id, X post id, replay pass). A restarted
+# producer reads it back from the last records of its source (streamotion_ingest.resume).
+CURSOR_HEADER = "streamotion-cursor"
+
+
+@dataclass
+class Positioned:
+    """An event and the source's cursor after it (published as the CURSOR_HEADER header)."""
+
+    item: Event | Malformed
+    cursor: str
 
 
 @dataclass
@@ -116,6 +130,7 @@ class Publisher:
     ) -> None:
         from confluent_kafka import Producer
 
+        self.bootstrap = bootstrap
         self.topic, self.dlq_topic, self.source = topic, dlq_topic, source
         self.filters = filters or Filters()
         self.metrics = SourceMetrics(pipeline, source)
@@ -196,12 +211,17 @@ class Publisher:
             log.error("dead letter delivery failed", extra={"error": str(err)})
 
     # ---------------------------------------------------------------- publishing
-    def _produce(self, topic: str, value: bytes, key: str | None, callback, block: bool) -> None:
+    def _produce(
+        self, topic: str, value: bytes, key: str | None, callback, block: bool, headers=None
+    ) -> None:
         while True:
             if self.fatal is not None:
                 raise self.fatal
             try:
-                self.producer.produce(topic, value=value, key=key, on_delivery=callback)
+                if headers:
+                    self.producer.produce(topic, value=value, key=key, on_delivery=callback, headers=headers)
+                else:
+                    self.producer.produce(topic, value=value, key=key, on_delivery=callback)
                 return
             except BufferError:
                 if not block:
@@ -210,16 +230,20 @@ class Publisher:
 
     def publish(
         self,
-        event: Event | Malformed,
+        event: Event | Malformed | Positioned,
         *,
         on_delivery: Callable[[Any, Any], None] | None = None,
         block: bool = True,
         apply_filters: bool = True,
+        cursor: str | None = None,
     ) -> bool:
         """Queue one event (after filters) or dead letter. False when a filter dropped it.
 
-        ``block=False`` raises BufferError when the queue is full instead of waiting.
+        ``block=False`` raises BufferError when the queue is full instead of waiting; ``cursor`` is
+        recorded with the event (header CURSOR_HEADER) for a restart to resume from.
         """
+        if isinstance(event, Positioned):
+            event, cursor = event.item, event.cursor
         if isinstance(event, Malformed):
             self.dead_letter(event.reason, event.payload, block=block)
             return True
@@ -236,7 +260,8 @@ class Publisher:
                 self._delivered(err, msg)
                 _user(err, msg)
 
-        self._produce(self.topic, event.to_json(), event.key, callback, block)
+        headers = [(CURSOR_HEADER, cursor.encode())] if cursor is not None else None
+        self._produce(self.topic, event.to_json(), event.key, callback, block, headers)
         self._published += 1
         if self._published & 63 == 1:  # every 64th event is plenty for a gauge
             lag = (event.ingested_at - event.created_at).total_seconds()

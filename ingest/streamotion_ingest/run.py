@@ -32,7 +32,10 @@ def make_publisher(p: StreamPipeline, source_name: str, bootstrap: str | None = 
 def pump(ctx: Context, publisher: Publisher) -> int:
     """Publish everything the source yields until it ends or ctx.stop; returns events handled."""
     from streamotion_ingest import sources
+    from streamotion_ingest.resume import last_cursors
 
+    if ctx.recover is None:
+        ctx.recover = lambda: last_cursors(publisher.bootstrap, publisher.topic, ctx.source.name)
     counted = ctx.handled
     try:
         for item in sources.load(ctx.source.type)(ctx):

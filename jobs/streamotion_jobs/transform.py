@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 import pandas as pd
 from pydantic import ValidationError
 
-from streamotion.events import Event, UnreadableVersion, message_key, read_event
+from streamotion.events import Event, UnreadableVersion, read_event
 from streamotion.labels import sentiment
 from streamotion.labels import sentiment_index as _sentiment_index
 from streamotion_jobs.text import clean_text, hashtags, terms
@@ -177,7 +177,7 @@ def parse_frame(pdf: pd.DataFrame, max_future_skew_s: float | None = None) -> pd
             continue
         rows.append(
             {
-                "event_id": message_key(event.platform, event.id),
+                "event_id": event.key,
                 "id": event.id,
                 "source": event.source,
                 "platform": event.platform,

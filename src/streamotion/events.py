@@ -1,7 +1,8 @@
 """The event contract shared by every producer and the streaming job (schema version 1).
 
-Producers publish :class:`Event` as JSON to the pipeline's raw topic with key ``platform:id``;
-anything that cannot become a valid event goes to the dead-letter topic as :class:`DeadLetter`.
+Producers publish :class:`Event` as JSON to the pipeline's raw topic with key ``source:platform:id``
+(the event's identity, see :func:`event_key`); anything that cannot become a valid event goes to the
+dead-letter topic as :class:`DeadLetter`.
 ``streamotion.events.json_schema()`` is the published JSON Schema (``docs/event.schema.json``).
 
 Contract versions: producers write ``schema_version`` :data:`SCHEMA_VERSION`. Versions
@@ -65,7 +66,8 @@ class Event(BaseModel):
 
     @property
     def key(self) -> str:
-        return message_key(self.platform, self.id)
+        """The event's identity: ``source:platform:id`` (see :func:`event_key`)."""
+        return event_key(self.source, self.platform, self.id)
 
     def to_json(self) -> bytes:
         return self.model_dump_json().encode()
@@ -82,6 +84,17 @@ class DeadLetter(BaseModel):
     partition: int | None = None
     offset: int | None = None
     failed_at: datetime = Field(default_factory=utcnow)
+
+
+def event_key(source: str, platform: str, event_id: str) -> str:
+    """Identity of an event: ``<source>:<platform>:<id>``, the Kafka message key and the sinks' event_id.
+
+    Unique per pipeline source: two sources (two ``http`` endpoints, two replays of one data set)
+    may send the same platform id without one hiding the other. Source names are DNS-1123 labels
+    and platforms are fixed words, so neither holds ``:`` and the id is everything after the second
+    one. The sinks keep the first row of each identity, so a re-sent event is stored once.
+    """
+    return f"{source}:{platform}:{event_id}"
 
 
 class UnreadableVersion(ValueError):
@@ -109,19 +122,19 @@ def read_event(doc: dict[str, Any]) -> tuple[Event, list[str]]:
     return Event.model_validate(doc), dropped
 
 
-def message_key(platform: str, event_id: str) -> str:
-    return f"{platform}:{event_id}"
+def hash_author(handle: Any, key: str | bytes | None = None) -> str | None:
+    """A keyed, stable pseudonym for an author handle (HMAC-SHA256, 32 hex chars).
 
-
-def hash_author(handle: str | None, key: str | bytes | None = None) -> str | None:
-    """A keyed, stable pseudonym for an author handle (HMAC-SHA256, 32 hex chars)."""
-    if not handle:
+    Any value is hashed as its text (a platform may send a number); lone surrogates from JSON
+    escapes are hashed as they are, never raise."""
+    if handle is None or handle == "":
         return None
     if key is None:
         key = os.environ.get(AUTHOR_KEY_ENV, "streamotion-dev-author-key")
     if isinstance(key, str):
         key = key.encode()
-    return hmac.new(key, handle.strip().lower().encode(), hashlib.sha256).hexdigest()[:32]
+    text = str(handle).strip().lower().encode("utf-8", "surrogatepass")
+    return hmac.new(key, text, hashlib.sha256).hexdigest()[:32]
 
 
 def json_schema() -> dict[str, Any]:

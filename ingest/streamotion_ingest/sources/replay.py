@@ -1,6 +1,12 @@
 """Replay a labelled data set at a fixed rate: GoEmotions-style TSV (text, labels, id) or JSONL.
 
 ``dataset``: "goemotions" (the bundled 1,000-row sample), a path, or an http(s) URL.
+
+Pass 0 publishes the data set's ids as they are; with ``loop``, pass N > 0 appends ``~N`` so every
+pass is new data. The pass number travels with each event (the ``streamotion-cursor`` header), so a
+restarted looping replay starts a new pass after the last one on the raw topic instead of colliding
+with itself; a restarted finite replay (``loop: false``) publishes the same ids again, which the
+sinks store once.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ from pathlib import Path
 
 from streamotion.events import Event, hash_author, utcnow
 from streamotion_ingest.context import Context
-from streamotion_ingest.publisher import Malformed, make_event
+from streamotion_ingest.publisher import Malformed, Positioned, make_event
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 BUNDLED = {"goemotions": DATA / "goemotions-sample.tsv"}
@@ -104,6 +110,11 @@ def events(ctx: Context) -> Iterator[Event | Malformed]:
     emitted = 0
     start = time.monotonic()
     pass_no = 0
+    if spec.loop:
+        passes = [int(c) for c in ctx.last_cursors() if c.isdigit()]
+        if passes:
+            pass_no = max(passes) + 1
+            ctx.log.info("replay resumes with a new pass", extra={"pass": pass_no})
     while not ctx.stop.is_set():
         suffix = f"~{pass_no}" if pass_no else ""  # ids stay unique across loops
         fmt = None
@@ -121,7 +132,8 @@ def events(ctx: Context) -> Iterator[Event | Malformed]:
             ahead = target - time.monotonic()
             if ahead > 0.002 and ctx.wait(ahead):
                 return
-            yield parse(line, lineno, ctx.source.name, channel, suffix)
+            item = parse(line, lineno, ctx.source.name, channel, suffix)
+            yield Positioned(item, str(pass_no)) if spec.loop and isinstance(item, Event) else item
             emitted += 1
             if limit is not None and emitted >= limit:
                 return

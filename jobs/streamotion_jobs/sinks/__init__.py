@@ -2,7 +2,7 @@
 
 Shared rules (PostgreSQL and BigQuery apply them the same way):
 
-* events are keyed by ``event_id`` (the message key ``platform:id``); a row already present is kept;
+* events are keyed by ``event_id`` (the message key ``source:platform:id``); a row already present is kept;
 * every micro-batch is recorded with its ``(query_id, batch_id)``; a recorded batch is skipped;
 * window aggregates are recomputed, for the windows the batch touched, from the events table;
 * late data: the watermark is the largest event time seen so far minus ``processing.watermark``;

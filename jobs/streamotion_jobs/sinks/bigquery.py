@@ -141,6 +141,11 @@ def _schema():
             None,
             None,
         ),
+        "schema_migrations": (
+            [req("version", "INT64"), req("name", "STRING"), req("applied_at", "TIMESTAMP")],
+            None,
+            None,
+        ),
         "event_scores": (
             [
                 req("event_id", "STRING"),
@@ -159,6 +164,22 @@ def _schema():
         ),
     }
 
+
+# Versioned data migrations, numbered like the PostgreSQL ones, each applied once (recorded in
+# schema_migrations). Every statement is idempotent on its own (a crash between two is harmless).
+MIGRATIONS: dict[int, tuple[str, list[str]]] = {
+    4: (
+        "event_identity",
+        [
+            # event_id was platform:id; it is source:platform:id (never equal to platform:id)
+            """UPDATE `{ds}.events` SET event_id = CONCAT(source, ':', event_id)
+               WHERE event_id = CONCAT(platform, ':', id)""",
+            # re-scored results follow their events (event_scores has no source column)
+            """UPDATE `{ds}.event_scores` S SET event_id = E.event_id FROM `{ds}.events` E
+               WHERE S.event_id = CONCAT(E.platform, ':', E.id)""",
+        ],
+    ),
+}
 
 VIEWS = {
     "v_emotion_daily": """
@@ -269,6 +290,7 @@ class BigQuerySink(Sink):
                 table.clustering_fields = cluster
             existing = self.client.create_table(table, exists_ok=True)
             self._add_columns(existing, schema)
+        self._migrate()
         for name, query in VIEWS.items():
             view = bigquery.Table(f"{self.ds}.{name}")
             view.view_query = query.format(ds=self.ds)
@@ -276,6 +298,21 @@ class BigQuerySink(Sink):
                 self.client.create_table(view, exists_ok=True)
             except Exception as exc:  # views are a convenience; the tables are the contract
                 self.log(f"bigquery: view {name} not created: {exc}")
+
+    def _migrate(self) -> None:
+        applied = {r["version"] for r in self._query(f"SELECT version FROM `{self.ds}.schema_migrations`")}
+        for version, (name, statements) in sorted(MIGRATIONS.items()):
+            if version in applied:
+                continue
+            self.log(f"bigquery: applying migration {version} {name} in {self.ds}")
+            for statement in statements:
+                self._query(statement.format(ds=self.ds))
+            self._query(
+                f"""INSERT INTO `{self.ds}.schema_migrations` (version, name, applied_at)
+                    VALUES (@v, @n, CURRENT_TIMESTAMP())""",
+                v=version,
+                n=name,
+            )
 
     def _add_columns(self, table, schema) -> None:
         """Add the columns a newer release defines to a table an older one created, with DDL

@@ -11,7 +11,7 @@ import importlib
 
 import typer
 
-from streamotion.cli import api, bench, dev, run
+from streamotion.cli import api, bench, dev, dlq, run
 
 app = typer.Typer(
     name="streamotion",
@@ -24,6 +24,7 @@ api.register(app)
 app.add_typer(dev.app, name="dev")
 app.add_typer(bench.app, name="bench")
 app.add_typer(run.app, name="run")
+app.add_typer(dlq.app, name="dlq")
 
 COMPONENT_CLIS = (
     "streamotion_operator.cli",
