@@ -10,7 +10,6 @@ every partition backwards, in growing windows, until it finds records of its sou
 from __future__ import annotations
 
 import time
-import uuid
 
 from streamotion_ingest.publisher import CURSOR_HEADER
 
@@ -35,18 +34,13 @@ def last_cursors(
     """The cursors of ``source``'s last records: for each partition, every cursor found in the
     newest window that holds records of the source (oldest first). Empty when there are none (or
     no raw topic yet); ResumeUnavailable when Kafka cannot be read."""
-    from confluent_kafka import Consumer, KafkaException, TopicPartition
+    from confluent_kafka import KafkaException, TopicPartition
+
+    from streamotion.kafka_range import range_consumer
 
     prefix = f"{source}:".encode()
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"streamotion-resume-{uuid.uuid4().hex[:8]}",  # assign() only, never commits
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-            "auto.offset.reset": "earliest",
-            "fetch.max.bytes": 8 * 1024 * 1024,
-        }
+    consumer = range_consumer(
+        bootstrap, "resume", **{"auto.offset.reset": "earliest", "fetch.max.bytes": 8 * 1024 * 1024}
     )
     deadline = time.monotonic() + timeout
     found: list[str] = []
@@ -77,29 +71,18 @@ def last_cursors(
 def _scan(
     consumer, topic: str, partition: int, start: int, end: int, prefix: bytes, deadline: float
 ) -> list[str]:
-    """Cursors of the records with ``prefix`` keys in offsets [start, end) of one partition."""
-    from confluent_kafka import KafkaError, TopicPartition
+    """Cursors of the records with ``prefix`` keys in offsets [start, end) of one partition (those
+    read so far when the deadline passes)."""
+    from streamotion.kafka_range import RangeTimeout, read_range
 
-    consumer.assign([TopicPartition(topic, partition, start)])
     out: list[str] = []
     try:
-        while time.monotonic() < deadline:
-            msg = consumer.poll(0.5)
-            if msg is None:
-                continue
-            if msg.error():
-                if msg.error().code() == KafkaError._PARTITION_EOF:
-                    break
-                continue
-            if msg.offset() >= end:
-                break
+        for msg in read_range(consumer, topic, partition, start, end, deadline):
             key = msg.key()
             if key and key.startswith(prefix):
                 for name, value in msg.headers() or ():
                     if name == CURSOR_HEADER and value:
                         out.append(value.decode("utf-8", "replace"))
-            if msg.offset() >= end - 1:
-                break
-    finally:
-        consumer.unassign()
+    except RangeTimeout:
+        pass
     return out

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import re
 import time
-import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -79,17 +78,12 @@ def read(
     bootstrap: str, topic: str, selection: Selection | None = None, timeout: float = 60.0
 ) -> list[Letter]:
     """The topic's dead letters up to its end when called (every partition, oldest first)."""
-    from confluent_kafka import Consumer, KafkaError, TopicPartition
+    from confluent_kafka import TopicPartition
+
+    from streamotion.kafka_range import RangeTimeout, range_consumer, read_range
 
     selection = selection or Selection()
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"streamotion-dlq-{uuid.uuid4().hex[:8]}",  # assign() only, never commits
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-        }
-    )
+    consumer = range_consumer(bootstrap, "dlq")
     out: list[Letter] = []
     deadline = time.monotonic() + timeout
     try:
@@ -102,27 +96,13 @@ def read(
             low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=15)
             start = max(low, selection.from_offset or 0)
             end = high if selection.to_offset is None else min(high, selection.to_offset + 1)
-            if start >= end:
-                continue
-            consumer.assign([TopicPartition(topic, partition, start)])
-            while time.monotonic() < deadline:
-                msg = consumer.poll(0.5)
-                if msg is None:
-                    continue
-                if msg.error():
-                    if msg.error().code() == KafkaError._PARTITION_EOF:
-                        break
-                    continue
-                if msg.offset() >= end:
-                    break
-                letter = _letter(partition, msg.offset(), msg.value())
-                if selection.matches(letter):
-                    out.append(letter)
-                if msg.offset() >= end - 1:
-                    break
-            else:
-                raise TimeoutError(f"reading {topic} took longer than {timeout:g}s")
-            consumer.unassign()
+            try:
+                for msg in read_range(consumer, topic, partition, start, end, deadline):
+                    letter = _letter(partition, msg.offset(), msg.value())
+                    if selection.matches(letter):
+                        out.append(letter)
+            except RangeTimeout:
+                raise TimeoutError(f"reading {topic} took longer than {timeout:g}s") from None
     finally:
         consumer.close()
     return out
