@@ -84,3 +84,17 @@ def read_all(
 
 def values(msgs) -> list[dict]:
     return [json.loads(m.value()) for m in msgs]
+
+
+def run_source(p, name: str, bootstrap: str) -> int:
+    """Run source ``name`` of pipeline ``p`` to its end (a finite replay, say) as its producer
+    Deployment would; the number of events it published (every one acknowledged by Kafka)."""
+    from streamotion_ingest.context import Context, find_source
+    from streamotion_ingest.run import make_publisher, pump
+
+    publisher = make_publisher(p, name, bootstrap)
+    ctx = Context(pipeline=p.name, source=find_source(p, name), metrics=publisher.metrics)
+    try:
+        return pump(ctx, publisher)
+    finally:
+        assert publisher.close(60) == 0

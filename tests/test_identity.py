@@ -8,26 +8,15 @@ import json
 from datetime import UTC, datetime
 
 import pandas as pd
-from streamotion_ingest.context import Context, find_source
 from streamotion_ingest.publisher import CURSOR_HEADER
-from streamotion_ingest.run import make_publisher, pump
 from streamotion_jobs.sinks import Batch
 from streamotion_jobs.transform import enrich, parse_frame
 
 from streamotion.events import Event, event_key
 from streamotion.labels import EKMAN
-from tests.ingest_helpers import make_pipeline, read_all
+from tests.ingest_helpers import make_pipeline, read_all, run_source
 
 BASE = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
-
-
-def _run(p, name: str, bootstrap: str) -> int:
-    publisher = make_publisher(p, name, bootstrap)
-    ctx = Context(pipeline=p.name, source=find_source(p, name), metrics=publisher.metrics)
-    try:
-        return pump(ctx, publisher)
-    finally:
-        assert publisher.close(60) == 0
 
 
 def _batch_from(msgs, batch_id: int, query: str = "q") -> Batch:
@@ -71,8 +60,8 @@ def test_two_sources_with_overlapping_ids_both_land(kafka, tmp_path, postgres, p
             {"name": "second", "type": "replay", "replay": replay},
         ],
     )
-    assert _run(p, "first", kafka.bootstrap) == 5
-    assert _run(p, "second", kafka.bootstrap) == 5
+    assert run_source(p, "first", kafka.bootstrap) == 5
+    assert run_source(p, "second", kafka.bootstrap) == 5
     msgs = read_all(kafka.bootstrap, topics["raw"], expect=10)
     keys = sorted(m.key().decode() for m in msgs)
     assert keys == sorted(f"{s}:replay:{i}" for s in ("first", "second") for i in range(5))
@@ -105,8 +94,8 @@ def test_restarted_looping_replay_starts_a_new_pass(kafka, tmp_path):
             }
         ],
     )
-    assert _run(p, "loop", kafka.bootstrap) == 5  # pass 0 (r0, r1, r2), pass 1 (r0~1, r1~1)
-    assert _run(p, "loop", kafka.bootstrap) == 5  # a new pod: pass 2 (3 rows), pass 3 (2 rows)
+    assert run_source(p, "loop", kafka.bootstrap) == 5  # pass 0 (r0, r1, r2), pass 1 (r0~1, r1~1)
+    assert run_source(p, "loop", kafka.bootstrap) == 5  # a new pod: pass 2 (3 rows), pass 3 (2 rows)
     msgs = read_all(kafka.bootstrap, topics["raw"], expect=10)
     ids = [Event.model_validate_json(m.value()).id for m in msgs]
     assert len(ids) == len(set(ids)) == 10, sorted(ids)

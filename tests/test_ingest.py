@@ -12,22 +12,12 @@ from pathlib import Path
 
 import pytest
 from streamotion_ingest import ENV_FROM_SECRET, SECRET_FIELD, secret_env
-from streamotion_ingest.context import Context, bootstrap_servers, find_source
-from streamotion_ingest.run import make_publisher, pump
+from streamotion_ingest.context import bootstrap_servers
 
 from streamotion.events import Event, json_schema
-from tests.ingest_helpers import make_pipeline, pipeline_doc, read_all, values
+from tests.ingest_helpers import make_pipeline, pipeline_doc, read_all, run_source, values
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _run(p, name: str, bootstrap: str) -> int:
-    publisher = make_publisher(p, name, bootstrap)
-    ctx = Context(pipeline=p.name, source=find_source(p, name), metrics=publisher.metrics)
-    try:
-        return pump(ctx, publisher)
-    finally:
-        assert publisher.close(60) == 0
 
 
 def test_event_schema_is_current():
@@ -48,7 +38,7 @@ def test_replay_n_events_give_n_messages_with_valid_keys(kafka, tmp_path, shared
             }
         ],
     )
-    assert _run(p, "replay", kafka.bootstrap) == 6000  # > the 5,426 rows: the loop gives fresh ids
+    assert run_source(p, "replay", kafka.bootstrap) == 6000  # > the 5,426 rows: the loop gives fresh ids
     msgs = read_all(kafka.bootstrap, topics["raw"], expect=6000)
     assert len(msgs) == 6000
     ids = set()
@@ -69,7 +59,7 @@ def test_bundled_sample_replays(kafka, tmp_path):
         tmp_path,
         [{"name": "demo", "type": "replay", "replay": {"ratePerSecond": 100000, "loop": False}}],
     )
-    assert _run(p, "demo", kafka.bootstrap) == 1000
+    assert run_source(p, "demo", kafka.bootstrap) == 1000
     evs = values(read_all(kafka.bootstrap, topics["raw"], expect=1000))
     assert len(evs) == 1000 and {e["channel"] for e in evs} == {"goemotions"}
 
@@ -97,7 +87,7 @@ def test_malformed_payloads_go_to_the_dlq_with_a_reason(kafka, tmp_path):
             }
         ],
     )
-    _run(p, "mixed", kafka.bootstrap)
+    run_source(p, "mixed", kafka.bootstrap)
     good = values(read_all(kafka.bootstrap, topics["raw"], expect=2))
     assert sorted(e["id"] for e in good) == ["ok-1", "ok-2"]
     alice = next(e for e in good if e["id"] == "ok-2")
@@ -142,7 +132,7 @@ def test_filters_and_redaction(kafka, tmp_path):
             }
         ],
     )
-    _run(p, "flt", kafka.bootstrap)
+    run_source(p, "flt", kafka.bootstrap)
     evs = {e["id"]: e for e in values(read_all(kafka.bootstrap, topics["raw"], expect=3))}
     assert set(evs) == {"1", "2", "4"}  # 3: no keyword; 5: German
     assert evs["2"]["lang"] == "fr"  # detected offline
@@ -170,7 +160,7 @@ def test_broker_restart_mid_stream_loses_nothing(kafka, tmp_path, shared):
 
     def produce():
         try:
-            result["n"] = _run(p, "steady", kafka.bootstrap)
+            result["n"] = run_source(p, "steady", kafka.bootstrap)
         finally:
             done.set()
 
