@@ -59,6 +59,16 @@ class OperatorConfig:
     """Service type of http sources (NodePort on kind)."""
     http_node_port: int | None = None
     """nodePort of http sources' ingest port when http_service_type is NodePort."""
+    allowed_kafka_clusters: list[str] = field(default_factory=list)
+    """Tenancy: the Kafka clusters ("namespace/name") pipelines may use; empty = any (the chart sets it)."""
+    allowed_dashboards_namespaces: list[str] = field(default_factory=list)
+    """Tenancy: the namespaces pipelines' dashboards may go to; empty = any (the chart sets it)."""
+    max_partitions: int | None = None
+    """Tenancy: most spec.kafka.partitions a pipeline may ask for (None = the CRD's own limit)."""
+    max_replicas: int | None = None
+    """Tenancy: most spec.kafka.replicas a pipeline may ask for (None = the CRD's own limit)."""
+    max_retention_hours: int | None = None
+    """Tenancy: most spec.kafka.retentionHours a pipeline may ask for (None = the CRD's own limit)."""
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> OperatorConfig:

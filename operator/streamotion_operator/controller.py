@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from streamotion import naming
 from streamotion.api.models import API_VERSION, KIND, PLURAL, StreamPipeline
-from streamotion_operator import builders
+from streamotion_operator import builders, tenancy
 from streamotion_operator.builders import KINDS, Kind
 from streamotion_operator.config import OperatorConfig
 from streamotion_operator.kube import ApiError, Kube
@@ -44,7 +44,7 @@ TRANSIENT_REASONS = {
 }
 # Reasons meaning a desired child was not applied: status.observedGeneration stays behind.
 NOT_APPLIED = frozenset(
-    {"ApplyFailed", CHILD_CONFLICT, "NamespaceMissing", "DependencyMissing", "InvalidSpec"}
+    {"ApplyFailed", CHILD_CONFLICT, "NamespaceMissing", "DependencyMissing", "InvalidSpec", tenancy.REASON}
 )
 # Children that use other children by name (mount the pipeline ConfigMap or the checkpoint claim,
 # run as or grant a role to the Spark ServiceAccount): not applied while one of those is someone
@@ -223,6 +223,13 @@ class Controller:
             out.problems.append(Problem("Ready", "InvalidSpec", _validation_message(exc)))
             out.status = self._status(body, None, {}, out, generation)
             self._write_status(body, out.status, old_status)
+            return out
+        refused = tenancy.violations(p, self.cfg)
+        if refused:  # stored before the admission policy, or with it off: nothing is applied
+            out.problems.append(Problem("Ready", tenancy.REASON, "; ".join(refused) + "; nothing applied"))
+            out.status = self._status(body, p, {}, out, generation)
+            self._write_status(body, out.status, old_status)
+            self._events(body, old_status, out)
             return out
 
         if not old_status.get("phase"):
