@@ -108,6 +108,19 @@ def _consume_all(bootstrap: str, topic: str, n: int, timeout: float = 60) -> lis
     return out
 
 
+def _metadata(admin, name: str, partitions: int, timeout: float = 30):
+    """The topic's metadata once it lists every partition with a leader: brokers learn of a new topic
+    asynchronously, and a client may ask one that does not know it yet."""
+    deadline = time.monotonic() + timeout
+    while True:
+        md = admin.list_topics(name, timeout=10).topics.get(name)
+        complete = md and md.error is None and len(md.partitions) == partitions
+        if complete and all(p.leader >= 0 for p in md.partitions.values()):
+            return md
+        assert time.monotonic() < deadline, f"topic {name}: metadata incomplete after {timeout}s"
+        time.sleep(0.2)
+
+
 @contextmanager
 def _broker_down(cluster: KafkaCluster, node_id: int):
     """Node ``node_id`` stopped (controlled shutdown) for the block, started again after it."""
@@ -155,8 +168,8 @@ def test_gke_topics_keep_taking_acks_all_writes_with_a_broker_down(cluster):
     pair = _raw_topic(_pipeline(replicas=2), cfg)
     cluster.create_kafka_topic(pair)
     admin = cluster.admin()
-    victim = admin.list_topics(name, timeout=10).topics[name].partitions[0].leader
-    pair_md = admin.list_topics(pair["spec"]["topicName"], timeout=10).topics[pair["spec"]["topicName"]]
+    victim = _metadata(admin, name, partitions).partitions[0].leader
+    pair_md = _metadata(admin, pair["spec"]["topicName"], pair["spec"]["partitions"])
     n = 20
     with _broker_down(cluster, victim):
         errors = _produce(

@@ -165,6 +165,7 @@ class _Topics:
                 md
                 and md.error is None
                 and md.partitions
+                and (partitions < 0 or len(md.partitions) == partitions)
                 and all(p.leader >= 0 and len(p.isrs) == len(p.replicas) for p in md.partitions.values())
             ):
                 return name
