@@ -459,7 +459,13 @@ def test_install_upgrade_uninstall(chart, control_plane, namespace):
     "Use of the special character $")."""
     kube = ["--kubeconfig", str(control_plane.kubeconfig_path), "--namespace", namespace]
     kafka_ns, dash_ns = f"{namespace}-kafka", f"{namespace}-dash"
-    sets = ["--set", f"defaults.kafkaNamespace={kafka_ns},defaults.dashboardsNamespace={dash_ns}"]
+    # tenancy off: the chart's admission policy binds every namespace of this shared control plane, and
+    # the API server's policy cache lets it refuse other tests' pipelines for a moment after uninstall
+    # (tests/test_tenancy.py installs it with a binding scoped to its own namespace)
+    sets = [
+        "--set",
+        f"defaults.kafkaNamespace={kafka_ns},defaults.dashboardsNamespace={dash_ns},tenancy.enabled=false",
+    ]
     # One Spark driver ClusterRole per cluster: drop one left by another test so Helm can own it.
     control_plane.kubectl("delete", "clusterrole", "streamotion-spark-driver", "--ignore-not-found")
 
@@ -515,7 +521,13 @@ def test_a_rerun_after_a_failed_install_creates_postgres_and_never_replaces_it(
     again on every run; pkg/action/uninstall.go deletes the release's objects, not its hooks."""
     kube = ["--kubeconfig", str(control_plane.kubeconfig_path), "--namespace", namespace]
     kafka_ns, dash_ns = f"{namespace}-kafka", f"{namespace}-dash"
-    sets = ["--set", f"defaults.kafkaNamespace={kafka_ns},defaults.dashboardsNamespace={dash_ns}"]
+    # tenancy off: the chart's admission policy binds every namespace of this shared control plane, and
+    # the API server's policy cache lets it refuse other tests' pipelines for a moment after uninstall
+    # (tests/test_tenancy.py installs it with a binding scoped to its own namespace)
+    sets = [
+        "--set",
+        f"defaults.kafkaNamespace={kafka_ns},defaults.dashboardsNamespace={dash_ns},tenancy.enabled=false",
+    ]
     control_plane.kubectl("delete", "clusterrole", "streamotion-spark-driver", "--ignore-not-found")
 
     def cluster() -> dict | None:

@@ -148,8 +148,8 @@ def test_cluster_is_configured_as_the_charts_three_broker_kafka(cluster):
     values = {k: v.value for k, v in next(iter(config.values())).result(timeout=30).items()}
     assert values["default.replication.factor"] == "3" and values["min.insync.replicas"] == "2"
     name = cluster.create_kafka_topic({"metadata": {"name": f"bare-{uuid.uuid4().hex[:6]}"}, "spec": {}})
-    partitions = admin.list_topics(name, timeout=10).topics[name].partitions
-    assert [len(p.replicas) for p in partitions.values()] == [3]  # num.partitions 1, replication 3
+    partitions = _metadata(admin, name, 1).partitions  # num.partitions 1
+    assert [len(p.replicas) for p in partitions.values()] == [3]  # replication 3
 
 
 def test_gke_topics_keep_taking_acks_all_writes_with_a_broker_down(cluster):
