@@ -440,6 +440,22 @@ def test_schema_refuses_bad_values(chart, setting, path):
 
 
 # ----------------------------------------------------------------------------------- helm install
+def install_args(control_plane, namespace: str) -> tuple[list[str], list[str], str, str]:
+    """helm's cluster arguments and value settings for a real install into ``namespace`` (Kafka and
+    dashboards in namespaces of their own), and those two namespaces.
+
+    Tenancy is off: the chart's admission policy binds every namespace of this shared control plane,
+    and the API server's policy cache lets it refuse other tests' pipelines for a moment after
+    uninstall (tests/test_tenancy.py installs it with a binding scoped to its own namespace)."""
+    kube = ["--kubeconfig", str(control_plane.kubeconfig_path), "--namespace", namespace]
+    kafka_ns, dash_ns = f"{namespace}-kafka", f"{namespace}-dash"
+    sets = [
+        "--set",
+        f"defaults.kafkaNamespace={kafka_ns},defaults.dashboardsNamespace={dash_ns},tenancy.enabled=false",
+    ]
+    return kube, sets, kafka_ns, dash_ns
+
+
 def secret_value(secret: dict, key: str) -> str:
     return base64.b64decode(secret["data"][key]).decode()
 
@@ -457,15 +473,7 @@ def test_install_upgrade_uninstall(chart, control_plane, namespace):
     Grafana expands $VAR in provisioning files and reads "$$" as a literal "$" (grafana/grafana
     pkg/services/provisioning/values/values.go interpolateValue; Grafana docs, Provision Grafana,
     "Use of the special character $")."""
-    kube = ["--kubeconfig", str(control_plane.kubeconfig_path), "--namespace", namespace]
-    kafka_ns, dash_ns = f"{namespace}-kafka", f"{namespace}-dash"
-    # tenancy off: the chart's admission policy binds every namespace of this shared control plane, and
-    # the API server's policy cache lets it refuse other tests' pipelines for a moment after uninstall
-    # (tests/test_tenancy.py installs it with a binding scoped to its own namespace)
-    sets = [
-        "--set",
-        f"defaults.kafkaNamespace={kafka_ns},defaults.dashboardsNamespace={dash_ns},tenancy.enabled=false",
-    ]
+    kube, sets, kafka_ns, dash_ns = install_args(control_plane, namespace)
     # One Spark driver ClusterRole per cluster: drop one left by another test so Helm can own it.
     control_plane.kubectl("delete", "clusterrole", "streamotion-spark-driver", "--ignore-not-found")
 
@@ -519,15 +527,7 @@ def test_a_rerun_after_a_failed_install_creates_postgres_and_never_replaces_it(
     upgrade, which fires post-upgrade hooks only (pkg/action/upgrade.go releasingUpgrade);
     pkg/action/hooks.go: without a delete policy a hook is before-hook-creation, deleted and created
     again on every run; pkg/action/uninstall.go deletes the release's objects, not its hooks."""
-    kube = ["--kubeconfig", str(control_plane.kubeconfig_path), "--namespace", namespace]
-    kafka_ns, dash_ns = f"{namespace}-kafka", f"{namespace}-dash"
-    # tenancy off: the chart's admission policy binds every namespace of this shared control plane, and
-    # the API server's policy cache lets it refuse other tests' pipelines for a moment after uninstall
-    # (tests/test_tenancy.py installs it with a binding scoped to its own namespace)
-    sets = [
-        "--set",
-        f"defaults.kafkaNamespace={kafka_ns},defaults.dashboardsNamespace={dash_ns},tenancy.enabled=false",
-    ]
+    kube, sets, kafka_ns, dash_ns = install_args(control_plane, namespace)
     control_plane.kubectl("delete", "clusterrole", "streamotion-spark-driver", "--ignore-not-found")
 
     def cluster() -> dict | None:
