@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -26,6 +25,14 @@ from streamotion_operator.builders import KINDS, Kind
 from streamotion_operator.config import OperatorConfig
 from streamotion_operator.kube import ApiError, Kube
 from streamotion_operator.metrics import Metrics
+from streamotion_operator.status import (
+    CHILD_CONFLICT,
+    TRANSIENT_REASONS,
+    Problem,
+    now,
+    pipeline_status,
+    status_patch,
+)
 
 log = logging.getLogger("streamotion.operator")
 
@@ -34,18 +41,6 @@ APPLIED_HASH_ANNOTATION = "streamotion.io/applied-hash"
 # Kinds whose children are deleted when the spec no longer asks for them. Never topics nor the
 # checkpoint claim (data): those go only with the pipeline (the claim through its ownerReference).
 PRUNABLE = ("Deployment", "Service", "PodMonitor", "PrometheusRule", "ConfigMap")
-CHILD_CONFLICT = "ChildConflict"
-TRANSIENT_REASONS = {
-    "DependencyMissing",
-    "NamespaceMissing",
-    "SecretMissing",
-    "PartitionsDecreaseRefused",
-    CHILD_CONFLICT,
-}
-# Reasons meaning a desired child was not applied: status.observedGeneration stays behind.
-NOT_APPLIED = frozenset(
-    {"ApplyFailed", CHILD_CONFLICT, "NamespaceMissing", "DependencyMissing", "InvalidSpec", tenancy.REASON}
-)
 # Children that use other children by name (mount the pipeline ConfigMap or the checkpoint claim,
 # run as or grant a role to the Spark ServiceAccount): not applied while one of those is someone
 # else's object (it would run with, write into or grant rights to that object).
@@ -53,20 +48,8 @@ WORKLOADS = ("Deployment", "SparkApplication", "RayService", "RoleBinding")
 # Maps whose values are resource quantities (resources.requests/limits, PVC capacity): the API
 # server stores built-in kinds' quantities in canonical form (1024Mi is stored as 1Gi).
 QUANTITY_MAPS = frozenset({"requests", "limits", "capacity"})
-COMPONENT_CONDITIONS = (
-    "TopicsReady",
-    "SourcesReady",
-    "ProcessingReady",
-    "ModelReady",
-    "SinksReady",
-    "DashboardsReady",
-)
 
 EventFn = Callable[[dict[str, Any], str, str, str], None]
-
-
-def now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def same_quantity(want: Any, have: Any) -> bool:
@@ -140,13 +123,6 @@ def foreign_reason(obj: dict[str, Any], name: str, namespace: str, uid: str | No
         if ref.get("controller") and uid and ref.get("uid") != uid:
             return f"it is controlled by {ref.get('kind')} {ref.get('name')} (uid {ref.get('uid')})"
     return None
-
-
-@dataclass
-class Problem:
-    condition: str
-    reason: str
-    message: str
 
 
 @dataclass
@@ -417,204 +393,14 @@ class Controller:
         out: Outcome,
         generation: int | None,
     ) -> dict[str, Any]:
-        old = body.get("status") or {}
-        # observedGeneration: the generation the children were applied for; kept at the last one
-        # while some child of this generation could not be applied (the spec is not in effect)
-        if p is None or any(pr.reason in NOT_APPLIED for pr in out.problems):
-            observed = old.get("observedGeneration")
-        else:
-            observed = generation
-        status: dict[str, Any] = {"observedGeneration": observed} if observed is not None else {}
-        problems: dict[str, list[Problem]] = {}
-        for pr in out.problems:
-            problems.setdefault(pr.condition, []).append(pr)
-        waiting: dict[str, list[str]] = {c: [] for c in COMPONENT_CONDITIONS}
+        status = pipeline_status(body, p, current, out.problems, generation, self.cfg)
         if p is not None:
-            self._component_status(p, current, status, waiting, problems)
-        suspended = bool(p and p.spec.suspend)
-        conds: dict[str, tuple[str, str, str]] = {}
-        for c in COMPONENT_CONDITIONS:
-            if p is None:
-                conds[c] = ("Unknown", "InvalidSpec", "the spec could not be read")
-            elif c in problems:
-                first = problems[c][0]
-                conds[c] = ("False", first.reason, "; ".join(x.message for x in problems[c]))
-            elif suspended and c in ("SourcesReady", "ProcessingReady", "ModelReady"):
-                conds[c] = ("False", "Suspended", "spec.suspend is true")
-            elif waiting[c]:
-                conds[c] = ("False", "NotReady", "; ".join(waiting[c]))
-            elif c == "DashboardsReady" and not p.spec.dashboards.enabled:
-                conds[c] = ("True", "Disabled", "spec.dashboards.enabled is false")
-            else:
-                conds[c] = ("True", "Ready", "ready")
-        not_ready = [c for c in COMPONENT_CONDITIONS if conds[c][0] != "True"]
-        if "Ready" in problems:
-            conds["Ready"] = ("False", problems["Ready"][0].reason, problems["Ready"][0].message)
-        elif suspended:
-            conds["Ready"] = ("False", "Suspended", "the pipeline is suspended (spec.suspend: true)")
-        elif not_ready:
-            msg = "; ".join(f"{c}: {conds[c][2]}" for c in not_ready)
-            conds["Ready"] = ("False", conds[not_ready[0]][1], msg[:4000])
-        else:
-            conds["Ready"] = ("True", "Ready", "all components are ready")
-
-        old_conds = {c.get("type"): c for c in old.get("conditions") or []}
-        status["conditions"] = []
-        for ctype in ("Ready", *COMPONENT_CONDITIONS):
-            st, reason, message = conds[ctype]
-            prev = old_conds.get(ctype)
-            changed = not prev or prev.get("status") != st
-            status["conditions"].append(
-                {
-                    "type": ctype,
-                    "status": st,
-                    "observedGeneration": generation,
-                    "lastTransitionTime": now() if changed else prev.get("lastTransitionTime", now()),
-                    "reason": reason,
-                    "message": message,
-                }
-            )
-        # Phase
-        hard = any(pr.reason in TRANSIENT_REASONS or pr.reason == "ApplyFailed" for pr in out.problems)
-        failed = (status.get("processing") or {}).get("state") == "FAILED" or "Ready" in problems
-        if failed:
-            phase = "Failed"
-        elif suspended:
-            phase = "Suspended"
-        elif conds["Ready"][0] == "True":
-            phase = "Running"
-        elif hard or (
-            old.get("phase") in ("Running", "Degraded") and old.get("observedGeneration") == generation
-        ):
-            phase = "Degraded"  # was running this very spec: something broke
-        else:
-            phase = "Provisioning"  # new, or rolling out a changed spec
-        status["phase"] = phase
-        if p is not None:
-            self.metrics.observe(p.namespace, p.name, phase, conds["Ready"][0] == "True")
+            ready = next(c for c in status["conditions"] if c["type"] == "Ready")["status"] == "True"
+            self.metrics.observe(p.namespace, p.name, status["phase"], ready)
         return status
 
-    def _component_status(self, p, current, status, waiting, problems) -> None:
-        by_kind: dict[str, dict[str, dict[str, Any]]] = {}
-        for (kind, _ns, n), obj in current.items():
-            by_kind.setdefault(kind, {})[n] = obj
-        # topics
-        topics = naming.topic_names(p)
-        ready_topics = True
-        for role in topics:
-            rn = naming.topic_resource_name(p, role)
-            obj = by_kind.get("KafkaTopic", {}).get(rn)
-            ok, why = _condition_ready(obj, f"KafkaTopic {builders.kafka_namespace(p, self.cfg)}/{rn}")
-            if not ok:
-                ready_topics = False
-                if "TopicsReady" not in problems:
-                    waiting["TopicsReady"].append(why)
-        status["topics"] = {
-            "namespace": builders.kafka_namespace(p, self.cfg),
-            "raw": topics["raw"],
-            "deadLetter": topics["deadLetter"],
-            "ready": ready_topics and "TopicsReady" not in problems,
-        }
-        # sources
-        sources = []
-        secret_msgs = {pr.message for pr in problems.get("SourcesReady", [])}
-        for s in p.spec.sources:
-            dn = naming.producer_name(p, s.name)
-            obj = by_kind.get("Deployment", {}).get(dn)
-            want = 0 if p.spec.suspend else s.replicas
-            st = (obj or {}).get("status") or {}
-            avail = int(st.get("availableReplicas") or 0)
-            msg = None
-            if obj is None:
-                msg = f"Deployment {dn} not created yet"
-            elif (st.get("observedGeneration") or 0) < obj["metadata"].get("generation", 0):
-                msg = f"Deployment {dn} is rolling out"
-            elif avail < want:
-                msg = f"Deployment {dn} has {avail}/{want} available replicas"
-            secret = builders.source_secret(s)
-            if secret and any(f"/{secret} " in m for m in secret_msgs):
-                msg = next(m for m in secret_msgs if f"/{secret} " in m)
-            sources.append(
-                {
-                    "name": s.name,
-                    "ready": msg is None,
-                    "replicas": want,
-                    "availableReplicas": avail,
-                    **({"message": msg} if msg else {}),
-                }
-            )
-            if msg and "SourcesReady" not in problems and not p.spec.suspend:
-                waiting["SourcesReady"].append(f"source {s.name}: {msg}")
-        status["sources"] = sources
-        status["sourcesReady"] = f"{sum(s['ready'] for s in sources)}/{len(sources)}"
-        # processing
-        an = naming.spark_app_name(p)
-        app = by_kind.get("SparkApplication", {}).get(an)
-        app_state = ((app or {}).get("status") or {}).get("applicationState") or {}
-        state = app_state.get("state")
-        proc_msg = None
-        if app is None:
-            proc_msg = f"SparkApplication {an} not created"
-        elif state != "RUNNING":
-            proc_msg = f"SparkApplication {an} is {state or 'not submitted yet'}"
-            if app_state.get("errorMessage"):
-                proc_msg += f": {app_state['errorMessage']}"
-        status["processing"] = {
-            "application": an,
-            **({"state": state} if state else {}),
-            **(
-                {"specHash": app["metadata"].get("annotations", {}).get(builders.SPEC_HASH_ANNOTATION)}
-                if app
-                else {}
-            ),
-            "ready": proc_msg is None and "ProcessingReady" not in problems,
-            **({"message": proc_msg} if proc_msg else {}),
-        }
-        if proc_msg and "ProcessingReady" not in problems and not p.spec.suspend:
-            waiting["ProcessingReady"].append(proc_msg)
-        # model
-        rn = naming.ray_service_name(p)
-        ok, why = _condition_ready(by_kind.get("RayService", {}).get(rn), f"RayService {rn}")
-        status["model"] = {
-            "service": rn,
-            "name": p.spec.model.name,
-            "ready": ok and "ModelReady" not in problems,
-            **({"message": why} if not ok else {}),
-        }
-        if not ok and "ModelReady" not in problems and not p.spec.suspend:
-            waiting["ModelReady"].append(why)
-        # sinks
-        sinks = []
-        sink_msgs = [pr.message for pr in problems.get("SinksReady", [])]
-        for i, sink in enumerate(p.spec.sinks):
-            if sink.postgres:
-                pg = sink.postgres
-                target = f"{pg.host}:{pg.port}/{pg.database}.{pg.schema_}"
-            else:
-                target = f"{sink.bigquery.project}.{sink.bigquery.dataset}"
-            msg = next((m for m in sink_msgs if f"spec.sinks[{i}]" in m), None)
-            sinks.append(
-                {
-                    "type": sink.type,
-                    "target": target,
-                    "ready": msg is None,
-                    **({"message": msg} if msg else {}),
-                }
-            )
-        status["sinks"] = sinks
-        status["sinksReady"] = f"{sum(s['ready'] for s in sinks)}/{len(sinks)}"
-        # dashboards
-        if p.spec.dashboards.enabled:
-            cm = naming.dashboard_config_map_name(p)
-            if (
-                "ConfigMap",
-                p.spec.dashboards.namespace,
-                cm,
-            ) not in current and "DashboardsReady" not in problems:
-                waiting["DashboardsReady"].append(f"ConfigMap {p.spec.dashboards.namespace}/{cm} not created")
-
     def _write_status(self, body: dict[str, Any], status: dict[str, Any], old: dict[str, Any]) -> None:
-        patch = _status_patch(status, old)
+        patch = status_patch(status, old)
         if not patch:
             return
         m = body["metadata"]
@@ -678,36 +464,6 @@ def _uses(obj: dict[str, Any], conflicts: dict[tuple[str, str, str], str]) -> li
     text = json.dumps({k: v for k, v in obj.items() if k != "metadata"})
     ns = obj["metadata"]["namespace"]
     return [f"{c[0]} {c[1]}/{c[2]}" for c in conflicts if c[1] == ns and json.dumps(c[2]) in text]
-
-
-def _condition_ready(obj: dict[str, Any] | None, what: str) -> tuple[bool, str]:
-    if obj is None:
-        return False, f"{what} not created"
-    conds = {c.get("type"): c for c in (obj.get("status") or {}).get("conditions") or []}
-    ready = conds.get("Ready")
-    if ready and ready.get("status") == "True":
-        return True, ""
-    if ready:
-        detail = ready.get("message") or ready.get("reason") or "not Ready"
-        return False, f"{what} is not Ready: {detail}"
-    return False, f"{what} has no Ready condition yet"
-
-
-def _status_patch(new: dict[str, Any], old: dict[str, Any]) -> dict[str, Any]:
-    """A JSON merge patch from ``old`` to ``new`` (nulls remove fields; lists are replaced)."""
-    patch: dict[str, Any] = {}
-    for k, v in new.items():
-        o = old.get(k)
-        if isinstance(v, dict) and isinstance(o, dict):
-            sub = _status_patch(v, o)
-            if sub:
-                patch[k] = sub
-        elif v != o:
-            patch[k] = v
-    for k in old:
-        if k not in new:
-            patch[k] = None
-    return patch
 
 
 def _summary(verb: str, items: list[str]) -> str:

@@ -1,0 +1,275 @@
+"""Status of a StreamPipeline: its conditions, phase and per-component readiness (topics, sources,
+processing, model, sinks, dashboards), computed from the problems a reconcile met and the children
+as the API server returned them; and the merge patch that writes it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from streamotion import naming
+from streamotion.api.models import CONDITION_TYPES, StreamPipeline
+from streamotion_operator import builders, tenancy
+from streamotion_operator.config import OperatorConfig
+
+CHILD_CONFLICT = "ChildConflict"
+TRANSIENT_REASONS = {
+    "DependencyMissing",
+    "NamespaceMissing",
+    "SecretMissing",
+    "PartitionsDecreaseRefused",
+    CHILD_CONFLICT,
+}
+# Reasons meaning a desired child was not applied: status.observedGeneration stays behind.
+NOT_APPLIED = frozenset(
+    {"ApplyFailed", CHILD_CONFLICT, "NamespaceMissing", "DependencyMissing", "InvalidSpec", tenancy.REASON}
+)
+COMPONENT_CONDITIONS = CONDITION_TYPES[1:]  # all but Ready
+
+
+def now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class Problem:
+    condition: str
+    reason: str
+    message: str
+
+
+def pipeline_status(
+    body: dict[str, Any],
+    p: StreamPipeline | None,
+    current: dict[tuple[str, str, str], dict[str, Any]],
+    found: list[Problem],
+    generation: int | None,
+    cfg: OperatorConfig,
+) -> dict[str, Any]:
+    """The status of ``body``: ``p`` is its parsed spec (None: invalid), ``current`` its children as
+    applied or read back, ``found`` the problems this reconcile met."""
+    old = body.get("status") or {}
+    # observedGeneration: the generation the children were applied for; kept at the last one
+    # while some child of this generation could not be applied (the spec is not in effect)
+    if p is None or any(pr.reason in NOT_APPLIED for pr in found):
+        observed = old.get("observedGeneration")
+    else:
+        observed = generation
+    status: dict[str, Any] = {"observedGeneration": observed} if observed is not None else {}
+    problems: dict[str, list[Problem]] = {}
+    for pr in found:
+        problems.setdefault(pr.condition, []).append(pr)
+    waiting: dict[str, list[str]] = {c: [] for c in COMPONENT_CONDITIONS}
+    if p is not None:
+        _component_status(p, cfg, current, status, waiting, problems)
+    suspended = bool(p and p.spec.suspend)
+    conds: dict[str, tuple[str, str, str]] = {}
+    for c in COMPONENT_CONDITIONS:
+        if p is None:
+            conds[c] = ("Unknown", "InvalidSpec", "the spec could not be read")
+        elif c in problems:
+            first = problems[c][0]
+            conds[c] = ("False", first.reason, "; ".join(x.message for x in problems[c]))
+        elif suspended and c in ("SourcesReady", "ProcessingReady", "ModelReady"):
+            conds[c] = ("False", "Suspended", "spec.suspend is true")
+        elif waiting[c]:
+            conds[c] = ("False", "NotReady", "; ".join(waiting[c]))
+        elif c == "DashboardsReady" and not p.spec.dashboards.enabled:
+            conds[c] = ("True", "Disabled", "spec.dashboards.enabled is false")
+        else:
+            conds[c] = ("True", "Ready", "ready")
+    not_ready = [c for c in COMPONENT_CONDITIONS if conds[c][0] != "True"]
+    if "Ready" in problems:
+        conds["Ready"] = ("False", problems["Ready"][0].reason, problems["Ready"][0].message)
+    elif suspended:
+        conds["Ready"] = ("False", "Suspended", "the pipeline is suspended (spec.suspend: true)")
+    elif not_ready:
+        msg = "; ".join(f"{c}: {conds[c][2]}" for c in not_ready)
+        conds["Ready"] = ("False", conds[not_ready[0]][1], msg[:4000])
+    else:
+        conds["Ready"] = ("True", "Ready", "all components are ready")
+
+    old_conds = {c.get("type"): c for c in old.get("conditions") or []}
+    status["conditions"] = []
+    for ctype in ("Ready", *COMPONENT_CONDITIONS):
+        st, reason, message = conds[ctype]
+        prev = old_conds.get(ctype)
+        changed = not prev or prev.get("status") != st
+        status["conditions"].append(
+            {
+                "type": ctype,
+                "status": st,
+                "observedGeneration": generation,
+                "lastTransitionTime": now() if changed else prev.get("lastTransitionTime", now()),
+                "reason": reason,
+                "message": message,
+            }
+        )
+    # Phase
+    hard = any(pr.reason in TRANSIENT_REASONS or pr.reason == "ApplyFailed" for pr in found)
+    failed = (status.get("processing") or {}).get("state") == "FAILED" or "Ready" in problems
+    if failed:
+        phase = "Failed"
+    elif suspended:
+        phase = "Suspended"
+    elif conds["Ready"][0] == "True":
+        phase = "Running"
+    elif hard or (
+        old.get("phase") in ("Running", "Degraded") and old.get("observedGeneration") == generation
+    ):
+        phase = "Degraded"  # was running this very spec: something broke
+    else:
+        phase = "Provisioning"  # new, or rolling out a changed spec
+    status["phase"] = phase
+    return status
+
+
+def _component_status(p, cfg, current, status, waiting, problems) -> None:
+    by_kind: dict[str, dict[str, dict[str, Any]]] = {}
+    for (kind, _ns, n), obj in current.items():
+        by_kind.setdefault(kind, {})[n] = obj
+    # topics
+    topics = naming.topic_names(p)
+    ready_topics = True
+    for role in topics:
+        rn = naming.topic_resource_name(p, role)
+        obj = by_kind.get("KafkaTopic", {}).get(rn)
+        ok, why = _condition_ready(obj, f"KafkaTopic {builders.kafka_namespace(p, cfg)}/{rn}")
+        if not ok:
+            ready_topics = False
+            if "TopicsReady" not in problems:
+                waiting["TopicsReady"].append(why)
+    status["topics"] = {
+        "namespace": builders.kafka_namespace(p, cfg),
+        "raw": topics["raw"],
+        "deadLetter": topics["deadLetter"],
+        "ready": ready_topics and "TopicsReady" not in problems,
+    }
+    # sources
+    sources = []
+    secret_msgs = {pr.message for pr in problems.get("SourcesReady", [])}
+    for s in p.spec.sources:
+        dn = naming.producer_name(p, s.name)
+        obj = by_kind.get("Deployment", {}).get(dn)
+        want = 0 if p.spec.suspend else s.replicas
+        st = (obj or {}).get("status") or {}
+        avail = int(st.get("availableReplicas") or 0)
+        msg = None
+        if obj is None:
+            msg = f"Deployment {dn} not created yet"
+        elif (st.get("observedGeneration") or 0) < obj["metadata"].get("generation", 0):
+            msg = f"Deployment {dn} is rolling out"
+        elif avail < want:
+            msg = f"Deployment {dn} has {avail}/{want} available replicas"
+        secret = builders.source_secret(s)
+        if secret and any(f"/{secret} " in m for m in secret_msgs):
+            msg = next(m for m in secret_msgs if f"/{secret} " in m)
+        sources.append(
+            {
+                "name": s.name,
+                "ready": msg is None,
+                "replicas": want,
+                "availableReplicas": avail,
+                **({"message": msg} if msg else {}),
+            }
+        )
+        if msg and "SourcesReady" not in problems and not p.spec.suspend:
+            waiting["SourcesReady"].append(f"source {s.name}: {msg}")
+    status["sources"] = sources
+    status["sourcesReady"] = f"{sum(s['ready'] for s in sources)}/{len(sources)}"
+    # processing
+    an = naming.spark_app_name(p)
+    app = by_kind.get("SparkApplication", {}).get(an)
+    app_state = ((app or {}).get("status") or {}).get("applicationState") or {}
+    state = app_state.get("state")
+    proc_msg = None
+    if app is None:
+        proc_msg = f"SparkApplication {an} not created"
+    elif state != "RUNNING":
+        proc_msg = f"SparkApplication {an} is {state or 'not submitted yet'}"
+        if app_state.get("errorMessage"):
+            proc_msg += f": {app_state['errorMessage']}"
+    status["processing"] = {
+        "application": an,
+        **({"state": state} if state else {}),
+        **(
+            {"specHash": app["metadata"].get("annotations", {}).get(builders.SPEC_HASH_ANNOTATION)}
+            if app
+            else {}
+        ),
+        "ready": proc_msg is None and "ProcessingReady" not in problems,
+        **({"message": proc_msg} if proc_msg else {}),
+    }
+    if proc_msg and "ProcessingReady" not in problems and not p.spec.suspend:
+        waiting["ProcessingReady"].append(proc_msg)
+    # model
+    rn = naming.ray_service_name(p)
+    ok, why = _condition_ready(by_kind.get("RayService", {}).get(rn), f"RayService {rn}")
+    status["model"] = {
+        "service": rn,
+        "name": p.spec.model.name,
+        "ready": ok and "ModelReady" not in problems,
+        **({"message": why} if not ok else {}),
+    }
+    if not ok and "ModelReady" not in problems and not p.spec.suspend:
+        waiting["ModelReady"].append(why)
+    # sinks
+    sinks = []
+    sink_msgs = [pr.message for pr in problems.get("SinksReady", [])]
+    for i, sink in enumerate(p.spec.sinks):
+        if sink.postgres:
+            pg = sink.postgres
+            target = f"{pg.host}:{pg.port}/{pg.database}.{pg.schema_}"
+        else:
+            target = f"{sink.bigquery.project}.{sink.bigquery.dataset}"
+        msg = next((m for m in sink_msgs if f"spec.sinks[{i}]" in m), None)
+        sinks.append(
+            {
+                "type": sink.type,
+                "target": target,
+                "ready": msg is None,
+                **({"message": msg} if msg else {}),
+            }
+        )
+    status["sinks"] = sinks
+    status["sinksReady"] = f"{sum(s['ready'] for s in sinks)}/{len(sinks)}"
+    # dashboards
+    if p.spec.dashboards.enabled:
+        cm = naming.dashboard_config_map_name(p)
+        if (
+            "ConfigMap",
+            p.spec.dashboards.namespace,
+            cm,
+        ) not in current and "DashboardsReady" not in problems:
+            waiting["DashboardsReady"].append(f"ConfigMap {p.spec.dashboards.namespace}/{cm} not created")
+
+
+def _condition_ready(obj: dict[str, Any] | None, what: str) -> tuple[bool, str]:
+    if obj is None:
+        return False, f"{what} not created"
+    conds = {c.get("type"): c for c in (obj.get("status") or {}).get("conditions") or []}
+    ready = conds.get("Ready")
+    if ready and ready.get("status") == "True":
+        return True, ""
+    if ready:
+        detail = ready.get("message") or ready.get("reason") or "not Ready"
+        return False, f"{what} is not Ready: {detail}"
+    return False, f"{what} has no Ready condition yet"
+
+
+def status_patch(new: dict[str, Any], old: dict[str, Any]) -> dict[str, Any]:
+    """A JSON merge patch from ``old`` to ``new`` (nulls remove fields; lists are replaced)."""
+    patch: dict[str, Any] = {}
+    for k, v in new.items():
+        o = old.get(k)
+        if isinstance(v, dict) and isinstance(o, dict):
+            sub = status_patch(v, o)
+            if sub:
+                patch[k] = sub
+        elif v != o:
+            patch[k] = v
+    for k in old:
+        if k not in new:
+            patch[k] = None
+    return patch
