@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: help venv prepare lint format generate test local local-plan up down images images-cpu images-gpu
+.PHONY: help venv prepare lint format generate docs test local local-plan up down images images-cpu images-gpu
 
 help:  ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -34,16 +34,19 @@ format: venv  ## apply ruff fixes and formatting
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-generate: venv  ## regenerate the CRD and docs/api.md from the API models
+generate: venv  ## regenerate the CRD and the docs' generated pages (API, CLI, metrics, Helm values, benchmarks)
 	$(PY) -m streamotion crd -o charts/streamotion/crds/streampipelines.streamotion.io.yaml
-	$(PY) -c 'from streamotion.api.docs import api_reference; open("docs/api.md","w").write(api_reference())'
+	$(PY) -m streamotion docs generate
+
+docs: generate  ## build the documentation site (mkdocs.yml) strictly into site/
+	$(VENV)/bin/mkdocs build --strict
 
 test: venv prepare lint  ## every test, against real servers (the CI command)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 # First run: when the Hugging Face hub is unreachable and no model is trained yet, --train fine-tunes
 # one on LOCAL_TRAIN_LIMIT GoEmotions rows (cached; later runs reuse it). LOCAL_ARGS=--tiny-model: smoke run.
-# Needs Python 3.11+ and the package registries only: no root, no apt, no system Java (README).
+# Needs Python 3.11+ and the package registries only: no root, no apt, no system Java (docs/getting-started/one-machine.md).
 # Writes go to this checkout (.venv, LOCAL_WORKDIR, reports/) and ~/.cache/streamotion (STREAMOTION_CACHE).
 # LOCAL_VENV= skips creating/updating the venv (an existing VENV=... is used as it is).
 LOCAL_PIPELINE ?= examples/local.yaml

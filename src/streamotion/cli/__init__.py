@@ -11,7 +11,7 @@ import importlib
 
 import typer
 
-from streamotion.cli import api, bench, dev, dlq, run
+from streamotion.cli import api, bench, dev, dlq, docs, run
 
 app = typer.Typer(
     name="streamotion",
@@ -25,6 +25,7 @@ app.add_typer(dev.app, name="dev")
 app.add_typer(bench.app, name="bench")
 app.add_typer(run.app, name="run")
 app.add_typer(dlq.app, name="dlq")
+app.add_typer(docs.app, name="docs")
 
 COMPONENT_CLIS = (
     "streamotion_operator.cli",

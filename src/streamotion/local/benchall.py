@@ -53,6 +53,13 @@ def _fmt(v: Any) -> str:
 def summary_markdown(docs: list[dict[str, Any]], failures: dict[str, str]) -> str:
     lines = ["# Benchmark summary", ""]
     lines.append(f"Written by `streamotion bench all` on {datetime.now(UTC).isoformat(timespec='seconds')}.")
+    return "\n".join([*lines, *summary_sections(docs, failures)])
+
+
+def summary_sections(docs: list[dict[str, Any]], failures: dict[str, str], level: int = 2) -> list[str]:
+    """The machine, the ratios with their limits and every benchmark's results (SUMMARY.md, docs)."""
+    h = "#" * level
+    lines: list[str] = []
     machines = {json.dumps(d.get("machine", {}), sort_keys=True) for d in docs}
     if len(machines) == 1 and docs:
         m = docs[0].get("machine", {})
@@ -75,7 +82,7 @@ def summary_markdown(docs: list[dict[str, Any]], failures: dict[str, str]) -> st
                 )
     if checks:
         lines += [
-            "## Ratios and limits",
+            f"{h} Ratios and limits",
             "",
             "| benchmark | result | value | limit | met | compared with (ancestor pattern) |",
             "|---|---|---:|---|---|---|",
@@ -87,7 +94,7 @@ def summary_markdown(docs: list[dict[str, Any]], failures: dict[str, str]) -> st
     for d in docs:
         m = d.get("machine", {})
         lines += [
-            f"## {d['benchmark']}",
+            f"{h} {d['benchmark']}",
             "",
             f"{d.get('date', '')}, {m.get('cpu', '?')} ({m.get('cores', '?')} cores)"
             + (
@@ -105,11 +112,11 @@ def summary_markdown(docs: list[dict[str, Any]], failures: dict[str, str]) -> st
                 lines.append(f"\n- {key[:-1] if key == 'notes' else 'missing'} `{name}`: {text}")
         lines.append("")
     if failures:
-        lines += ["## Benchmarks that failed in this run", ""]
+        lines += [f"{h} Benchmarks that failed in this run", ""]
         for name, why in failures.items():
             lines.append(f"- `{name}`: {why}")
         lines.append("")
-    return "\n".join(lines)
+    return lines
 
 
 def load_results(results_dir: Path = RESULTS_DIR) -> list[dict[str, Any]]:
