@@ -504,7 +504,7 @@ def test_install_upgrade_uninstall(chart, control_plane, namespace):
             "get", "deployment", "st-streamotion-operator", "-n", namespace, check=False
         )
         assert gone.returncode != 0 and "NotFound" in gone.stderr
-        # Helm does not delete hook resources: the README has the uninstall order.
+        # Helm does not delete hook resources: docs/operations/upgrade.md has the uninstall order.
         assert get("clusters.postgresql.cnpg.io", "streamotion-pg")["metadata"]["name"] == "streamotion-pg"
     finally:
         helm("uninstall", "st", *kube, "--ignore-not-found", check=False)

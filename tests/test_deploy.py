@@ -252,9 +252,9 @@ def test_gke_grafana_has_the_bigquery_plugin_and_a_workload_identity_datasource(
         r"[a-z][a-z0-9-]{4,28}[a-z0-9]@[a-z][a-z0-9-]{4,28}[a-z0-9]\.iam\.gserviceaccount\.com", gsa
     )
     assert gsa != merged_values("values-gke.yaml")["gcp"]["workloadIdentity"]["gcpServiceAccount"]
-    # The README's GKE section creates that account with read access and binds Grafana's ServiceAccount.
-    readme = (ROOT / "README.md").read_text()
-    gke = readme[readme.index("## GKE") : readme.index("\n## ", readme.index("## GKE") + 1)]
+    # The GKE guide (docs/getting-started/gke.md) creates that account with read access and binds
+    # Grafana's ServiceAccount.
+    gke = (ROOT / "docs" / "getting-started" / "gke.md").read_text()
     name = gsa.split("@")[0]
     assert f"gcloud iam service-accounts create {name}" in gke
     assert (
@@ -485,8 +485,8 @@ def kind_memory_requests(chart: Path) -> tuple[dict[str, float], float]:
     return parts, scale_up
 
 
-def test_readme_host_sizing_covers_what_make_up_requests(stand_in_chart):
-    """The README's host sizing for kind is the memory a default `make up` requests, summed from the
+def test_docs_host_sizing_covers_what_make_up_requests(stand_in_chart):
+    """The host sizing for kind (docs/operations/sizing.md) is the memory a default `make up` requests, summed from the
     rendered objects (our templates with values-kind.yaml, `streamotion render examples/demo.yaml`,
     Spark's own pod sizing) and the pinned upstream charts' defaults; the host figure covers the
     model at its maximum number of workers. kind nodes are containers without memory limits, each
@@ -494,16 +494,14 @@ def test_readme_host_sizing_covers_what_make_up_requests(stand_in_chart):
     are the figure to size by."""
     parts, scale_up = kind_memory_requests(stand_in_chart)
     total = sum(parts.values())
-    readme = (ROOT / "README.md").read_text()
-    start = readme.index("## Deploy on kind")
-    section = readme[start : readme.index("\n## ", start + 1)]
+    section = (ROOT / "docs" / "operations" / "sizing.md").read_text()
     sizing = re.search(
         r"requests about \*\*([\d.]+) GiB\*\* of memory, \*\*([\d.]+) GiB\*\* once the model\s+scales.*?"
         r"at least \*\*(\d+) GiB\*\*",
         section,
         re.S,
     )
-    assert sizing, "README, Deploy on kind: the host sizing sentence"
+    assert sizing, "docs/operations/sizing.md: the host sizing sentence"
     at_start, at_max, host = (float(g) for g in sizing.groups())
     summary = {k: round(v) for k, v in parts.items()}
     assert abs(at_start - total / 1024) < 0.051, (total / 1024, summary)

