@@ -129,15 +129,30 @@ def test_troubleshooting_documents_every_condition_reason_the_operator_reports()
 def test_reason_extraction_refuses_a_reason_it_cannot_read(tmp_path):
     """A Problem whose reason is computed would slip past the docs: the extractor says so instead."""
     package = tmp_path / "operator" / "streamotion_operator"
-    package.mkdir(parents=True)
-    (package / "status.py").write_text(
+    (package / "status").mkdir(parents=True)
+    (package / "names.py").write_text('CONFLICT = "FromAnotherModule"\nOTHER = "ByAttribute"\n')
+    (package / "status" / "__init__.py").write_text(
+        "from streamotion_operator.names import CONFLICT\n"
+        "from streamotion_operator import names\n"
         'NEW = "BrandNew"\n'
         "def f(out, cond, why):\n"
         '    out.append(Problem(cond, NEW, "m"))\n'
         '    out.append(Problem(cond, reason="Keyword", message="m"))\n'
+        '    out.append(Problem(cond, CONFLICT, "m"))\n'
+        '    out.append(Problem(cond, names.OTHER, "m"))\n'
         '    return ("False", "FromTuple", "message")\n'
     )
-    assert set(operator_reasons(tmp_path)) == {"BrandNew", "Keyword", "FromTuple"}
+    (package / "status" / "names.py").write_text(
+        'def g(out, c):\n    out.append(Problem(c, "Nested", "m"))\n'
+    )
+    assert set(operator_reasons(tmp_path)) == {
+        "BrandNew",
+        "Keyword",
+        "FromTuple",
+        "FromAnotherModule",
+        "ByAttribute",
+        "Nested",
+    }
     (package / "more.py").write_text('def g(out, cond, why):\n    out.append(Problem(cond, why, "m"))\n')
     with pytest.raises(ValueError, match=r"more.py:2: cannot tell the reason"):
         operator_reasons(tmp_path)

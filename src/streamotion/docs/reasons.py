@@ -36,13 +36,16 @@ def _module_constants(files: dict[str, ast.Module]) -> dict[str, dict[str, str]]
 
 
 def _imported(tree: ast.Module) -> dict[str, tuple[str, str]]:
-    """Local name -> (module, name) for ``from ...x import NAME``; module aliases -> (module, "")."""
+    """Local name -> (module, name) for ``from x import NAME``; a module bound to a name -> (module, "")."""
     out: dict[str, tuple[str, str]] = {}
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):
             for a in node.names:
-                mod = (node.module or "").split(".")[-1]
-                out[a.asname or a.name] = (mod, a.name)  # a module (from pkg import tenancy) or a name
+                # ``from pkg import tenancy`` binds a module or a name: (pkg, tenancy) covers both
+                out[a.asname or a.name] = (node.module or "", a.name)
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                out[a.asname or a.name.split(".")[0]] = (a.name if a.asname else a.name.split(".")[0], "")
     return out
 
 
@@ -50,31 +53,48 @@ def operator_reasons(root: Path) -> dict[str, list[str]]:
     """``{reason: ["file.py:line", ...]}`` of every condition reason in the operator's code."""
     files: dict[str, ast.Module] = {}
     paths: dict[str, Path] = {}
-    for path in sorted((root / PACKAGE).rglob("*.py")):
+    base = root / PACKAGE
+    for path in sorted(base.rglob("*.py")):
         if path.name in SKIP:
             continue
-        mod = path.stem if path.stem != "__init__" else path.parent.name
-        files[mod] = ast.parse(path.read_text(), filename=str(path))
-        paths[mod] = path
+        parts = path.relative_to(base).with_suffix("").parts
+        key = ".".join(parts[:-1] if parts[-1] == "__init__" else parts) or base.name
+        files[key] = ast.parse(path.read_text(), filename=str(path))
+        paths[key] = path
     consts = _module_constants(files)
+    imports = {key: _imported(tree) for key, tree in files.items()}
     found: dict[str, list[str]] = {}
 
-    for mod, tree in files.items():
-        imported = _imported(tree)
+    def modules(name: str) -> list[str]:
+        """Our modules a dotted import name can mean (``streamotion_operator.tenancy``, ``.tenancy``)."""
+        tail = name.removeprefix(base.name).strip(".")
+        return [k for k in files if tail and (k == tail or k.endswith("." + tail) or tail.endswith("." + k))]
 
-        def resolve(node: ast.AST | None, mod: str = mod, imported: dict = imported) -> str | None:
+    def lookup(key: str, name: str, depth: int = 0) -> str | None:
+        if name in consts[key]:
+            return consts[key][name]
+        src = imports[key].get(name)
+        if src is None or depth > 3:
+            return None
+        for other in modules(src[0]):
+            value = lookup(other, src[1], depth + 1) if src[1] else None
+            if value is not None:
+                return value
+        return None
+
+    for mod, tree in files.items():
+
+        def resolve(node: ast.AST | None, mod: str = mod) -> str | None:
             if isinstance(node, ast.Constant) and isinstance(node.value, str):
                 return node.value
             if isinstance(node, ast.Name):
-                if node.id in consts[mod]:
-                    return consts[mod][node.id]
-                src = imported.get(node.id)
-                if src and src[0] in consts:
-                    return consts[src[0]].get(src[1])
+                return lookup(mod, node.id)
             if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
-                src = imported.get(node.value.id, (node.value.id, ""))
-                module = src[1] if src[1] in consts else src[0]
-                return consts.get(module, {}).get(node.attr)
+                module, name = imports[mod].get(node.value.id, (node.value.id, ""))
+                for other in modules(f"{module}.{name}" if name else module):
+                    value = lookup(other, node.attr)
+                    if value is not None:
+                        return value
             return None
 
         def add(reason: str, node: ast.AST, mod: str = mod) -> None:
