@@ -211,7 +211,7 @@ COMMANDS: list[tuple[str, Ran | NotHere]] = [
         r"make local",
         Ran(
             "tests/test_local_nothing_but_python.py::test_make_local_as_a_new_user_with_nothing_but_python",
-            "as a new user with nothing but Python, with LOCAL_ARGS=--tiny-model",
+            "as a new user with nothing but Python (a venv already made), LOCAL_ARGS='--tiny-model --plain'",
         ),
     ),
     (
