@@ -19,7 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from streamotion.dev.procs import Process, free_port, wait_for_http, wait_for_port
+from streamotion.dev.procs import Process, Server, free_port, wait_for_http
 
 BQEMULATOR_VERSION = "1.4.0"
 # bqemulator loads DuckDB's spatial extension at start; DuckDB would download it from its own
@@ -89,21 +89,23 @@ def ensure_bqemulator(log=print) -> str:
     return f"installed bqemulator {BQEMULATOR_VERSION}"
 
 
-class BigQueryEmulator:
+class BigQueryEmulator(Server):
     """One ephemeral bqemulator process on 127.0.0.1 with free ports, dying with its parent."""
+
+    start_timeout = 120
+    stop_timeout = 10
+    log_name = "bqemulator.log"
 
     def __init__(self, project: str = "streamotion-test", workdir: str | Path | None = None) -> None:
         self.project = project
         self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="streamotion-bq-"))
-        self.rest_port: int | None = None
-        self.grpc_port: int | None = None
-        self.process: Process | None = None
+        self.grpc_port: int | None = None  # the REST port is ``port``
 
     @property
     def host(self) -> str:
-        if self.rest_port is None:
+        if self.port is None:
             raise RuntimeError("the emulator has not been started")
-        return f"127.0.0.1:{self.rest_port}"
+        return f"127.0.0.1:{self.port}"
 
     @property
     def endpoint(self) -> str:
@@ -112,17 +114,17 @@ class BigQueryEmulator:
     def env(self) -> dict[str, str]:
         return {EMULATOR_HOST_ENV: self.host}
 
-    def start(self, timeout: float = 120) -> BigQueryEmulator:
-        if self.process is not None and self.process.alive():
-            return self
+    def _prepare(self) -> None:
         ensure_bqemulator()
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.rest_port, self.grpc_port = free_port(), free_port()
+        self.port, self.grpc_port = free_port(), free_port()
+
+    def _launch(self) -> Process:
         argv = [
             str(executable()),
             "start",
             "--rest-port",
-            str(self.rest_port),
+            str(self.port),
             "--grpc-port",
             str(self.grpc_port),
             "--project",
@@ -132,16 +134,7 @@ class BigQueryEmulator:
             "--ephemeral",
         ]
         env = {**os.environ, "HOME": str(home_dir())}
-        self.process = Process.start(
-            "bqemulator", argv, log_path=self.workdir / "bqemulator.log", cwd=self.workdir, env=env
-        )
-        try:
-            wait_for_port(self.rest_port, timeout=timeout, proc=self.process)
-            self._wait_ready(timeout)
-        except BaseException:
-            self.process.kill()
-            raise
-        return self
+        return Process.start("bqemulator", argv, log_path=self.log_path, cwd=self.workdir, env=env)
 
     def _wait_ready(self, timeout: float) -> None:
         wait_for_http(f"{self.endpoint}/healthz", timeout, proc=self.process, what="bqemulator")
@@ -157,14 +150,3 @@ class BigQueryEmulator:
             credentials=AnonymousCredentials(),
             client_options=ClientOptions(api_endpoint=self.endpoint),
         )
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.stop(timeout=10)
-            self.process = None
-
-    def __enter__(self) -> BigQueryEmulator:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()

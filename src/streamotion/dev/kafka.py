@@ -27,7 +27,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from streamotion.dev.procs import Process, free_port, wait_for_port
+from streamotion.dev.procs import Process, Server, free_port
 
 KAFKA_VERSION = "4.3.1"
 SCALA_VERSION = "2.13"
@@ -188,11 +188,15 @@ class _Topics:
         self.admin().delete_topics([name], operation_timeout=30)[name].result(timeout=60)
 
 
-class KafkaBroker(_Topics):
+class KafkaBroker(_Topics, Server):
     """One Kafka node (broker and KRaft controller) on 127.0.0.1 with free ports, dying with its parent.
 
     Alone (the default) it is a single-node cluster; :class:`KafkaCluster` makes several of them one
     quorum (``node_id``, ``brokers`` and the shared voters and cluster id)."""
+
+    start_timeout = 90
+    stop_timeout = 30
+    log_name = "broker.log"
 
     def __init__(
         self,
@@ -203,20 +207,18 @@ class KafkaBroker(_Topics):
         node_id: int = 1,
         brokers: int = 1,
     ) -> None:
-        self._own_workdir = workdir is None
+        self.remove_workdir = workdir is None
         self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="streamotion-kafka-"))
         self.heap = heap
         self.log = log or (lambda *_: None)
         self.node_id = node_id
         self.brokers = brokers
         self.replication_factor, self.min_insync_replicas = replication_defaults(brokers)
-        self.port: int | None = None
         self.controller_port: int | None = None
         self.voters: str | None = None
         """controller.quorum.voters (id@host:port,...); None: this node alone."""
         self.cluster_id: str | None = None
         """The id its storage is formatted with; None: a fresh one."""
-        self.process: Process | None = None
         self._configured = False
         self._formatted = False
 
@@ -230,10 +232,6 @@ class KafkaBroker(_Topics):
     @property
     def config_path(self) -> Path:
         return self.workdir / "server.properties"
-
-    @property
-    def log_path(self) -> Path:
-        return self.workdir / "broker.log"
 
     def _classpath(self) -> str:
         return str(ensure_jars(log=self.log)) + "/*"
@@ -320,32 +318,11 @@ class KafkaBroker(_Topics):
         if not self._formatted:
             self._format()
 
-    def _spawn(self) -> None:
-        """Start the JVM without waiting. From a thread that outlives it: the JVM gets SIGKILL when the
-        thread that started it ends (PR_SET_PDEATHSIG, streamotion.dev.procs)."""
+    def _launch(self) -> Process:
+        """The JVM, from a thread that outlives it: the JVM gets SIGKILL when the thread that started it
+        ends (PR_SET_PDEATHSIG, streamotion.dev.procs)."""
         name = "kafka" if self.brokers == 1 else f"kafka-{self.node_id}"
-        self.process = Process.start(
-            name, [*self._jvm(), MAIN_CLASS, str(self.config_path)], log_path=self.log_path
-        )
-
-    def _await(self, timeout: float) -> None:
-        """Until it serves; a node that does not come up is killed."""
-        assert self.process is not None and self.port is not None
-        try:
-            wait_for_port(self.port, timeout=timeout, proc=self.process)
-            self._wait_ready(timeout)
-        except BaseException:
-            self.kill()
-            raise
-
-    def start(self, timeout: float = 90) -> KafkaBroker:
-        """Start the broker (first call: pick free ports and format storage) and wait until it serves."""
-        if self.alive():
-            return self
-        self._prepare()
-        self._spawn()
-        self._await(timeout)
-        return self
+        return Process.start(name, [*self._jvm(), MAIN_CLASS, str(self.config_path)], log_path=self.log_path)
 
     def _wait_ready(self, timeout: float) -> None:
         """Until the broker answers metadata requests with itself registered (and unfenced)."""
@@ -369,16 +346,9 @@ class KafkaBroker(_Topics):
             time.sleep(0.2)
         raise TimeoutError(f"Kafka at {self.bootstrap} not ready after {timeout}s: {last}")
 
-    def _stop_process(self, timeout: float = 30) -> None:
-        proc, self.process = self.process, None
-        if proc is not None:
-            proc.stop(timeout=timeout)
-
     def stop(self) -> None:
         """Stop the broker; a temporary working directory (workdir=None) is removed."""
-        self._stop_process()
-        if self._own_workdir:
-            shutil.rmtree(self.workdir, ignore_errors=True)
+        self.cleanup()
 
     def restart(self, down_for: float = 0.0) -> KafkaBroker:
         """Stop and start again on the same ports with the same data (for broker-restart tests)."""
@@ -386,21 +356,6 @@ class KafkaBroker(_Topics):
         if down_for:
             time.sleep(down_for)
         return self.start()
-
-    def kill(self) -> None:
-        """SIGKILL the broker (data stays; start() brings it back)."""
-        proc, self.process = self.process, None
-        if proc is not None:
-            proc.kill()
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.alive()
-
-    def __enter__(self) -> KafkaBroker:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
 
 class KafkaCluster(_Topics):

@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import os
 import pwd
-import shutil
 import signal
 import subprocess
 import tempfile
 from pathlib import Path
 
-from streamotion.dev.procs import Process, _die_with_parent, free_port, wait_for_port
+from streamotion.dev.procs import Process, Server, _die_with_parent, free_port
 
 PACKAGES = {"postgresql": "/usr/lib/postgresql"}
 
@@ -96,8 +95,13 @@ def _others_can_enter(path: Path) -> bool:
     return all(not p.exists() or os.stat(p).st_mode & 0o001 for p in [path, *path.parents])
 
 
-class PostgresServer:
+class PostgresServer(Server):
     """One postgres server with trust authentication on 127.0.0.1 (free port), dying with its parent."""
+
+    stop_timeout = 30
+    stop_signal = signal.SIGINT  # a fast shutdown
+    log_name = "postgres.log"
+    remove_workdir = True
 
     def __init__(
         self, database: str = "streamotion", user: str = "streamotion", workdir: str | Path | None = None
@@ -125,8 +129,6 @@ class PostgresServer:
                 )
             )
         self.datadir = self.workdir / "data"
-        self.port: int | None = None
-        self.process: Process | None = None
         if self._run_as:
             os.chown(self.workdir, self._run_as.pw_uid, self._run_as.pw_gid)
         self._initialised = False
@@ -136,10 +138,6 @@ class PostgresServer:
         if self.port is None:
             raise RuntimeError("the server has not been started")
         return f"postgresql://{self.user}@127.0.0.1:{self.port}/{self.database}"
-
-    @property
-    def log_path(self) -> Path:
-        return self.workdir / "postgres.log"
 
     def _popen(self, argv: list[str], **kwargs) -> subprocess.Popen:
         user = {"user": self._run_as.pw_uid, "group": self._run_as.pw_gid} if self._run_as else {}
@@ -169,13 +167,13 @@ class PostgresServer:
         )
         self._initialised = True
 
-    def start(self, timeout: float = 60) -> PostgresServer:
-        if self.process is not None and self.process.alive():
-            return self
+    def _prepare(self) -> None:
         if not self._initialised:
             self._initdb()
         if self.port is None:
             self.port = free_port()
+
+    def _launch(self) -> Process:
         log = open(self.log_path, "ab")  # noqa: SIM115
         try:
             popen = self._popen(
@@ -208,14 +206,7 @@ class PostgresServer:
             log.close()
         if self._run_as:  # the log file was opened by root: let the server append to it
             os.chown(self.log_path, self._run_as.pw_uid, self._run_as.pw_gid)
-        self.process = Process("postgres", popen, self.log_path)
-        try:
-            wait_for_port(self.port, timeout=timeout, proc=self.process)
-            self._wait_ready(timeout)
-        except BaseException:
-            self.process.kill()
-            raise
-        return self
+        return Process("postgres", popen, self.log_path)
 
     def _socket_dir(self) -> str:
         """The unix socket beside the data, not in /var/run/postgresql; none when that path would be
@@ -250,29 +241,9 @@ class PostgresServer:
 
     def stop(self, fast: bool = True) -> None:
         """Stop the server (data and port kept: ``start()`` brings it back). SIGINT is a fast shutdown."""
-        if self.process is not None:
-            self.process.stop(timeout=30, sig=signal.SIGINT if fast else signal.SIGTERM)
-            self.process = None
-
-    def kill(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process = None
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.alive()
-
-    def cleanup(self) -> None:
-        self.stop()
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        self._stop_process(sig=None if fast else signal.SIGTERM)
 
     def connect(self, **kwargs):
         import psycopg
 
         return psycopg.connect(self.dsn, **kwargs)
-
-    def __enter__(self) -> PostgresServer:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.cleanup()

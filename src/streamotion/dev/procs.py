@@ -6,6 +6,7 @@ import contextlib
 import ctypes
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -13,6 +14,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
 _PR_SET_PDEATHSIG = 1
 
@@ -179,3 +181,87 @@ class Process:
 
     def kill(self) -> None:
         self.stop(timeout=0, sig=signal.SIGKILL)
+
+
+class Server:
+    """What the dev servers (Kafka, PostgreSQL, BigQuery emulator, Prometheus) share: one named child
+    :class:`Process` that dies with its parent, logging to ``log_path``; ``start()`` prepares (ports,
+    configuration, data), launches, and waits until its port is open and it is ready (a server that
+    does not come up is killed); ``stop()`` keeps its data; ``cleanup()`` also removes the working
+    directory when ``remove_workdir``; used as a context manager it starts, then cleans up.
+
+    Subclasses set ``workdir``, ``port``, ``log_name`` and ``remove_workdir``, and give ``_launch``
+    (and ``_prepare``, ``_wait_ready`` when they have something to do)."""
+
+    start_timeout: float = 60
+    stop_timeout: float = 15
+    stop_signal: int = signal.SIGTERM
+    log_name: str = "server.log"
+    workdir: Path
+    port: int | None = None
+    process: Process | None = None
+    remove_workdir: bool = False
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / self.log_name
+
+    def _prepare(self) -> None:
+        """Before each launch: ports, configuration, data (idempotent)."""
+
+    def _launch(self) -> Process:
+        raise NotImplementedError
+
+    def _wait_ready(self, timeout: float) -> None:
+        """After the port opened: until the server serves (default: an open port is enough)."""
+
+    def _spawn(self) -> None:
+        """Launch without waiting."""
+        self.process = self._launch()
+
+    def _await(self, timeout: float) -> None:
+        assert self.process is not None and self.port is not None
+        try:
+            wait_for_port(self.port, timeout=timeout, proc=self.process)
+            self._wait_ready(timeout)
+        except BaseException:
+            self.kill()
+            raise
+
+    def start(self, timeout: float | None = None) -> Self:
+        """Start (unless running) and wait until it serves."""
+        if self.alive():
+            return self
+        self._prepare()
+        self._spawn()
+        self._await(self.start_timeout if timeout is None else timeout)
+        return self
+
+    def _stop_process(self, timeout: float | None = None, sig: int | None = None) -> None:
+        proc, self.process = self.process, None
+        if proc is not None:
+            proc.stop(timeout=self.stop_timeout if timeout is None else timeout, sig=sig or self.stop_signal)
+
+    def stop(self) -> None:
+        """Stop the server; its data and port stay (``start()`` brings it back)."""
+        self._stop_process()
+
+    def kill(self) -> None:
+        """SIGKILL the server (data stays)."""
+        proc, self.process = self.process, None
+        if proc is not None:
+            proc.kill()
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.alive()
+
+    def cleanup(self) -> None:
+        self._stop_process()
+        if self.remove_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.cleanup()

@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from streamotion.dev.procs import Process, free_port, wait_for_http, wait_for_port
+from streamotion.dev.procs import Process, Server, free_port, wait_for_http
 from streamotion.model_api import ray_metric_relabelings
 
 PACKAGES = {"prometheus": "/usr/bin/prometheus"}
@@ -48,8 +48,11 @@ class PrometheusError(RuntimeError):
     pass
 
 
-class PrometheusServer:
+class PrometheusServer(Server):
     """One Prometheus on 127.0.0.1 (free port) with a generated configuration, dying with its parent."""
+
+    log_name = "prometheus.log"
+    remove_workdir = True
 
     def __init__(
         self,
@@ -65,8 +68,6 @@ class PrometheusServer:
         self.scrape_interval = scrape_interval
         self.evaluation_interval = evaluation_interval
         self.rules = rules or []
-        self.port: int | None = None
-        self.process: Process | None = None
 
     @property
     def url(self) -> str:
@@ -119,15 +120,15 @@ class PrometheusServer:
     def remove_targets(self, job: str) -> None:
         (self.targets_dir / f"{job}.json").unlink(missing_ok=True)
 
-    def start(self, timeout: float = 60) -> PrometheusServer:
-        if self.process is not None and self.process.alive():
-            return self
+    def _prepare(self) -> None:
         (self.workdir / "rules").mkdir(exist_ok=True)
         if self.rules:
             self._write_rules("initial", self.rules)
         (self.workdir / "prometheus.yml").write_text(yaml.safe_dump(self.config(), sort_keys=False))
         self.port = self.port or free_port()
-        self.process = Process.start(
+
+    def _launch(self) -> Process:
+        return Process.start(
             "prometheus",
             [
                 binary(),
@@ -138,15 +139,8 @@ class PrometheusServer:
                 "--storage.tsdb.retention.time=1d",
                 "--log.level=warn",
             ],
-            log_path=self.workdir / "prometheus.log",
+            log_path=self.log_path,
         )
-        try:
-            wait_for_port(self.port, timeout=timeout, proc=self.process)
-            self._wait_ready(timeout)
-        except BaseException:
-            self.process.kill()
-            raise
-        return self
 
     def _wait_ready(self, timeout: float) -> None:
         wait_for_http(f"{self.url}/-/ready", timeout, proc=self.process, what="Prometheus")
@@ -215,19 +209,3 @@ class PrometheusServer:
 
     def rule_groups(self) -> list[dict[str, Any]]:
         return self.api("rules")["groups"]
-
-    # ------------------------------------------------------------------------ lifecycle
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.stop(timeout=15)
-            self.process = None
-
-    def cleanup(self) -> None:
-        self.stop()
-        shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def __enter__(self) -> PrometheusServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.cleanup()
