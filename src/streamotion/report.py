@@ -2,7 +2,7 @@
 
 The same queries as the Grafana dashboard (:mod:`streamotion.dashboards.queries`), expanded the
 same way (:mod:`streamotion.dashboards.interpolate`), run against the pipeline's PostgreSQL sink;
-matplotlib draws the charts. No Grafana needed::
+matplotlib draws the charts (:mod:`streamotion.charts`). No Grafana needed::
 
     streamotion report --since 6h --out report/ --dsn postgresql://user@host/streamotion
 """
@@ -18,19 +18,18 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from streamotion.charts import (
+    chart_by_source,
+    chart_emotion_share,
+    chart_languages,
+    chart_sentiment,
+    chart_top_hashtags,
+    chart_top_terms,
+)
 from streamotion.dashboards import interpolate
 from streamotion.dashboards.queries import EMOTION_PANELS, EMOTION_VARIABLES_POSTGRES, SqlPanel
 
 DSN_ENV = "STREAMOTION_PG_DSN"  # the streaming job's variable (streamotion_jobs.config.PG_DSN_ENV)
-EMOTION_COLORS = {
-    "anger": "#d62728",
-    "disgust": "#8c564b",
-    "fear": "#9467bd",
-    "joy": "#f2b701",
-    "neutral": "#9e9e9e",
-    "sadness": "#1f77b4",
-    "surprise": "#2ca02c",
-}
 NICE_BUCKETS = ("1m", "2m", "5m", "10m", "15m", "30m", "1h", "2h", "3h", "6h", "12h", "1d")
 
 
@@ -119,129 +118,12 @@ def collect(
 
 
 # ------------------------------------------------------------------------------------ charts
-def _figure(title: str, size=(10, 4.5)):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=size, dpi=110)
-    ax.set_title(title, loc="left", fontsize=13, fontweight="bold")
-    ax.spines[["top", "right"]].set_visible(False)
-    ax.grid(axis="y", alpha=0.3)
-    return fig, ax
-
-
-def _save(fig, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
-
-
-def _color(emotion: str, i: int) -> str:
-    import matplotlib
-
-    return EMOTION_COLORS.get(emotion) or matplotlib.colormaps["tab20"](i % 20)
-
-
-def _times(series):
-    import pandas as pd
-
-    return pd.to_datetime(series.astype("float64"), unit="s", utc=True)
-
-
-def chart_emotion_share(df, path: Path) -> Path:
-    import matplotlib.dates as mdates
-
-    wide = df.pivot_table(index="time", columns="metric", values="events", aggfunc="sum").fillna(0)
-    share = wide.div(wide.sum(axis=1), axis=0) * 100
-    order = share.mean().sort_values(ascending=False).index
-    fig, ax = _figure("Emotion share over time")
-    times = _times(share.index.to_series())
-    ax.stackplot(
-        times,
-        [share[c] for c in order],
-        labels=list(order),
-        colors=[_color(c, i) for i, c in enumerate(order)],
-        alpha=0.9,
-    )
-    ax.set_ylim(0, 100)
-    ax.set_ylabel("% of events")
-    ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M\n%d %b"))
-    ax.set_xlabel("time (UTC)")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
-    return _save(fig, path)
-
-
-def chart_sentiment(df, path: Path) -> Path:
-    import matplotlib.dates as mdates
-
-    fig, ax = _figure("Sentiment index over time (−1 negative … +1 positive)")
-    for source, part in df.groupby("metric"):
-        ax.plot(_times(part["time"]), part["sentiment_index"].astype(float), marker=".", label=str(source))
-    ax.axhline(0, color="#555", linewidth=0.8)
-    ax.set_ylim(-1, 1)
-    ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M\n%d %b"))
-    ax.set_xlabel("time (UTC)")
-    ax.legend(title="source", loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
-    return _save(fig, path)
-
-
-def chart_bars(df, label: str, value: str, title: str, path: Path, color: str = "#4c72b0") -> Path:
-    df = df.iloc[::-1]
-    fig, ax = _figure(title, size=(7, 0.35 * max(len(df), 4) + 1.2))
-    ax.barh(df[label].astype(str), df[value].astype(float), color=color)
-    ax.grid(axis="y", alpha=0)
-    ax.grid(axis="x", alpha=0.3)
-    for y, v in enumerate(df[value]):
-        ax.text(float(v), y, f" {int(v)}", va="center", fontsize=9)
-    ax.set_xlabel("events")
-    return _save(fig, path)
-
-
-def chart_by_source(df, path: Path) -> Path:
-    wide = df.pivot_table(index="source_channel", columns="emotion", values="share", aggfunc="sum").fillna(0)
-    order = wide.mean().sort_values(ascending=False).index
-    fig, ax = _figure("Emotion share per source and channel", size=(10, 0.45 * max(len(wide), 3) + 1.5))
-    left = [0.0] * len(wide)
-    for i, emotion in enumerate(order):
-        vals = (wide[emotion] * 100).tolist()
-        ax.barh(wide.index, vals, left=left, color=_color(emotion, i), label=emotion)
-        left = [a + b for a, b in zip(left, vals, strict=True)]
-    ax.set_xlim(0, 100)
-    ax.set_xlabel("% of events")
-    ax.grid(axis="y", alpha=0)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
-    return _save(fig, path)
-
-
-def chart_languages(df, path: Path) -> Path:
-    fig, ax = _figure("Languages", size=(6, 4.5))
-    ax.pie(
-        df["events"].astype(float),
-        labels=df["lang"].astype(str),
-        autopct=lambda pct: f"{pct:.0f}%" if pct >= 3 else "",
-        startangle=90,
-        counterclock=False,
-        pctdistance=0.78,
-        wedgeprops={"width": 0.45},
-    )
-    ax.axis("equal")
-    return _save(fig, path)
-
-
 CHARTS: dict[str, tuple[str, Callable]] = {
     "emotion_share": ("emotion-share.png", chart_emotion_share),
     "sentiment_index": ("sentiment-index.png", chart_sentiment),
     "emotion_by_source": ("emotion-by-source.png", chart_by_source),
-    "top_hashtags": (
-        "top-hashtags.png",
-        lambda df, p: chart_bars(df, "hashtag", "events", "Top hashtags", p, "#dd8452"),
-    ),
-    "top_terms": ("top-terms.png", lambda df, p: chart_bars(df, "term", "events", "Top terms", p)),
+    "top_hashtags": ("top-hashtags.png", chart_top_hashtags),
+    "top_terms": ("top-terms.png", chart_top_terms),
     "language_split": ("languages.png", chart_languages),
 }
 
