@@ -212,11 +212,12 @@ def _identity(payload: str) -> str | None:
 
 
 def _reconverted(pipeline, dead: DeadLetter) -> tuple[bytes, str]:
+    from streamotion.components import ComponentMissing, component
+
     try:
-        from streamotion_ingest.publisher import Filters
-        from streamotion_ingest.sources import reconvert
-    except ModuleNotFoundError as exc:  # a jobs-only image
-        raise _Skip(f"producer dead letters need the ingest component ({exc.name} is missing)") from None
+        filters, reconvert = component("source_filters"), component("reconvert")
+    except ComponentMissing as exc:  # a jobs-only image
+        raise _Skip(f"producer dead letters need the ingest component ({exc.why})") from None
 
     source = next((s for s in pipeline.spec.sources if s.name == dead.source), None)
     if source is None:
@@ -226,7 +227,7 @@ def _reconverted(pipeline, dead: DeadLetter) -> tuple[bytes, str]:
         raise _Skip("not an event (nothing to publish)")
     if not isinstance(item, Event):
         raise _Skip(f"still invalid: {item.reason}")
-    kept, reason = Filters.of(source).apply(item)
+    kept, reason = filters.of(source).apply(item)
     if kept is None:
         raise _Skip(f"dropped by the source's {reason} filter")
     return kept.to_json(), kept.key

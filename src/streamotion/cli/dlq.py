@@ -40,9 +40,11 @@ def _open(pipeline: Path, bootstrap: str | None):
     except Exception as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+    from streamotion.components import ComponentMissing, component
+
     try:
-        from streamotion_ingest.context import bootstrap_servers
-    except ModuleNotFoundError:
+        bootstrap_servers = component("kafka_bootstrap")
+    except ComponentMissing:
         typer.echo(
             "error: streamotion dlq needs the ingest component (pip install 'streamotion[ingest]')", err=True
         )

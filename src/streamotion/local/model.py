@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from streamotion.components import component
+
 HUB_PROBE_URL = "https://huggingface.co/api/models/{name}"
 
 
@@ -39,8 +41,7 @@ def tiny_model_dir(taxonomy: str) -> Path:
 
     out = cache_root() / "tiny-models" / taxonomy
     if not (out / "config.json").is_file():
-        from streamotion_serving.tiny import build_tiny_model
-
+        build_tiny_model = component("tiny_model")
         build_tiny_model(out, labels=EKMAN if taxonomy == "ekman" else GOEMOTIONS, name=f"tiny-{taxonomy}")
     return out
 
@@ -89,9 +90,7 @@ def train_quick(taxonomy: str, limit: int, epochs: float, log: Callable[[str], N
     result = subprocess.run(argv, stdin=subprocess.DEVNULL)
     if result.returncode != 0:
         raise NoModel(f"`streamotion model train` failed with exit code {result.returncode}")
-    from streamotion_serving.model import latest_model
-
-    found = latest_model(taxonomy)
+    found = component("latest_model")(taxonomy)
     if found is None:
         raise NoModel("`streamotion model train` finished but no model is in the cache")
     return found
@@ -127,9 +126,8 @@ def choose(
         return ModelChoice(
             spec_name, f"model: {spec_name} (spec.model.name, downloaded from the Hugging Face hub)"
         )
-    from streamotion_serving.model import latest_model, models_dir
-
-    found = latest_model(taxonomy)
+    models_dir = component("models_dir")
+    found = component("latest_model")(taxonomy)
     if found is not None:
         return ModelChoice(
             str(found),

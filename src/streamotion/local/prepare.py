@@ -32,9 +32,9 @@ def _postgres() -> str:
 
 
 def _spark_kafka() -> str:
-    from streamotion_jobs.spark import ensure_kafka_connector
+    from streamotion.components import component
 
-    return ensure_kafka_connector()
+    return component("spark_kafka_connector")()
 
 
 def _prometheus() -> str:

@@ -416,9 +416,10 @@ class LocalRun:
         self.say(f"prometheus: {prom.url} (scrapes the producers and the job)")
 
     def _start_model(self) -> None:
-        from streamotion_serving.server import ServeProcess
-
+        from streamotion.components import ModelServiceFactory, component
         from streamotion.local.model import choose
+
+        model_service: ModelServiceFactory = component("model_service")
 
         m = self.pipeline.spec.model
         choice = self._guard(
@@ -447,7 +448,7 @@ class LocalRun:
             "num_replicas": 1,
         }
         log = self.logs / "model.log"
-        service = ServeProcess(
+        service = model_service(
             args,
             port=self.model_port,
             num_cpus=max(os.cpu_count() or 1, 1),
