@@ -10,8 +10,8 @@ signature in :data:`COMPONENTS`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from importlib.metadata import entry_points
-from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 GROUP = "streamotion.components"
@@ -67,14 +67,6 @@ class ModelService(Protocol):
     def stop(self) -> None: ...
 
 
-class ModelServiceFactory(Protocol):
-    """``component("model_service")``: ``app_args`` as ``streamotion_serving.app.build_app`` takes them."""
-
-    def __call__(
-        self,
-        app_args: dict[str, Any],
-        port: int | None = None,
-        num_cpus: int = 2,
-        log_path: Path | None = None,
-        startup_timeout: float = 240,
-    ) -> ModelService: ...
+# component("model_service"): called as factory(app_args, port=None, num_cpus=2, log_path=None,
+# startup_timeout=240), ``app_args`` as ``streamotion_serving.app.build_app`` takes them
+ModelServiceFactory = Callable[..., ModelService]

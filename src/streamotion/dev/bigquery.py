@@ -103,9 +103,7 @@ class BigQueryEmulator(Server):
 
     @property
     def host(self) -> str:
-        if self.port is None:
-            raise RuntimeError("the emulator has not been started")
-        return f"127.0.0.1:{self.port}"
+        return self.address
 
     @property
     def endpoint(self) -> str:

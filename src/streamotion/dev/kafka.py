@@ -225,9 +225,7 @@ class KafkaBroker(_Topics, Server):
     # ------------------------------------------------------------------ lifecycle
     @property
     def bootstrap(self) -> str:
-        if self.port is None:
-            raise RuntimeError("the broker has not been started")
-        return f"127.0.0.1:{self.port}"
+        return self.address
 
     @property
     def config_path(self) -> Path:

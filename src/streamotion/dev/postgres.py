@@ -135,9 +135,7 @@ class PostgresServer(Server):
 
     @property
     def dsn(self) -> str:
-        if self.port is None:
-            raise RuntimeError("the server has not been started")
-        return f"postgresql://{self.user}@127.0.0.1:{self.port}/{self.database}"
+        return f"postgresql://{self.user}@{self.address}/{self.database}"
 
     def _popen(self, argv: list[str], **kwargs) -> subprocess.Popen:
         user = {"user": self._run_as.pw_uid, "group": self._run_as.pw_gid} if self._run_as else {}

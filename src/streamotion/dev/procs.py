@@ -190,7 +190,7 @@ class Server:
     does not come up is killed); ``stop()`` keeps its data; ``cleanup()`` also removes the working
     directory when ``remove_workdir``; used as a context manager it starts, then cleans up.
 
-    Subclasses set ``workdir``, ``port``, ``log_name`` and ``remove_workdir``, and give ``_launch``
+    Subclasses set ``workdir``, ``port`` (``address`` is 127.0.0.1:port), ``log_name`` and ``remove_workdir``, and give ``_launch``
     (and ``_prepare``, ``_wait_ready`` when they have something to do)."""
 
     start_timeout: float = 60
@@ -205,6 +205,13 @@ class Server:
     @property
     def log_path(self) -> Path:
         return self.workdir / self.log_name
+
+    @property
+    def address(self) -> str:
+        """127.0.0.1:PORT, once started."""
+        if self.port is None:
+            raise RuntimeError(f"{type(self).__name__} has not been started")
+        return f"127.0.0.1:{self.port}"
 
     def _prepare(self) -> None:
         """Before each launch: ports, configuration, data (idempotent)."""

@@ -71,9 +71,7 @@ class PrometheusServer(Server):
 
     @property
     def url(self) -> str:
-        if self.port is None:
-            raise RuntimeError("Prometheus has not been started")
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.address}"
 
     def config(self) -> dict[str, Any]:
         return {
