@@ -56,7 +56,10 @@ def test_stopwords_come_from_the_jar_fall_back_to_english_and_carry_the_extras()
 def test_the_job_images_spark_home_jar_is_read_first_and_a_missing_jar_is_a_clear_error(
     tmp_path, monkeypatch
 ):
-    """The job image has no pip pyspark: its Spark (and spark-mllib jar) is under $SPARK_HOME/jars."""
+    """The job image has no pip pyspark: its Spark, spark-mllib jar included, is under $SPARK_HOME/jars
+    (apache/spark-docker 4.0.0/scala2.13-java17-ubuntu/Dockerfile, the base of our job image's
+    apache/spark:4.0.0-scala2.13-java17-python3-ubuntu: the binary distribution's ``jars`` moved to
+    /opt/spark/jars, ``ENV SPARK_HOME=/opt/spark``)."""
     shipped = text.spark_stopwords_jar()
     (tmp_path / "spark" / "jars").mkdir(parents=True)
     shutil.copy(shipped, tmp_path / "spark" / "jars" / shipped.name)
