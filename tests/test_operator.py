@@ -180,8 +180,15 @@ def test_create_reports_status_through_to_running(operator, kube, namespace):
     body = get_pipeline(kube, namespace, "emo")
     assert condition(body, "Ready")["status"] == "True"
     assert body["status"]["sourcesReady"] == "2/2"
-    reasons = [e["reason"] for e in events(kube, namespace, "emo")]
-    assert {"Pending", "Created", "Provisioning", "Running"} <= set(reasons)
+    # posted right after the status write the phase wait saw: read until they are there
+    wait_for(
+        lambda: (
+            {"Pending", "Created", "Provisioning", "Running"}
+            <= {e["reason"] for e in events(kube, namespace, "emo")}
+        ),
+        timeout=30,
+        what="the Pending, Created, Provisioning and Running events",
+    )
 
     # a child that stops being ready: Degraded, and the condition says why
     broken = {
