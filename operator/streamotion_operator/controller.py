@@ -27,6 +27,7 @@ from streamotion_operator.kube import ApiError, Kube
 from streamotion_operator.metrics import Metrics
 from streamotion_operator.status import (
     CHILD_CONFLICT,
+    CHILD_TERMINATING,
     TRANSIENT_REASONS,
     Problem,
     now,
@@ -38,6 +39,12 @@ log = logging.getLogger("streamotion.operator")
 
 PIPELINE_KIND = Kind(API_VERSION, KIND, PLURAL)
 APPLIED_HASH_ANNOTATION = "streamotion.io/applied-hash"
+# The uid of the pipeline a child in another namespace (topic, dashboards) was created for: no
+# ownerReference can cross namespaces, and a later pipeline of the same name must not inherit it.
+PIPELINE_UID_ANNOTATION = "streamotion.io/pipeline-uid"
+# Strimzi's topic operator puts this finalizer on every KafkaTopic it manages and removes it once
+# it has deleted the topic in Kafka (strimzi 1.2.0 topic-operator KubernetesHandler.java).
+STRIMZI_TOPIC_FINALIZER = "strimzi.io/topic-operator"
 # Kinds whose children are deleted when the spec no longer asks for them. Never topics nor the
 # checkpoint claim (data): those go only with the pipeline (the claim through its ownerReference).
 PRUNABLE = ("Deployment", "Service", "PodMonitor", "PrometheusRule", "ConfigMap")
@@ -104,8 +111,9 @@ def foreign_reason(obj: dict[str, Any], name: str, namespace: str, uid: str | No
     A child is the operator's when it carries the pipeline's labels (streamotion.io/pipeline,
     streamotion.io/pipeline-namespace, app.kubernetes.io/managed-by=streamotion-operator), the
     field manager ``streamotion-operator`` has applied it (managedFields, operation Apply), and
-    any controller ownerReference it has is this very pipeline (``uid``; None: not checked).
-    Anything else is never written, adopted or deleted."""
+    any controller ownerReference it has is this very pipeline (``uid``; None: not checked), as is
+    the pipeline uid it was annotated with in another namespace (a child an earlier pipeline of the
+    same name left behind). Anything else is never written, adopted or deleted."""
     m = obj.get("metadata") or {}
     labels = m.get("labels") or {}
     if (
@@ -122,6 +130,9 @@ def foreign_reason(obj: dict[str, Any], name: str, namespace: str, uid: str | No
     for ref in m.get("ownerReferences") or []:
         if ref.get("controller") and uid and ref.get("uid") != uid:
             return f"it is controlled by {ref.get('kind')} {ref.get('name')} (uid {ref.get('uid')})"
+    created_for = (m.get("annotations") or {}).get(PIPELINE_UID_ANNOTATION)
+    if uid and created_for and created_for != uid:
+        return f"it was created for an earlier pipeline of that name (uid {created_for})"
     return None
 
 
@@ -246,7 +257,8 @@ class Controller:
             if not self.kube.installed(kind):
                 self._missing_crd(kind, cond, out)
                 continue
-            if obj["metadata"]["namespace"] == namespace:
+            cross_namespace = obj["metadata"]["namespace"] != namespace
+            if not cross_namespace:
                 obj["metadata"]["ownerReferences"] = [owner]
             k = builders.key(obj)
             wanted_keys.add(k)
@@ -259,6 +271,19 @@ class Controller:
                 except ApiError as exc:  # e.g. forbidden: reported like a failed apply
                     out.problems.append(self._apply_problem(obj, cond, exc, p))
                     continue
+            if have is not None and (have.get("metadata") or {}).get("deletionTimestamp"):
+                # still being deleted (its finalizers, e.g. Strimzi's, not done): applying now would
+                # only update an object about to go; it is created again once it is gone
+                left = ", ".join((have["metadata"].get("finalizers") or [])) or "none"
+                out.problems.append(
+                    Problem(
+                        cond,
+                        CHILD_TERMINATING,
+                        f"{k[0]} {k[1]}/{k[2]} is being deleted (finalizers left: {left}); "
+                        "it is created again once it is gone",
+                    )
+                )
+                continue
             why = foreign_reason(have, name, namespace, uid) if have is not None else None
             if why:
                 conflicts[k] = why
@@ -287,6 +312,8 @@ class Controller:
             if obj["kind"] == "KafkaTopic" and have:
                 self._guard_partitions(obj, have, out)
             obj["metadata"].setdefault("annotations", {})[APPLIED_HASH_ANNOTATION] = builders.spec_hash(obj)
+            if cross_namespace:
+                obj["metadata"]["annotations"][PIPELINE_UID_ANNOTATION] = uid
             if have is not None and is_subset(obj, have):
                 current[k] = have
             else:
@@ -434,14 +461,17 @@ class Controller:
                 self.event(body, "Warning", c["reason"], f"{c['type']}: {c['message']}")
 
     # ------------------------------------------------------------------------------- delete
-    def cleanup(self, namespace: str, name: str) -> list[str]:
-        """Delete the children no ownerReference covers (other namespaces): topics, dashboards."""
-        with self.lock(namespace, name):
-            return self._cleanup(namespace, name)
+    def cleanup(self, namespace: str, name: str, uid: str | None = None) -> Cleanup:
+        """Delete the children no ownerReference covers (other namespaces): topics, dashboards.
 
-    def _cleanup(self, namespace: str, name: str) -> list[str]:
+        Returns what was deleted now and what is still there (a KafkaTopic stays until Strimzi's
+        topic operator has deleted the topic in Kafka and removed its finalizer)."""
+        with self.lock(namespace, name):
+            return self._cleanup(namespace, name, uid)
+
+    def _cleanup(self, namespace: str, name: str, uid: str | None) -> Cleanup:
         sel = {naming.PIPELINE_LABEL: name, naming.PIPELINE_NS_LABEL: namespace}
-        deleted = []
+        done = Cleanup()
         for kind in (KINDS["KafkaTopic"], KINDS["ConfigMap"]):
             if not self.kube.installed(kind, ttl=0):
                 continue
@@ -449,12 +479,26 @@ class Controller:
                 m = item["metadata"]
                 if m.get("namespace") == namespace and kind.kind == "ConfigMap":
                     continue  # garbage-collected through its ownerReference
-                if foreign_reason(item, name, namespace, None):
-                    continue  # labelled like a child, but not created by the operator
-                if self.kube.delete(kind, m["namespace"], m["name"]):
-                    deleted.append(f"{kind.kind} {m['namespace']}/{m['name']}")
+                if foreign_reason(item, name, namespace, uid):
+                    continue  # labelled like a child, but not created by the operator for this pipeline
+                label = f"{kind.kind} {m['namespace']}/{m['name']}"
+                if not m.get("deletionTimestamp") and self.kube.delete(kind, m["namespace"], m["name"]):
+                    done.deleted.append(label)
+                # still there until its finalizers are done (a 404 above: already gone)
+                fresh = self.kube.get(kind, m["namespace"], m["name"])
+                if fresh is not None:
+                    left = fresh["metadata"].get("finalizers") or []
+                    done.remaining.append(label + (f" (finalizers: {', '.join(left)})" if left else ""))
         self.metrics.observe(namespace, name, None, False)
-        return deleted
+        return done
+
+
+@dataclass
+class Cleanup:
+    """What one cleanup pass of a deleted pipeline did and what is still there."""
+
+    deleted: list[str] = field(default_factory=list)
+    remaining: list[str] = field(default_factory=list)
 
 
 def _uses(obj: dict[str, Any], conflicts: dict[tuple[str, str, str], str]) -> list[str]:

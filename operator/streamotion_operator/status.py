@@ -14,7 +14,9 @@ from streamotion_operator import builders, tenancy
 from streamotion_operator.config import OperatorConfig
 
 CHILD_CONFLICT = "ChildConflict"
+CHILD_TERMINATING = "ChildTerminating"
 TRANSIENT_REASONS = {
+    CHILD_TERMINATING,
     "DependencyMissing",
     "NamespaceMissing",
     "SecretMissing",
@@ -23,7 +25,7 @@ TRANSIENT_REASONS = {
 }
 # Reasons meaning a desired child was not applied: status.observedGeneration stays behind.
 NOT_APPLIED = frozenset(
-    {"ApplyFailed", CHILD_CONFLICT, "NamespaceMissing", "DependencyMissing", "InvalidSpec", tenancy.REASON}
+    {"ApplyFailed", CHILD_CONFLICT, CHILD_TERMINATING, "NamespaceMissing", "DependencyMissing", "InvalidSpec", tenancy.REASON}
 )
 COMPONENT_CONDITIONS = CONDITION_TYPES[1:]  # all but Ready
 
