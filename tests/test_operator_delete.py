@@ -162,9 +162,11 @@ def test_delete_waits_for_strimzi_to_delete_the_topics_and_says_so(operator, con
         kube.delete(PIPELINE_KIND, namespace, name)
         # Strimzi has not deleted the topics yet: the pipeline stays, and says why
         body = wait_for(
-            lambda: (b := get_pipeline(kube, namespace, name))
-            and condition(b, "Ready").get("reason") == "WaitingForCleanup"
-            and b,
+            lambda: (
+                (b := get_pipeline(kube, namespace, name))
+                and condition(b, "Ready").get("reason") == "WaitingForCleanup"
+                and b
+            ),
             10,
             what="Ready reason WaitingForCleanup",
         )
@@ -272,9 +274,11 @@ def test_timeout_is_bounded_reported_and_nothing_is_inherited(operator, control_
         rvs = {k: t["metadata"]["resourceVersion"] for k, t in left.items()}
         apply_pipeline(kube, pipeline(name, namespace, _spec(kafka_ns)))
         body = wait_for(
-            lambda: (b := get_pipeline(kube, namespace, name))
-            and condition(b, "TopicsReady").get("reason") == "ChildTerminating"
-            and b,
+            lambda: (
+                (b := get_pipeline(kube, namespace, name))
+                and condition(b, "TopicsReady").get("reason") == "ChildTerminating"
+                and b
+            ),
             30,
             what="TopicsReady reason ChildTerminating",
         )
@@ -289,14 +293,18 @@ def test_timeout_is_bounded_reported_and_nothing_is_inherited(operator, control_
     # Strimzi comes back and finishes: the new pipeline gets topics of its own
     with FakeTopicOperator(kube, kafka_ns, delay=0):
         wait_for(
-            lambda: len(t := _topics(kube, namespace, name)) == 2
-            and all(x["metadata"]["annotations"][PIPELINE_UID_ANNOTATION] == new_uid for x in t.values()),
+            lambda: (
+                len(t := _topics(kube, namespace, name)) == 2
+                and all(x["metadata"]["annotations"][PIPELINE_UID_ANNOTATION] == new_uid for x in t.values())
+            ),
             60,
             what="new topics for the new pipeline",
         )
 
 
-def test_uninstall_in_the_documented_order_leaves_no_namespace_stuck(operator, control_plane, kube, namespace):
+def test_uninstall_in_the_documented_order_leaves_no_namespace_stuck(
+    operator, control_plane, kube, namespace
+):
     """docs/operations/upgrade.md: delete the pipelines (--wait), then the release, which deletes the
     kafka namespace with Strimzi in it. Strimzi deletes topics a few seconds after they are marked."""
     name = "uninstall"
@@ -338,7 +346,9 @@ def test_cleanup_never_deletes_another_pipelines_topics(operator, control_plane,
         body={"metadata": {"annotations": {PIPELINE_UID_ANNOTATION: "someone-else"}}},
         content_type="application/merge-patch+json",
     )
-    done = operator.controller.cleanup(namespace, name, get_pipeline(kube, namespace, name)["metadata"]["uid"])
+    done = operator.controller.cleanup(
+        namespace, name, get_pipeline(kube, namespace, name)["metadata"]["uid"]
+    )
     assert f"KafkaTopic {kafka_ns}/{topic_key[2]}" not in done.deleted
     assert kube.get(TOPIC, kafka_ns, topic_key[2]) is not None
     assert naming.FINALIZER in get_pipeline(kube, namespace, name)["metadata"]["finalizers"]

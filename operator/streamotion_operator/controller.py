@@ -28,6 +28,7 @@ from streamotion_operator.metrics import Metrics
 from streamotion_operator.status import (
     CHILD_CONFLICT,
     CHILD_TERMINATING,
+    TOPIC_RECREATED,
     TRANSIENT_REASONS,
     Problem,
     now,
@@ -45,6 +46,8 @@ PIPELINE_UID_ANNOTATION = "streamotion.io/pipeline-uid"
 # Strimzi's topic operator puts this finalizer on every KafkaTopic it manages and removes it once
 # it has deleted the topic in Kafka (strimzi 1.2.0 topic-operator KubernetesHandler.java).
 STRIMZI_TOPIC_FINALIZER = "strimzi.io/topic-operator"
+# "<role>=<topic id>,...": the user accepts topics that were created again (reason TopicRecreated).
+ACCEPTED_TOPIC_IDS = "streamotion.io/accepted-topic-ids"
 # Kinds whose children are deleted when the spec no longer asks for them. Never topics nor the
 # checkpoint claim (data): those go only with the pipeline (the claim through its ownerReference).
 PRUNABLE = ("Deployment", "Service", "PodMonitor", "PrometheusRule", "ConfigMap")
@@ -146,6 +149,8 @@ class Outcome:
     deleted: list[str] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     gone: bool = False
+    spark_applied: dict[str, Any] | None = None
+    topic_ids: dict[str, str] | None = None
 
 
 class Controller:
@@ -274,7 +279,7 @@ class Controller:
             if have is not None and (have.get("metadata") or {}).get("deletionTimestamp"):
                 # still being deleted (its finalizers, e.g. Strimzi's, not done): applying now would
                 # only update an object about to go; it is created again once it is gone
-                left = ", ".join((have["metadata"].get("finalizers") or [])) or "none"
+                left = ", ".join(have["metadata"].get("finalizers") or []) or "none"
                 out.problems.append(
                     Problem(
                         cond,
@@ -332,6 +337,8 @@ class Controller:
                 continue
             current[builders.key(obj)] = result
             self.own_versions[builders.key(obj)] = result.get("metadata", {}).get("resourceVersion", "")
+            if obj["kind"] == "SparkApplication":
+                out.spark_applied = _spec_applied(result, have)
             label = f"{obj['kind']} {obj['metadata']['namespace']}/{obj['metadata']['name']}"
             (out.updated if have is not None else out.created).append(label)
             self.metrics.applied.labels(obj["kind"], "update" if have is not None else "create").inc()
@@ -345,6 +352,7 @@ class Controller:
             except ApiError as exc:
                 log.warning("deleting %s %s/%s failed: %s", *k, exc)
         self._check_secrets(p, out)
+        out.topic_ids = self._check_topic_ids(body, p, current, out)
         out.status = self._status(body, p, current, out, generation)
         self._write_status(body, out.status, old_status)
         self._events(body, old_status, out)
@@ -393,6 +401,44 @@ class Controller:
         log.warning("apply failed: %s", exc)
         return Problem(cond, "ApplyFailed", str(exc)[:1000])
 
+    def _check_topic_ids(
+        self, body: dict[str, Any], p: StreamPipeline, current: dict, out: Outcome
+    ) -> dict[str, str]:
+        """The Kafka topic ids to record in status.topics.topicIds; a problem TopicRecreated where a
+        topic's id differs from the recorded one (deleted by hand and created again, empty, or a
+        changed spec.kafka.cluster): the job's checkpoint holds offsets of the old topic.
+
+        Strimzi's KafkaTopic status.topicId is Kafka's id of the topic (strimzi 1.2.0
+        api/.../topic/KafkaTopicStatus.java, set by topic-operator BatchingTopicController.java).
+        The recorded id is replaced only when the user accepts the new one with the annotation
+        ``streamotion.io/accepted-topic-ids: "<role>=<id>,..."`` (docs: Troubleshooting)."""
+        recorded = dict((((body.get("status") or {}).get("topics")) or {}).get("topicIds") or {})
+        accepted = _parse_ids(((body["metadata"].get("annotations")) or {}).get(ACCEPTED_TOPIC_IDS))
+        kafka_ns = builders.kafka_namespace(p, self.cfg)
+        ids = dict(recorded)
+        for role in naming.topic_names(p):
+            kt = current.get(("KafkaTopic", kafka_ns, naming.topic_resource_name(p, role)))
+            now_id = ((kt or {}).get("status") or {}).get("topicId")
+            if not now_id:
+                continue
+            before = recorded.get(role)
+            if before and before != now_id and accepted.get(role) != now_id:
+                topic = naming.topic_names(p)[role]
+                out.problems.append(
+                    Problem(
+                        "TopicsReady",
+                        TOPIC_RECREATED,
+                        f"topic {topic} was deleted and created again (topic id {before}, now {now_id}): "
+                        "its earlier messages are not in it and the job's checkpoint points past its "
+                        "end. See Troubleshooting, TopicRecreated; to go on with the new topic: kubectl "
+                        f"annotate streampipeline {p.name} -n {p.namespace} --overwrite "
+                        f"{ACCEPTED_TOPIC_IDS}={role}={now_id}",
+                    )
+                )
+                continue
+            ids[role] = now_id
+        return ids
+
     def _check_secrets(self, p: StreamPipeline, out: Outcome) -> None:
         core_secret = Kind("v1", "Secret", "secrets")
         cache: dict[str, dict[str, Any] | None] = {}
@@ -420,7 +466,9 @@ class Controller:
         out: Outcome,
         generation: int | None,
     ) -> dict[str, Any]:
-        status = pipeline_status(body, p, current, out.problems, generation, self.cfg)
+        status = pipeline_status(
+            body, p, current, out.problems, generation, self.cfg, out.spark_applied, out.topic_ids
+        )
         if p is not None:
             ready = next(c for c in status["conditions"] if c["type"] == "Ready")["status"] == "True"
             self.metrics.observe(p.namespace, p.name, status["phase"], ready)
@@ -499,6 +547,31 @@ class Cleanup:
 
     deleted: list[str] = field(default_factory=list)
     remaining: list[str] = field(default_factory=list)
+
+
+def _parse_ids(text: str | None) -> dict[str, str]:
+    out = {}
+    for part in (text or "").split(","):
+        role, _, tid = part.strip().partition("=")
+        if role and tid:
+            out[role.strip()] = tid.strip()
+    return out
+
+
+def _spec_applied(result: dict[str, Any], before: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The generation and the API server's time of an apply that changed a child's spec (None: the
+    spec did not change). The time is that of the operator's Apply entry in managedFields."""
+    m = result.get("metadata") or {}
+    generation = m.get("generation")
+    if before is not None and (before.get("metadata") or {}).get("generation") == generation:
+        return None
+    times = [
+        f.get("time")
+        for f in m.get("managedFields") or []
+        if f.get("manager") == naming.FIELD_MANAGER and f.get("operation") == "Apply" and f.get("time")
+    ]
+    at = max(times) if times else m.get("creationTimestamp")
+    return {"appliedGeneration": generation, "specAppliedAt": at} if at else None
 
 
 def _uses(obj: dict[str, Any], conflicts: dict[tuple[str, str, str], str]) -> list[str]:

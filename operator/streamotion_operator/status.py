@@ -15,7 +15,9 @@ from streamotion_operator.config import OperatorConfig
 
 CHILD_CONFLICT = "ChildConflict"
 CHILD_TERMINATING = "ChildTerminating"
+TOPIC_RECREATED = "TopicRecreated"
 TRANSIENT_REASONS = {
+    TOPIC_RECREATED,
     CHILD_TERMINATING,
     "DependencyMissing",
     "NamespaceMissing",
@@ -25,7 +27,15 @@ TRANSIENT_REASONS = {
 }
 # Reasons meaning a desired child was not applied: status.observedGeneration stays behind.
 NOT_APPLIED = frozenset(
-    {"ApplyFailed", CHILD_CONFLICT, CHILD_TERMINATING, "NamespaceMissing", "DependencyMissing", "InvalidSpec", tenancy.REASON}
+    {
+        "ApplyFailed",
+        CHILD_CONFLICT,
+        CHILD_TERMINATING,
+        "NamespaceMissing",
+        "DependencyMissing",
+        "InvalidSpec",
+        tenancy.REASON,
+    }
 )
 COMPONENT_CONDITIONS = CONDITION_TYPES[1:]  # all but Ready
 
@@ -48,9 +58,12 @@ def pipeline_status(
     found: list[Problem],
     generation: int | None,
     cfg: OperatorConfig,
+    spark_applied: dict[str, Any] | None = None,
+    topic_ids: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """The status of ``body``: ``p`` is its parsed spec (None: invalid), ``current`` its children as
-    applied or read back, ``found`` the problems this reconcile met."""
+    applied or read back, ``found`` the problems this reconcile met, ``spark_applied`` the
+    SparkApplication's generation and the API server's time when this reconcile changed its spec."""
     old = body.get("status") or {}
     # observedGeneration: the generation the children were applied for; kept at the last one
     # while some child of this generation could not be applied (the spec is not in effect)
@@ -64,7 +77,7 @@ def pipeline_status(
         problems.setdefault(pr.condition, []).append(pr)
     waiting: dict[str, list[str]] = {c: [] for c in COMPONENT_CONDITIONS}
     if p is not None:
-        _component_status(p, cfg, current, status, waiting, problems)
+        _component_status(p, cfg, current, status, waiting, problems, old, spark_applied, topic_ids)
     suspended = bool(p and p.spec.suspend)
     conds: dict[str, tuple[str, str, str]] = {}
     for c in COMPONENT_CONDITIONS:
@@ -127,7 +140,9 @@ def pipeline_status(
     return status
 
 
-def _component_status(p, cfg, current, status, waiting, problems) -> None:
+def _component_status(
+    p, cfg, current, status, waiting, problems, old=None, spark_applied=None, topic_ids=None
+) -> None:
     by_kind: dict[str, dict[str, dict[str, Any]]] = {}
     for (kind, _ns, n), obj in current.items():
         by_kind.setdefault(kind, {})[n] = obj
@@ -147,6 +162,7 @@ def _component_status(p, cfg, current, status, waiting, problems) -> None:
         "raw": topics["raw"],
         "deadLetter": topics["deadLetter"],
         "ready": ready_topics and "TopicsReady" not in problems,
+        **({"topicIds": topic_ids} if topic_ids else {}),
     }
     # sources
     sources = []
@@ -192,7 +208,17 @@ def _component_status(p, cfg, current, status, waiting, problems) -> None:
         proc_msg = f"SparkApplication {an} is {state or 'not submitted yet'}"
         if app_state.get("errorMessage"):
             proc_msg += f": {app_state['errorMessage']}"
+    applied = _spark_applied(app, (old or {}).get("processing") or {}, spark_applied)
+    if app is not None and state == "RUNNING" and applied:
+        submitted = ((app.get("status") or {}).get("lastSubmissionAttemptTime")) or ""
+        if _time(submitted) < _time(applied["specAppliedAt"]):
+            proc_msg = (
+                f"SparkApplication {an} is RUNNING a submission from {submitted or 'an unknown time'}, "
+                f"before its spec changed at {applied['specAppliedAt']}: waiting for spark-operator to "
+                "submit it again"
+            )
     status["processing"] = {
+        **(applied or {}),
         "application": an,
         **({"state": state} if state else {}),
         **(
@@ -207,7 +233,7 @@ def _component_status(p, cfg, current, status, waiting, problems) -> None:
         waiting["ProcessingReady"].append(proc_msg)
     # model
     rn = naming.ray_service_name(p)
-    ok, why = _condition_ready(by_kind.get("RayService", {}).get(rn), f"RayService {rn}")
+    ok, why = _condition_ready(by_kind.get("RayService", {}).get(rn), f"RayService {rn}", upgrading=True)
     status["model"] = {
         "service": rn,
         "name": p.spec.model.name,
@@ -247,17 +273,58 @@ def _component_status(p, cfg, current, status, waiting, problems) -> None:
             waiting["DashboardsReady"].append(f"ConfigMap {p.spec.dashboards.namespace}/{cm} not created")
 
 
-def _condition_ready(obj: dict[str, Any] | None, what: str) -> tuple[bool, str]:
+def _condition_ready(obj: dict[str, Any] | None, what: str, upgrading: bool = False) -> tuple[bool, str]:
+    """Ready when the child's Ready condition is True for its current spec: its controller has
+    observed its generation (Strimzi's KafkaTopic and KubeRay's RayService both set
+    status.observedGeneration as they reconcile) and, with ``upgrading``, no UpgradeInProgress
+    condition is True (KubeRay keeps serving the old cluster while it brings up the new one)."""
     if obj is None:
         return False, f"{what} not created"
-    conds = {c.get("type"): c for c in (obj.get("status") or {}).get("conditions") or []}
+    st = obj.get("status") or {}
+    conds = {c.get("type"): c for c in st.get("conditions") or []}
     ready = conds.get("Ready")
+    generation = (obj.get("metadata") or {}).get("generation") or 0
+    observed = st.get("observedGeneration") or 0
+    if ready and ready.get("status") == "True" and observed < generation:
+        return (
+            False,
+            f"{what} has not observed its new spec yet (generation {generation}, observed {observed})",
+        )
+    if upgrading and (conds.get("UpgradeInProgress") or {}).get("status") == "True":
+        detail = conds["UpgradeInProgress"].get("message") or "upgrade in progress"
+        return False, f"{what} is upgrading to its new spec: {detail}"
     if ready and ready.get("status") == "True":
         return True, ""
     if ready:
         detail = ready.get("message") or ready.get("reason") or "not Ready"
         return False, f"{what} is not Ready: {detail}"
     return False, f"{what} has no Ready condition yet"
+
+
+def _spark_applied(
+    app: dict[str, Any] | None, old_processing: dict[str, Any], new: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    """When the operator last changed the SparkApplication's spec, for its current generation.
+
+    spark-operator v2.5.2 keeps no status.observedGeneration; on a spec change its update filter
+    sets the state to INVALIDATING and the application is submitted again, which sets
+    status.lastSubmissionAttemptTime (kubeflow/spark-operator@v2.5.2
+    internal/controller/sparkapplication/event_filter.go, api/v1beta2/sparkapplication_types.go).
+    So the job runs its current spec once it is RUNNING from a submission at or after this time."""
+    if app is None:
+        return None
+    generation = (app.get("metadata") or {}).get("generation")
+    for rec in (new, old_processing):
+        if rec and rec.get("specAppliedAt") and rec.get("appliedGeneration") == generation:
+            return {"appliedGeneration": generation, "specAppliedAt": rec["specAppliedAt"]}
+    return None
+
+
+def _time(stamp: str) -> datetime:
+    try:
+        return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    except (TypeError, ValueError):
+        return datetime.min.replace(tzinfo=UTC)
 
 
 def status_patch(new: dict[str, Any], old: dict[str, Any]) -> dict[str, Any]:
