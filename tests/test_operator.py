@@ -95,6 +95,7 @@ def expected_children(ns, name, sources=("reddit", "demo")):
     p = StreamPipeline.model_validate(pipeline(name, ns))
     keys = {
         ("ConfigMap", ns, f"{name}-pipeline"),
+        ("ConfigMap", ns, f"{name}-job-report"),
         ("ConfigMap", MONITORING_NS, naming.dashboard_config_map_name(p)),
     }
     keys |= {("KafkaTopic", KAFKA_NS, naming.topic_resource_name(p, r)) for r in topic}

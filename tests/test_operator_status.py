@@ -7,10 +7,13 @@ pinned versions (cited per test).
 
 from __future__ import annotations
 
+import base64
 import json
 import time
+from pathlib import Path
 
 import pytest
+import yaml
 from streamotion_operator.builders import KINDS
 from streamotion_operator.config import OperatorConfig
 from streamotion_operator.controller import ACCEPTED_TOPIC_IDS
@@ -25,6 +28,7 @@ from streamotion_operator.testing import (
     get_pipeline,
     make_ready,
     pipeline,
+    report_sinks,
     set_status,
     topic_id,
     wait_for,
@@ -214,3 +218,90 @@ def test_a_topic_created_again_is_reported_until_accepted(operator, kube, namesp
         what="TopicsReady again",
     )
     assert get_pipeline(kube, namespace, name)["status"]["topics"]["topicIds"]["raw"] == new_id
+
+
+def test_sinks_ready_follows_the_jobs_own_report(operator, kube, namespace):
+    """SinksReady is what the job says of its sinks (streamotion_jobs.report), not that a Secret exists."""
+    name = "sinks"
+    create_secrets(kube, namespace)
+    apply_pipeline(kube, pipeline(name, namespace, _spec()))
+    wait_for(lambda: len(children(kube, namespace, name)) >= 10, 60, what="children")
+    # every child ready, the Secret there, but the job has said nothing yet
+    make_ready(kube, namespace, name, job=False)
+    set_status(
+        kube, "SparkApplication", namespace, f"{name}-job",
+        {"applicationState": {"state": "RUNNING"}, "driverInfo": {}, "lastSubmissionAttemptTime": "2099-01-01T00:00:00Z"},
+    )  # fmt: skip
+    c = wait_for(
+        lambda: (
+            "has not reported" in (c := _cond(kube, namespace, name, "SinksReady")).get("message", "") and c
+        ),
+        20,
+        what="SinksReady waiting for the job's report",
+    )
+    assert c["status"] == "False"
+    report_sinks(kube, namespace, name)
+    wait_for(
+        lambda: _cond(kube, namespace, name, "SinksReady").get("status") == "True", 20, what="SinksReady"
+    )
+    report_sinks(kube, namespace, name, failing={0: "OperationalError: connection refused"})
+    c = wait_for(
+        lambda: (c := _cond(kube, namespace, name, "SinksReady")).get("reason") == "SinkFailing" and c,
+        20,
+        what="SinksReady SinkFailing",
+    )
+    assert c["status"] == "False" and "connection refused" in c["message"]
+    assert get_pipeline(kube, namespace, name)["status"]["sinks"][0]["ready"] is False
+
+
+def test_the_driver_can_write_its_report_with_the_charts_role_only(
+    operator, kube, namespace, control_plane, root
+):
+    """The job's SinkReport, through the API server with a token of the pipeline's Spark
+    ServiceAccount bound only to the chart's streamotion-spark-driver ClusterRole (no new right)."""
+    from streamotion_jobs.report import ApiWriter, SinkReport
+
+    rbac = (root / "charts/streamotion/templates/spark-driver-rbac.yaml").read_text()
+    rules = yaml.safe_load(rbac[rbac.index("rules:") :])["rules"]
+    role = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+            "metadata": {"name": operator.runtime.cfg.spark_driver_cluster_role}, "rules": rules}  # fmt: skip
+    control_plane.kubectl("apply", "-f", "-", input=json.dumps(role))
+    name = "report"
+    create_secrets(kube, namespace)
+    apply_pipeline(kube, pipeline(name, namespace, _spec()))
+    wait_for(lambda: len(children(kube, namespace, name)) >= 10, 60, what="children")
+    token = kube.request(
+        "POST",
+        f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}-spark/token",
+        body={
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": {"expirationSeconds": 600},
+        },
+    )["status"]["token"]
+    cfg = yaml.safe_load(Path(control_plane.kubeconfig_path).read_text())
+    cluster = cfg["clusters"][0]["cluster"]
+    ca = cluster.get("certificate-authority")
+    if not ca:
+        ca_path = control_plane.workdir / "report-ca.crt"
+        ca_path.write_bytes(base64.b64decode(cluster["certificate-authority-data"]))
+        ca = str(ca_path)
+    writer = ApiWriter(cluster["server"], namespace, f"{name}-job-report", lambda: token, ca)
+    report = SinkReport(["postgres"], writer)
+    report.failing(0, ConnectionRefusedError("pg:5432 refused"))
+    c = wait_for(
+        lambda: (c := _cond(kube, namespace, name, "SinksReady")).get("reason") == "SinkFailing" and c,
+        20,
+        what="SinksReady SinkFailing from the job's report",
+    )
+    assert "ConnectionRefusedError: pg:5432 refused" in c["message"]
+    report.ok(0)
+    wait_for(
+        lambda: _cond(kube, namespace, name, "SinksReady").get("status") == "True", 20, what="SinksReady"
+    )
+    cm = kube.request("GET", f"/api/v1/namespaces/{namespace}/configmaps/{name}-job-report")
+    assert json.loads(cm["data"][naming.JOB_REPORT_KEY])[0]["ok"] is True
+    # the operator's next applies leave the driver's data alone
+    time.sleep(2.5)
+    cm2 = kube.request("GET", f"/api/v1/namespaces/{namespace}/configmaps/{name}-job-report")
+    assert cm2["data"] == cm["data"]

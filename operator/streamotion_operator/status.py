@@ -4,6 +4,7 @@ as the API server returned them; and the merge patch that writes it."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -16,6 +17,7 @@ from streamotion_operator.config import OperatorConfig
 CHILD_CONFLICT = "ChildConflict"
 CHILD_TERMINATING = "ChildTerminating"
 TOPIC_RECREATED = "TopicRecreated"
+SINK_FAILING = "SinkFailing"
 TRANSIENT_REASONS = {
     TOPIC_RECREATED,
     CHILD_TERMINATING,
@@ -245,6 +247,7 @@ def _component_status(
     # sinks
     sinks = []
     sink_msgs = [pr.message for pr in problems.get("SinksReady", [])]
+    report = _job_report(by_kind.get("ConfigMap", {}).get(naming.job_report_name(p)))
     for i, sink in enumerate(p.spec.sinks):
         if sink.postgres:
             pg = sink.postgres
@@ -252,6 +255,12 @@ def _component_status(
         else:
             target = f"{sink.bigquery.project}.{sink.bigquery.dataset}"
         msg = next((m for m in sink_msgs if f"spec.sinks[{i}]" in m), None)
+        if msg is None and not p.spec.suspend:
+            failing, msg = _reported(report, i, sink.type)
+            if msg and failing:
+                problems.setdefault("SinksReady", []).append(Problem("SinksReady", SINK_FAILING, msg))
+            elif msg and "SinksReady" not in problems:
+                waiting["SinksReady"].append(msg)
         sinks.append(
             {
                 "type": sink.type,
@@ -299,6 +308,32 @@ def _condition_ready(obj: dict[str, Any] | None, what: str, upgrading: bool = Fa
         detail = ready.get("message") or ready.get("reason") or "not Ready"
         return False, f"{what} is not Ready: {detail}"
     return False, f"{what} has no Ready condition yet"
+
+
+def _job_report(cm: dict[str, Any] | None) -> list[dict[str, Any]] | None:
+    """The job's own report of its sinks (streamotion_jobs.report), None when it has not written one."""
+    raw = ((cm or {}).get("data") or {}).get(naming.JOB_REPORT_KEY)
+    if not raw:
+        return None
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return None
+    return [e for e in doc if isinstance(e, dict)] if isinstance(doc, list) else None
+
+
+def _reported(report: list[dict[str, Any]] | None, index: int, type_: str) -> tuple[bool, str | None]:
+    """(failing, why) sink ``index`` is not ready by the job's report (why None: the job reported
+    it working)."""
+    entry = next((e for e in report or [] if e.get("index") == index and e.get("type") == type_), None)
+    if entry is None:
+        return False, f"spec.sinks[{index}] ({type_}): the job has not reported this sink yet"
+    if entry.get("ok") is True:
+        return False, None
+    return True, (
+        f"spec.sinks[{index}] ({type_}): the job reports it failing since {entry.get('since', '?')}: "
+        f"{str(entry.get('message') or 'no detail')[:500]}"
+    )
 
 
 def _spark_applied(
