@@ -322,6 +322,10 @@ def test_uninstall_in_the_documented_order_leaves_no_namespace_stuck(
             "delete", "streampipelines", "--all", "-n", namespace, "--wait", "--timeout=90s", check=False
         )
         assert r.returncode == 0, r.stderr
+        left = control_plane.kubectl(
+            "get", "kafkatopics", "-n", kafka_ns, "-l", "app.kubernetes.io/managed-by=streamotion-operator"
+        )
+        assert "No resources found" in left.stderr + left.stdout
         strimzi.stop()  # helm uninstall: Strimzi goes with the release
     control_plane.kubectl("delete", "namespace", kafka_ns, "--wait=false")
     control_plane.kubectl("delete", "namespace", namespace, "--wait=false")
