@@ -305,3 +305,45 @@ def test_the_driver_can_write_its_report_with_the_charts_role_only(
     time.sleep(2.5)
     cm2 = kube.request("GET", f"/api/v1/namespaces/{namespace}/configmaps/{name}-job-report")
     assert cm2["data"] == cm["data"]
+
+
+def test_the_job_reports_a_topic_behind_its_checkpoint(operator, kube, namespace):
+    """The job side of TopicRecreated: Spark's Kafka source stops the query with "Partition {tp}'s
+    offset was changed from {from} to {until}, some data may have been missed" (apache/spark
+    v4.0.0 connector/kafka-0-10-sql/.../KafkaOffsetReaderAdmin.scala getOffsetRangesFromResolvedOffsets
+    and KafkaExceptions.partitionOffsetChanged); the job's report carries it to TopicsReady."""
+    from streamotion_jobs.report import SinkReport
+
+    name = "behind"
+    _running(kube, namespace, name, _spec())
+
+    def write(data):
+        kube.request(
+            "PATCH",
+            f"/api/v1/namespaces/{namespace}/configmaps/{name}-job-report",
+            body={"data": data},
+            content_type="application/merge-patch+json",
+        )
+
+    report = SinkReport(["postgres"], write)
+    report.ok(0)
+    assert not report.query_failed("java.net.ConnectException: Connection refused")
+    spark_error = (
+        "[STREAM_FAILED] Query [id = 1, runId = 2] terminated with exception: Partition "
+        f"streamotion.{namespace}.{name}.raw-0's offset was changed from 1234 to 0, some data may have been missed."
+    )
+    assert report.query_failed(spark_error)
+    c = wait_for(
+        lambda: (c := _cond(kube, namespace, name, "TopicsReady")).get("reason") == "TopicRecreated" and c,
+        20,
+        what="TopicsReady TopicRecreated from the job",
+    )
+    assert (
+        c["status"] == "False"
+        and "changed from 1234 to 0" in c["message"]
+        and "the job reports" in c["message"]
+    )
+    report.query_progressing()
+    wait_for(
+        lambda: _cond(kube, namespace, name, "TopicsReady").get("status") == "True", 20, what="TopicsReady"
+    )

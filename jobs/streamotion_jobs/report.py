@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import ssl
 import urllib.request
 from collections.abc import Callable
@@ -26,6 +27,11 @@ from streamotion import naming
 
 log = logging.getLogger("streamotion.job")
 SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+# Spark's Kafka source when a partition's end is below the checkpoint's offset (the topic was
+# deleted and created again, or truncated): "Partition {tp}'s offset was changed from {from} to
+# {until}, some data may have been missed" (apache/spark v4.0.0 connector/kafka-0-10-sql
+# KafkaOffsetReaderAdmin.getOffsetRangesFromResolvedOffsets, KafkaExceptions.partitionOffsetChanged).
+OFFSET_CHANGED = re.compile(r"Partition (\S+)'s offset was changed from (\d+) to (\d+)")
 
 
 class ApiWriter:
@@ -69,7 +75,8 @@ class SinkReport:
             {"index": i, "type": t, "ok": None, "since": None, "message": ""}
             for i, t in enumerate(sink_types)
         ]
-        self._written: str | None = None
+        self.query: dict[str, Any] = {}
+        self._written: tuple[str, str] | None = None
 
     @classmethod
     def for_pipeline(cls, p, sink_types: list[str] | None = None) -> SinkReport:
@@ -84,6 +91,27 @@ class SinkReport:
         text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
         self._set(index, False, text.strip().splitlines()[0][:500] if text.strip() else "error")
 
+    def query_failed(self, error: BaseException | str) -> bool:
+        """Report a failed streaming query; True when Spark says the topic is behind the checkpoint
+        (the topic was created again: the operator reports TopicRecreated from this)."""
+        text = str(error)
+        m = OFFSET_CHANGED.search(text)
+        if m:
+            since = self.query.get("since") if self.query.get("topicRecreated") else None
+            self.query = {
+                "topicRecreated": True,
+                "since": since or datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "message": m.group(0)[:500],
+            }
+            self.flush()
+        return bool(m)
+
+    def query_progressing(self) -> None:
+        """The query processes batches again: clears a reported topic problem."""
+        if self.query:
+            self.query = {}
+            self.flush()
+
     def _set(self, index: int, ok: bool, message: str) -> None:
         e = self.entries[index]
         if e["ok"] != ok:
@@ -97,10 +125,11 @@ class SinkReport:
         if self.write is None:
             return
         doc = json.dumps([e for e in self.entries if e["ok"] is not None], sort_keys=True)
-        if doc == self._written:
+        query = json.dumps(self.query, sort_keys=True)
+        if (doc, query) == self._written:
             return
         try:
-            self.write({naming.JOB_REPORT_KEY: doc})
-            self._written = doc
+            self.write({naming.JOB_REPORT_KEY: doc, naming.JOB_QUERY_KEY: query})
+            self._written = (doc, query)
         except Exception as exc:
             log.warning("writing the sinks report failed: %s", exc)

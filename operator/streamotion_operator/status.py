@@ -159,6 +159,17 @@ def _component_status(
             ready_topics = False
             if "TopicsReady" not in problems:
                 waiting["TopicsReady"].append(why)
+    query = _job_query(by_kind.get("ConfigMap", {}).get(naming.job_report_name(p)))
+    if query.get("topicRecreated") and not any(
+        x.reason == TOPIC_RECREATED for x in problems.get("TopicsReady", [])
+    ):
+        msg = (
+            f"the job reports since {query.get('since', '?')} that topic {topics['raw']} is behind its "
+            f"checkpoint ({str(query.get('message') or '')[:300]}): the topic was deleted and created "
+            "again, or truncated. See Troubleshooting, TopicRecreated"
+        )
+        problems.setdefault("TopicsReady", []).append(Problem("TopicsReady", TOPIC_RECREATED, msg))
+        ready_topics = False
     status["topics"] = {
         "namespace": builders.kafka_namespace(p, cfg),
         "raw": topics["raw"],
@@ -320,6 +331,16 @@ def _job_report(cm: dict[str, Any] | None) -> list[dict[str, Any]] | None:
     except ValueError:
         return None
     return [e for e in doc if isinstance(e, dict)] if isinstance(doc, list) else None
+
+
+def _job_query(cm: dict[str, Any] | None) -> dict[str, Any]:
+    """The job's report of its streaming query (streamotion_jobs.report), {} when none."""
+    raw = ((cm or {}).get("data") or {}).get(naming.JOB_QUERY_KEY)
+    try:
+        doc = json.loads(raw) if raw else {}
+    except ValueError:
+        return {}
+    return doc if isinstance(doc, dict) else {}
 
 
 def _reported(report: list[dict[str, Any]] | None, index: int, type_: str) -> tuple[bool, str | None]:

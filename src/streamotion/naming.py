@@ -60,6 +60,7 @@ def job_report_name(p: StreamPipeline) -> str:
 
 
 JOB_REPORT_KEY = "sinks.json"
+JOB_QUERY_KEY = "query.json"  # the streaming query: {"topicRecreated": true, "since", "message"} or {}
 
 
 def checkpoint_pvc_name(p: StreamPipeline) -> str:
