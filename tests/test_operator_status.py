@@ -308,10 +308,11 @@ def test_the_driver_can_write_its_report_with_the_charts_role_only(
 
 
 def test_the_job_reports_a_topic_behind_its_checkpoint(operator, kube, namespace):
-    """The job side of TopicRecreated: Spark's Kafka source stops the query with "Partition {tp}'s
-    offset was changed from {from} to {until}, some data may have been missed" (apache/spark
-    v4.0.0 connector/kafka-0-10-sql/.../KafkaOffsetReaderAdmin.scala getOffsetRangesFromResolvedOffsets
-    and KafkaExceptions.partitionOffsetChanged); the job's report carries it to TopicsReady."""
+    """The job side of TopicRecreated: Spark's Kafka source stops the query with error class
+    KAFKA_DATA_LOSS.PARTITION_OFFSET_CHANGED, "Partition <topicPartition> offset was changed from
+    <prevOffset> to <newOffset>." (org.apache.spark:spark-sql-kafka-0-10_2.13:4.0.0
+    error/kafka-error-conditions.json; KafkaOffsetReaderAdmin getOffsetRangesFromResolvedOffsets
+    throws KafkaExceptions.partitionOffsetChanged); the job's report carries it to TopicsReady."""
     from streamotion_jobs.report import SinkReport
 
     name = "behind"
@@ -329,8 +330,12 @@ def test_the_job_reports_a_topic_behind_its_checkpoint(operator, kube, namespace
     report.ok(0)
     assert not report.query_failed("java.net.ConnectException: Connection refused")
     spark_error = (
-        "[STREAM_FAILED] Query [id = 1, runId = 2] terminated with exception: Partition "
-        f"streamotion.{namespace}.{name}.raw-0's offset was changed from 1234 to 0, some data may have been missed."
+        "[STREAM_FAILED] Query [id = 1, runId = 2] terminated with exception: "
+        "[KAFKA_DATA_LOSS.PARTITION_OFFSET_CHANGED] Some data may have been lost because they are not "
+        "available in Kafka any more; either the data was aged out by Kafka or the topic may have been "
+        "deleted before all the data in the topic was processed. If you don't want your streaming query "
+        "to fail on such cases, set the source option failOnDataLoss to false. Reason: Partition "
+        f"streamotion.{namespace}.{name}.raw-0 offset was changed from 1234 to 0. SQLSTATE: 22000"
     )
     assert report.query_failed(spark_error)
     c = wait_for(

@@ -28,10 +28,12 @@ from streamotion import naming
 log = logging.getLogger("streamotion.job")
 SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 # Spark's Kafka source when a partition's end is below the checkpoint's offset (the topic was
-# deleted and created again, or truncated): "Partition {tp}'s offset was changed from {from} to
-# {until}, some data may have been missed" (apache/spark v4.0.0 connector/kafka-0-10-sql
-# KafkaOffsetReaderAdmin.getOffsetRangesFromResolvedOffsets, KafkaExceptions.partitionOffsetChanged).
-OFFSET_CHANGED = re.compile(r"Partition (\S+)'s offset was changed from (\d+) to (\d+)")
+# deleted and created again, or truncated), failOnDataLoss on: error class
+# KAFKA_DATA_LOSS.PARTITION_OFFSET_CHANGED, "Partition <topicPartition> offset was changed from
+# <prevOffset> to <newOffset>." (spark-sql-kafka-0-10_2.13 4.0.0 error/kafka-error-conditions.json,
+# thrown by KafkaExceptions.partitionOffsetChanged from KafkaOffsetReaderAdmin); the log line of
+# the same check reads "Partition <tp>'s offset was changed from ...".
+OFFSET_CHANGED = re.compile(r"Partition (\S+?)(?:'s)? offset was changed from (\d+) to (\d+)")
 
 
 class ApiWriter:

@@ -231,7 +231,8 @@ async def delete_children(rt: Runtime, body: dict[str, Any], name: str, namespac
             left, why = done.remaining, "not deleted yet"
         except Exception as exc:
             left, why = ["topics and dashboards (unknown)"], f"cleanup failed: {exc}"[:600]
-            logger.warning(f"cleanup failed, retrying until the deadline: {exc}")
+            # not through kopf's logger, which would post an event per attempt: one per change below
+            rt.log.warning("cleanup of %s/%s failed, retrying until the deadline: %s", namespace, name, exc)
         if not left:
             if deleted:
                 logger.info(f"deleted {', '.join(deleted)}")
@@ -244,7 +245,7 @@ async def delete_children(rt: Runtime, body: dict[str, Any], name: str, namespac
                 "the pipeline's finalizer is released. A KafkaTopic that stays is waiting for Strimzi's "
                 "topic operator (is it running, can it reach Kafka?); see Troubleshooting, CleanupTimedOut"
             )
-            logger.error(msg)
+            rt.log.error("%s/%s: %s", namespace, name, msg)
             rt.post_event(body, "Warning", "CleanupTimedOut", msg)
             break
         if (what, why) != reported:
