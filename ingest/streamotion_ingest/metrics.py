@@ -1,6 +1,9 @@
-"""Prometheus metrics of every producer: ``streamotion_producer_*``, labels pipeline and source."""
+"""Prometheus metrics of every producer: ``streamotion_producer_*``, labels pipeline and source; and
+the HTTP server that exposes them with the producer's readiness (``/readyz``: Kafka reachable)."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -67,8 +70,32 @@ class SourceMetrics:
         return HTTP_REQUESTS.labels(*self.labels, str(code))
 
 
-def serve(port: int) -> None:
-    """Expose /metrics on ``port`` (all interfaces: Prometheus scrapes the pod)."""
-    from prometheus_client import start_http_server
+def serve(port: int, ready: Callable[[], bool] | None = None) -> None:
+    """Expose /metrics on ``port`` (all interfaces: Prometheus scrapes the pod), and ``/readyz``:
+    200 while ``ready()`` (Kafka reachable), else 503, for the pod's readiness probe."""
+    import json
+    import threading
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-    start_http_server(port)
+    from prometheus_client import make_wsgi_app
+    from prometheus_client.exposition import ThreadingWSGIServer
+
+    metrics_app = make_wsgi_app()
+
+    def app(environ, start_response):
+        if environ.get("PATH_INFO") != "/readyz":
+            return metrics_app(environ, start_response)
+        try:
+            ok = ready() if ready else True
+        except Exception:  # a failing check is not ready, never a crash
+            ok = False
+        body = json.dumps({"status": "ok" if ok else "unavailable", "kafka": "up" if ok else "down"})
+        start_response("200 OK" if ok else "503 Service Unavailable", [("Content-Type", "application/json")])
+        return [body.encode()]
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, *args) -> None:  # probes every 10 s: no access log
+            pass
+
+    httpd = make_server("", port, app, ThreadingWSGIServer, handler_class=Quiet)
+    threading.Thread(target=httpd.serve_forever, name="metrics-http", daemon=True).start()

@@ -136,6 +136,7 @@ class Publisher:
         self.metrics = SourceMetrics(pipeline, source)
         self.fatal: Exception | None = None
         self.brokers_down = False
+        self._ready_cache = (0.0, False)  # (monotonic time of the check, Kafka answered)
         self._last_error: str | None = None
         self._ok = 0  # acknowledged since the last metrics flush (poll thread only)
         self._latencies: list[float] = []
@@ -295,6 +296,19 @@ class Publisher:
             return False
         self.brokers_down = False
         return True
+
+    def ready(self, max_age: float = 5.0) -> bool:
+        """Whether the producer can publish now: Kafka answered a metadata request for the raw topic
+        within the last ``max_age`` seconds (asked again when older), and no fatal error. Probes
+        (every 10 s) make at most one request each."""
+        if self.fatal is not None:
+            return False
+        now = time.monotonic()
+        checked, ok = self._ready_cache
+        if now - checked > max_age:
+            ok = self.kafka_reachable(timeout=2.0)
+            self._ready_cache = (time.monotonic(), ok)
+        return ok
 
     def close(self, timeout: float = 30) -> int:
         """Stop polling in the background, then flush here (delivery callbacks run in this thread)."""

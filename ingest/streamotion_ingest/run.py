@@ -73,11 +73,11 @@ def produce(
             pipeline, source_name, bootstrap=bootstrap, metrics_port=metrics_port, host=host, port=port
         )
 
+    publisher = make_publisher(pipeline, source_name, bootstrap)
     if metrics_port:
         from streamotion_ingest.metrics import serve as serve_metrics
 
-        serve_metrics(metrics_port)
-    publisher = make_publisher(pipeline, source_name, bootstrap)
+        serve_metrics(metrics_port, ready=publisher.ready)  # /readyz: the pod's readiness probe
     ctx = Context(pipeline=pipeline.name, source=source, metrics=publisher.metrics)
 
     def on_signal(signum, _frame):

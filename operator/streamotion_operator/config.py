@@ -47,6 +47,11 @@ class OperatorConfig:
     """Least time between two reconciles of one pipeline (coalesces bursts of child events)."""
     workers: int = 8
     """Pipelines reconciled in parallel."""
+    cleanup_timeout_seconds: float = 300.0
+    """How long deleting a pipeline waits for its topics and dashboards to be gone (Strimzi deletes the
+    Kafka topic, then removes its finalizer) before it gives up, reports what is left and lets go."""
+    cleanup_poll_seconds: float = 5.0
+    """How often a pipeline being deleted checks whether its topics and dashboards are gone."""
     metrics_port: int = 9108
     health_port: int = 8080
     model_node_selector: dict[str, str] = field(default_factory=dict)

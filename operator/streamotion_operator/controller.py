@@ -27,6 +27,8 @@ from streamotion_operator.kube import ApiError, Kube
 from streamotion_operator.metrics import Metrics
 from streamotion_operator.status import (
     CHILD_CONFLICT,
+    CHILD_TERMINATING,
+    TOPIC_RECREATED,
     TRANSIENT_REASONS,
     Problem,
     now,
@@ -38,6 +40,14 @@ log = logging.getLogger("streamotion.operator")
 
 PIPELINE_KIND = Kind(API_VERSION, KIND, PLURAL)
 APPLIED_HASH_ANNOTATION = "streamotion.io/applied-hash"
+# The uid of the pipeline a child in another namespace (topic, dashboards) was created for: no
+# ownerReference can cross namespaces, and a later pipeline of the same name must not inherit it.
+PIPELINE_UID_ANNOTATION = "streamotion.io/pipeline-uid"
+# Strimzi's topic operator puts this finalizer on every KafkaTopic it manages and removes it once
+# it has deleted the topic in Kafka (strimzi 1.2.0 topic-operator KubernetesHandler.java).
+STRIMZI_TOPIC_FINALIZER = "strimzi.io/topic-operator"
+# "<role>=<topic id>,...": the user accepts topics that were created again (reason TopicRecreated).
+ACCEPTED_TOPIC_IDS = "streamotion.io/accepted-topic-ids"
 # Kinds whose children are deleted when the spec no longer asks for them. Never topics nor the
 # checkpoint claim (data): those go only with the pipeline (the claim through its ownerReference).
 PRUNABLE = ("Deployment", "Service", "PodMonitor", "PrometheusRule", "ConfigMap")
@@ -104,8 +114,9 @@ def foreign_reason(obj: dict[str, Any], name: str, namespace: str, uid: str | No
     A child is the operator's when it carries the pipeline's labels (streamotion.io/pipeline,
     streamotion.io/pipeline-namespace, app.kubernetes.io/managed-by=streamotion-operator), the
     field manager ``streamotion-operator`` has applied it (managedFields, operation Apply), and
-    any controller ownerReference it has is this very pipeline (``uid``; None: not checked).
-    Anything else is never written, adopted or deleted."""
+    any controller ownerReference it has is this very pipeline (``uid``; None: not checked), as is
+    the pipeline uid it was annotated with in another namespace (a child an earlier pipeline of the
+    same name left behind). Anything else is never written, adopted or deleted."""
     m = obj.get("metadata") or {}
     labels = m.get("labels") or {}
     if (
@@ -122,6 +133,9 @@ def foreign_reason(obj: dict[str, Any], name: str, namespace: str, uid: str | No
     for ref in m.get("ownerReferences") or []:
         if ref.get("controller") and uid and ref.get("uid") != uid:
             return f"it is controlled by {ref.get('kind')} {ref.get('name')} (uid {ref.get('uid')})"
+    created_for = (m.get("annotations") or {}).get(PIPELINE_UID_ANNOTATION)
+    if uid and created_for and created_for != uid:
+        return f"it was created for an earlier pipeline of that name (uid {created_for})"
     return None
 
 
@@ -135,6 +149,8 @@ class Outcome:
     deleted: list[str] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     gone: bool = False
+    spark_applied: dict[str, Any] | None = None
+    topic_ids: dict[str, str] | None = None
 
 
 class Controller:
@@ -246,7 +262,8 @@ class Controller:
             if not self.kube.installed(kind):
                 self._missing_crd(kind, cond, out)
                 continue
-            if obj["metadata"]["namespace"] == namespace:
+            cross_namespace = obj["metadata"]["namespace"] != namespace
+            if not cross_namespace:
                 obj["metadata"]["ownerReferences"] = [owner]
             k = builders.key(obj)
             wanted_keys.add(k)
@@ -259,6 +276,19 @@ class Controller:
                 except ApiError as exc:  # e.g. forbidden: reported like a failed apply
                     out.problems.append(self._apply_problem(obj, cond, exc, p))
                     continue
+            if have is not None and (have.get("metadata") or {}).get("deletionTimestamp"):
+                # still being deleted (its finalizers, e.g. Strimzi's, not done): applying now would
+                # only update an object about to go; it is created again once it is gone
+                left = ", ".join(have["metadata"].get("finalizers") or []) or "none"
+                out.problems.append(
+                    Problem(
+                        cond,
+                        CHILD_TERMINATING,
+                        f"{k[0]} {k[1]}/{k[2]} is being deleted (finalizers left: {left}); "
+                        "it is created again once it is gone",
+                    )
+                )
+                continue
             why = foreign_reason(have, name, namespace, uid) if have is not None else None
             if why:
                 conflicts[k] = why
@@ -287,6 +317,8 @@ class Controller:
             if obj["kind"] == "KafkaTopic" and have:
                 self._guard_partitions(obj, have, out)
             obj["metadata"].setdefault("annotations", {})[APPLIED_HASH_ANNOTATION] = builders.spec_hash(obj)
+            if cross_namespace:
+                obj["metadata"]["annotations"][PIPELINE_UID_ANNOTATION] = uid
             if have is not None and is_subset(obj, have):
                 current[k] = have
             else:
@@ -305,6 +337,8 @@ class Controller:
                 continue
             current[builders.key(obj)] = result
             self.own_versions[builders.key(obj)] = result.get("metadata", {}).get("resourceVersion", "")
+            if obj["kind"] == "SparkApplication":
+                out.spark_applied = _spec_applied(result, have)
             label = f"{obj['kind']} {obj['metadata']['namespace']}/{obj['metadata']['name']}"
             (out.updated if have is not None else out.created).append(label)
             self.metrics.applied.labels(obj["kind"], "update" if have is not None else "create").inc()
@@ -318,6 +352,7 @@ class Controller:
             except ApiError as exc:
                 log.warning("deleting %s %s/%s failed: %s", *k, exc)
         self._check_secrets(p, out)
+        out.topic_ids = self._check_topic_ids(body, p, current, out)
         out.status = self._status(body, p, current, out, generation)
         self._write_status(body, out.status, old_status)
         self._events(body, old_status, out)
@@ -366,6 +401,44 @@ class Controller:
         log.warning("apply failed: %s", exc)
         return Problem(cond, "ApplyFailed", str(exc)[:1000])
 
+    def _check_topic_ids(
+        self, body: dict[str, Any], p: StreamPipeline, current: dict, out: Outcome
+    ) -> dict[str, str]:
+        """The Kafka topic ids to record in status.topics.topicIds; a problem TopicRecreated where a
+        topic's id differs from the recorded one (deleted by hand and created again, empty, or a
+        changed spec.kafka.cluster): the job's checkpoint holds offsets of the old topic.
+
+        Strimzi's KafkaTopic status.topicId is Kafka's id of the topic (strimzi 1.2.0
+        api/.../topic/KafkaTopicStatus.java, set by topic-operator BatchingTopicController.java).
+        The recorded id is replaced only when the user accepts the new one with the annotation
+        ``streamotion.io/accepted-topic-ids: "<role>=<id>,..."`` (docs: Troubleshooting)."""
+        recorded = dict((((body.get("status") or {}).get("topics")) or {}).get("topicIds") or {})
+        accepted = _parse_ids(((body["metadata"].get("annotations")) or {}).get(ACCEPTED_TOPIC_IDS))
+        kafka_ns = builders.kafka_namespace(p, self.cfg)
+        ids = dict(recorded)
+        for role in naming.topic_names(p):
+            kt = current.get(("KafkaTopic", kafka_ns, naming.topic_resource_name(p, role)))
+            now_id = ((kt or {}).get("status") or {}).get("topicId")
+            if not now_id:
+                continue
+            before = recorded.get(role)
+            if before and before != now_id and accepted.get(role) != now_id:
+                topic = naming.topic_names(p)[role]
+                out.problems.append(
+                    Problem(
+                        "TopicsReady",
+                        TOPIC_RECREATED,
+                        f"topic {topic} was deleted and created again (topic id {before}, now {now_id}): "
+                        "its earlier messages are not in it and the job's checkpoint points past its "
+                        "end. See Troubleshooting, TopicRecreated; to go on with the new topic: kubectl "
+                        f"annotate streampipeline {p.name} -n {p.namespace} --overwrite "
+                        f"{ACCEPTED_TOPIC_IDS}={role}={now_id}",
+                    )
+                )
+                continue
+            ids[role] = now_id
+        return ids
+
     def _check_secrets(self, p: StreamPipeline, out: Outcome) -> None:
         core_secret = Kind("v1", "Secret", "secrets")
         cache: dict[str, dict[str, Any] | None] = {}
@@ -393,7 +466,9 @@ class Controller:
         out: Outcome,
         generation: int | None,
     ) -> dict[str, Any]:
-        status = pipeline_status(body, p, current, out.problems, generation, self.cfg)
+        status = pipeline_status(
+            body, p, current, out.problems, generation, self.cfg, out.spark_applied, out.topic_ids
+        )
         if p is not None:
             ready = next(c for c in status["conditions"] if c["type"] == "Ready")["status"] == "True"
             self.metrics.observe(p.namespace, p.name, status["phase"], ready)
@@ -434,14 +509,17 @@ class Controller:
                 self.event(body, "Warning", c["reason"], f"{c['type']}: {c['message']}")
 
     # ------------------------------------------------------------------------------- delete
-    def cleanup(self, namespace: str, name: str) -> list[str]:
-        """Delete the children no ownerReference covers (other namespaces): topics, dashboards."""
-        with self.lock(namespace, name):
-            return self._cleanup(namespace, name)
+    def cleanup(self, namespace: str, name: str, uid: str | None = None) -> Cleanup:
+        """Delete the children no ownerReference covers (other namespaces): topics, dashboards.
 
-    def _cleanup(self, namespace: str, name: str) -> list[str]:
+        Returns what was deleted now and what is still there (a KafkaTopic stays until Strimzi's
+        topic operator has deleted the topic in Kafka and removed its finalizer)."""
+        with self.lock(namespace, name):
+            return self._cleanup(namespace, name, uid)
+
+    def _cleanup(self, namespace: str, name: str, uid: str | None) -> Cleanup:
         sel = {naming.PIPELINE_LABEL: name, naming.PIPELINE_NS_LABEL: namespace}
-        deleted = []
+        done = Cleanup()
         for kind in (KINDS["KafkaTopic"], KINDS["ConfigMap"]):
             if not self.kube.installed(kind, ttl=0):
                 continue
@@ -449,12 +527,51 @@ class Controller:
                 m = item["metadata"]
                 if m.get("namespace") == namespace and kind.kind == "ConfigMap":
                     continue  # garbage-collected through its ownerReference
-                if foreign_reason(item, name, namespace, None):
-                    continue  # labelled like a child, but not created by the operator
-                if self.kube.delete(kind, m["namespace"], m["name"]):
-                    deleted.append(f"{kind.kind} {m['namespace']}/{m['name']}")
+                if foreign_reason(item, name, namespace, uid):
+                    continue  # labelled like a child, but not created by the operator for this pipeline
+                label = f"{kind.kind} {m['namespace']}/{m['name']}"
+                if not m.get("deletionTimestamp") and self.kube.delete(kind, m["namespace"], m["name"]):
+                    done.deleted.append(label)
+                # still there until its finalizers are done (a 404 above: already gone)
+                fresh = self.kube.get(kind, m["namespace"], m["name"])
+                if fresh is not None:
+                    left = fresh["metadata"].get("finalizers") or []
+                    done.remaining.append(label + (f" (finalizers: {', '.join(left)})" if left else ""))
         self.metrics.observe(namespace, name, None, False)
-        return deleted
+        return done
+
+
+@dataclass
+class Cleanup:
+    """What one cleanup pass of a deleted pipeline did and what is still there."""
+
+    deleted: list[str] = field(default_factory=list)
+    remaining: list[str] = field(default_factory=list)
+
+
+def _parse_ids(text: str | None) -> dict[str, str]:
+    out = {}
+    for part in (text or "").split(","):
+        role, _, tid = part.strip().partition("=")
+        if role and tid:
+            out[role.strip()] = tid.strip()
+    return out
+
+
+def _spec_applied(result: dict[str, Any], before: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The generation and the API server's time of an apply that changed a child's spec (None: the
+    spec did not change). The time is that of the operator's Apply entry in managedFields."""
+    m = result.get("metadata") or {}
+    generation = m.get("generation")
+    if before is not None and (before.get("metadata") or {}).get("generation") == generation:
+        return None
+    times = [
+        f.get("time")
+        for f in m.get("managedFields") or []
+        if f.get("manager") == naming.FIELD_MANAGER and f.get("operation") == "Apply" and f.get("time")
+    ]
+    at = max(times) if times else m.get("creationTimestamp")
+    return {"appliedGeneration": generation, "specAppliedAt": at} if at else None
 
 
 def _uses(obj: dict[str, Any], conflicts: dict[tuple[str, str, str], str]) -> list[str]:

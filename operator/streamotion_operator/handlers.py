@@ -3,7 +3,8 @@
 * a daemon per pipeline reconciles on start, whenever the pipeline or one of its watched
   children changes, and at least every ``resync_seconds`` (drift repair, readiness);
 * a delete handler (behind the ``streamotion.io/cleanup`` finalizer) removes the children in
-  other namespaces; the namespaced ones go with the garbage collector (ownerReferences);
+  other namespaces and waits, for a bounded and reported time, until they are gone (Strimzi's own
+  finalizer on KafkaTopics); the namespaced ones go with the garbage collector (ownerReferences);
 * everything is registered on a fresh registry, so several operators can run in one process
   (tests) and nothing happens at import time.
 """
@@ -13,7 +14,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +26,7 @@ from streamotion import naming
 from streamotion.api.models import GROUP, KIND, PLURAL, VERSION
 from streamotion_operator.builders import KINDS
 from streamotion_operator.config import OperatorConfig
-from streamotion_operator.controller import Controller
+from streamotion_operator.controller import PIPELINE_KIND, Controller
 from streamotion_operator.kube import Kube
 from streamotion_operator.metrics import Metrics
 
@@ -179,18 +182,9 @@ def make_registry(rt: Runtime) -> kopf.OperatorRegistry:
             if rt.wakeups.get(key) is wake:
                 rt.wakeups.pop(key, None)
 
-    @kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry, retries=5, backoff=2)
-    async def pipeline_deleted(name: str, namespace: str, retry: int, logger, **_: Any) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            deleted = await loop.run_in_executor(rt.pool, rt.controller.cleanup, namespace, name)
-        except Exception as exc:
-            if retry >= 4:  # never hold the finalizer forever
-                logger.error(f"cleanup failed, giving up (children may remain): {exc}")
-                return
-            raise kopf.TemporaryError(f"cleanup failed: {exc}", delay=2) from exc
-        if deleted:
-            logger.info(f"deleted {', '.join(deleted)}")
+    @kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry)
+    async def pipeline_deleted(name: str, namespace: str, body, meta, logger, **_: Any) -> None:
+        await delete_children(rt, dict(body), name, namespace, meta.get("uid"), logger)
 
     managed = {"app.kubernetes.io/managed-by": naming.MANAGED_BY}
     for kind_name in WATCHED_CHILDREN:
@@ -212,6 +206,82 @@ def make_registry(rt: Runtime) -> kopf.OperatorRegistry:
         )(child_changed)
 
     return registry
+
+
+async def delete_children(rt: Runtime, body: dict[str, Any], name: str, namespace: str, uid, logger) -> None:
+    """Delete the pipeline's topics and dashboards and wait until they are gone, for at most
+    ``cleanup_timeout_seconds`` from the pipeline's deletionTimestamp (so an operator restart does
+    not start the clock again). API errors are retried until then. A KafkaTopic is gone once
+    Strimzi's topic operator has deleted the topic in Kafka and removed its finalizer; while
+    anything is left the pipeline's Ready condition says what (reason WaitingForCleanup, with an
+    event); at the deadline a Warning event CleanupTimedOut names what is left and the finalizer is
+    released (the leftovers carry the old pipeline's uid: a later pipeline of the same name never
+    adopts them)."""
+    loop = asyncio.get_running_loop()
+    deadline = _deletion_time(body) + rt.cfg.cleanup_timeout_seconds
+    key = (namespace, name)
+    reported = None
+    deleted: list[str] = []
+    while True:
+        wake = rt.wakeups.setdefault(key, asyncio.Event())
+        wake.clear()
+        try:
+            done = await loop.run_in_executor(rt.pool, rt.controller.cleanup, namespace, name, uid)
+            deleted += done.deleted
+            left, why = done.remaining, "not deleted yet"
+        except Exception as exc:
+            left, why = ["topics and dashboards (unknown)"], f"cleanup failed: {exc}"[:600]
+            # not through kopf's logger, which would post an event per attempt: one per change below
+            rt.log.warning("cleanup of %s/%s failed, retrying until the deadline: %s", namespace, name, exc)
+        if not left:
+            if deleted:
+                logger.info(f"deleted {', '.join(deleted)}")
+            break
+        remaining_s = deadline - time.time()
+        what = "; ".join(left)
+        if remaining_s <= 0:
+            msg = (
+                f"gave up after {rt.cfg.cleanup_timeout_seconds:.0f}s waiting for {what} ({why}); "
+                "the pipeline's finalizer is released. A KafkaTopic that stays is waiting for Strimzi's "
+                "topic operator (is it running, can it reach Kafka?); see Troubleshooting, CleanupTimedOut"
+            )
+            rt.log.error("%s/%s: %s", namespace, name, msg)
+            rt.post_event(body, "Warning", "CleanupTimedOut", msg)
+            break
+        if (what, why) != reported:
+            msg = f"waiting for {what} to be gone ({why}); giving up in {remaining_s:.0f}s"
+            rt.post_event(body, "Normal", "WaitingForCleanup", msg)
+            await loop.run_in_executor(rt.pool, _report_waiting, rt, body, msg)
+            reported = (what, why)
+        await _wait_any(wake, asyncio.Event(), min(rt.cfg.cleanup_poll_seconds, max(0.1, remaining_s)))
+    if rt.wakeups.get(key) is wake:
+        rt.wakeups.pop(key, None)
+
+
+def _deletion_time(body: dict[str, Any]) -> float:
+    stamp = (body.get("metadata") or {}).get("deletionTimestamp")
+    try:
+        return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
+    except (TypeError, ValueError):
+        return time.time()
+
+
+def _report_waiting(rt: Runtime, body: dict[str, Any], message: str) -> None:
+    """Ready False, reason WaitingForCleanup, on the pipeline being deleted (best effort)."""
+    m = body["metadata"]
+    conds = [c for c in (body.get("status") or {}).get("conditions") or [] if c.get("type") != "Ready"]
+    ready = {
+        "type": "Ready",
+        "status": "False",
+        "observedGeneration": m.get("generation"),
+        "lastTransitionTime": _now(),
+        "reason": "WaitingForCleanup",
+        "message": message,
+    }
+    try:
+        rt.kube.patch_status(PIPELINE_KIND, m["namespace"], m["name"], {"conditions": [ready, *conds]})
+    except Exception as exc:
+        rt.log.warning("reporting cleanup on %s/%s failed: %s", m["namespace"], m["name"], exc)
 
 
 async def _wait_any(event: asyncio.Event, stopped, timeout: float) -> None:

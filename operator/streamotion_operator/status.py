@@ -4,6 +4,7 @@ as the API server returned them; and the merge patch that writes it."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -14,7 +15,12 @@ from streamotion_operator import builders, tenancy
 from streamotion_operator.config import OperatorConfig
 
 CHILD_CONFLICT = "ChildConflict"
+CHILD_TERMINATING = "ChildTerminating"
+TOPIC_RECREATED = "TopicRecreated"
+SINK_FAILING = "SinkFailing"
 TRANSIENT_REASONS = {
+    TOPIC_RECREATED,
+    CHILD_TERMINATING,
     "DependencyMissing",
     "NamespaceMissing",
     "SecretMissing",
@@ -23,7 +29,15 @@ TRANSIENT_REASONS = {
 }
 # Reasons meaning a desired child was not applied: status.observedGeneration stays behind.
 NOT_APPLIED = frozenset(
-    {"ApplyFailed", CHILD_CONFLICT, "NamespaceMissing", "DependencyMissing", "InvalidSpec", tenancy.REASON}
+    {
+        "ApplyFailed",
+        CHILD_CONFLICT,
+        CHILD_TERMINATING,
+        "NamespaceMissing",
+        "DependencyMissing",
+        "InvalidSpec",
+        tenancy.REASON,
+    }
 )
 COMPONENT_CONDITIONS = CONDITION_TYPES[1:]  # all but Ready
 
@@ -46,9 +60,12 @@ def pipeline_status(
     found: list[Problem],
     generation: int | None,
     cfg: OperatorConfig,
+    spark_applied: dict[str, Any] | None = None,
+    topic_ids: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """The status of ``body``: ``p`` is its parsed spec (None: invalid), ``current`` its children as
-    applied or read back, ``found`` the problems this reconcile met."""
+    applied or read back, ``found`` the problems this reconcile met, ``spark_applied`` the
+    SparkApplication's generation and the API server's time when this reconcile changed its spec."""
     old = body.get("status") or {}
     # observedGeneration: the generation the children were applied for; kept at the last one
     # while some child of this generation could not be applied (the spec is not in effect)
@@ -62,7 +79,7 @@ def pipeline_status(
         problems.setdefault(pr.condition, []).append(pr)
     waiting: dict[str, list[str]] = {c: [] for c in COMPONENT_CONDITIONS}
     if p is not None:
-        _component_status(p, cfg, current, status, waiting, problems)
+        _component_status(p, cfg, current, status, waiting, problems, old, spark_applied, topic_ids)
     suspended = bool(p and p.spec.suspend)
     conds: dict[str, tuple[str, str, str]] = {}
     for c in COMPONENT_CONDITIONS:
@@ -125,7 +142,9 @@ def pipeline_status(
     return status
 
 
-def _component_status(p, cfg, current, status, waiting, problems) -> None:
+def _component_status(
+    p, cfg, current, status, waiting, problems, old=None, spark_applied=None, topic_ids=None
+) -> None:
     by_kind: dict[str, dict[str, dict[str, Any]]] = {}
     for (kind, _ns, n), obj in current.items():
         by_kind.setdefault(kind, {})[n] = obj
@@ -140,11 +159,23 @@ def _component_status(p, cfg, current, status, waiting, problems) -> None:
             ready_topics = False
             if "TopicsReady" not in problems:
                 waiting["TopicsReady"].append(why)
+    query = _job_query(by_kind.get("ConfigMap", {}).get(naming.job_report_name(p)))
+    if query.get("topicRecreated") and not any(
+        x.reason == TOPIC_RECREATED for x in problems.get("TopicsReady", [])
+    ):
+        msg = (
+            f"the job reports since {query.get('since', '?')} that topic {topics['raw']} is behind its "
+            f"checkpoint ({str(query.get('message') or '')[:300]}): the topic was deleted and created "
+            "again, or truncated. See Troubleshooting, TopicRecreated"
+        )
+        problems.setdefault("TopicsReady", []).append(Problem("TopicsReady", TOPIC_RECREATED, msg))
+        ready_topics = False
     status["topics"] = {
         "namespace": builders.kafka_namespace(p, cfg),
         "raw": topics["raw"],
         "deadLetter": topics["deadLetter"],
         "ready": ready_topics and "TopicsReady" not in problems,
+        **({"topicIds": topic_ids} if topic_ids else {}),
     }
     # sources
     sources = []
@@ -190,7 +221,17 @@ def _component_status(p, cfg, current, status, waiting, problems) -> None:
         proc_msg = f"SparkApplication {an} is {state or 'not submitted yet'}"
         if app_state.get("errorMessage"):
             proc_msg += f": {app_state['errorMessage']}"
+    applied = _spark_applied(app, (old or {}).get("processing") or {}, spark_applied)
+    if app is not None and state == "RUNNING" and applied:
+        submitted = ((app.get("status") or {}).get("lastSubmissionAttemptTime")) or ""
+        if _time(submitted) < _time(applied["specAppliedAt"]):
+            proc_msg = (
+                f"SparkApplication {an} is RUNNING a submission from {submitted or 'an unknown time'}, "
+                f"before its spec changed at {applied['specAppliedAt']}: waiting for spark-operator to "
+                "submit it again"
+            )
     status["processing"] = {
+        **(applied or {}),
         "application": an,
         **({"state": state} if state else {}),
         **(
@@ -205,7 +246,7 @@ def _component_status(p, cfg, current, status, waiting, problems) -> None:
         waiting["ProcessingReady"].append(proc_msg)
     # model
     rn = naming.ray_service_name(p)
-    ok, why = _condition_ready(by_kind.get("RayService", {}).get(rn), f"RayService {rn}")
+    ok, why = _condition_ready(by_kind.get("RayService", {}).get(rn), f"RayService {rn}", upgrading=True)
     status["model"] = {
         "service": rn,
         "name": p.spec.model.name,
@@ -217,6 +258,7 @@ def _component_status(p, cfg, current, status, waiting, problems) -> None:
     # sinks
     sinks = []
     sink_msgs = [pr.message for pr in problems.get("SinksReady", [])]
+    report = _job_report(by_kind.get("ConfigMap", {}).get(naming.job_report_name(p)))
     for i, sink in enumerate(p.spec.sinks):
         if sink.postgres:
             pg = sink.postgres
@@ -224,6 +266,12 @@ def _component_status(p, cfg, current, status, waiting, problems) -> None:
         else:
             target = f"{sink.bigquery.project}.{sink.bigquery.dataset}"
         msg = next((m for m in sink_msgs if f"spec.sinks[{i}]" in m), None)
+        if msg is None and not p.spec.suspend:
+            failing, msg = _reported(report, i, sink.type)
+            if msg and failing:
+                problems.setdefault("SinksReady", []).append(Problem("SinksReady", SINK_FAILING, msg))
+            elif msg and "SinksReady" not in problems:
+                waiting["SinksReady"].append(msg)
         sinks.append(
             {
                 "type": sink.type,
@@ -245,17 +293,94 @@ def _component_status(p, cfg, current, status, waiting, problems) -> None:
             waiting["DashboardsReady"].append(f"ConfigMap {p.spec.dashboards.namespace}/{cm} not created")
 
 
-def _condition_ready(obj: dict[str, Any] | None, what: str) -> tuple[bool, str]:
+def _condition_ready(obj: dict[str, Any] | None, what: str, upgrading: bool = False) -> tuple[bool, str]:
+    """Ready when the child's Ready condition is True for its current spec: its controller has
+    observed its generation (Strimzi's KafkaTopic and KubeRay's RayService both set
+    status.observedGeneration as they reconcile) and, with ``upgrading``, no UpgradeInProgress
+    condition is True (KubeRay keeps serving the old cluster while it brings up the new one)."""
     if obj is None:
         return False, f"{what} not created"
-    conds = {c.get("type"): c for c in (obj.get("status") or {}).get("conditions") or []}
+    st = obj.get("status") or {}
+    conds = {c.get("type"): c for c in st.get("conditions") or []}
     ready = conds.get("Ready")
+    generation = (obj.get("metadata") or {}).get("generation") or 0
+    observed = st.get("observedGeneration") or 0
+    if ready and ready.get("status") == "True" and observed < generation:
+        return (
+            False,
+            f"{what} has not observed its new spec yet (generation {generation}, observed {observed})",
+        )
+    if upgrading and (conds.get("UpgradeInProgress") or {}).get("status") == "True":
+        detail = conds["UpgradeInProgress"].get("message") or "upgrade in progress"
+        return False, f"{what} is upgrading to its new spec: {detail}"
     if ready and ready.get("status") == "True":
         return True, ""
     if ready:
         detail = ready.get("message") or ready.get("reason") or "not Ready"
         return False, f"{what} is not Ready: {detail}"
     return False, f"{what} has no Ready condition yet"
+
+
+def _job_report(cm: dict[str, Any] | None) -> list[dict[str, Any]] | None:
+    """The job's own report of its sinks (streamotion_jobs.report), None when it has not written one."""
+    raw = ((cm or {}).get("data") or {}).get(naming.JOB_REPORT_KEY)
+    if not raw:
+        return None
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return None
+    return [e for e in doc if isinstance(e, dict)] if isinstance(doc, list) else None
+
+
+def _job_query(cm: dict[str, Any] | None) -> dict[str, Any]:
+    """The job's report of its streaming query (streamotion_jobs.report), {} when none."""
+    raw = ((cm or {}).get("data") or {}).get(naming.JOB_QUERY_KEY)
+    try:
+        doc = json.loads(raw) if raw else {}
+    except ValueError:
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def _reported(report: list[dict[str, Any]] | None, index: int, type_: str) -> tuple[bool, str | None]:
+    """(failing, why) sink ``index`` is not ready by the job's report (why None: the job reported
+    it working)."""
+    entry = next((e for e in report or [] if e.get("index") == index and e.get("type") == type_), None)
+    if entry is None:
+        return False, f"spec.sinks[{index}] ({type_}): the job has not reported this sink yet"
+    if entry.get("ok") is True:
+        return False, None
+    return True, (
+        f"spec.sinks[{index}] ({type_}): the job reports it failing since {entry.get('since', '?')}: "
+        f"{str(entry.get('message') or 'no detail')[:500]}"
+    )
+
+
+def _spark_applied(
+    app: dict[str, Any] | None, old_processing: dict[str, Any], new: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    """When the operator last changed the SparkApplication's spec, for its current generation.
+
+    spark-operator v2.5.2 keeps no status.observedGeneration; on a spec change its update filter
+    sets the state to INVALIDATING and the application is submitted again, which sets
+    status.lastSubmissionAttemptTime (kubeflow/spark-operator@v2.5.2
+    internal/controller/sparkapplication/event_filter.go, api/v1beta2/sparkapplication_types.go).
+    So the job runs its current spec once it is RUNNING from a submission at or after this time."""
+    if app is None:
+        return None
+    generation = (app.get("metadata") or {}).get("generation")
+    for rec in (new, old_processing):
+        if rec and rec.get("specAppliedAt") and rec.get("appliedGeneration") == generation:
+            return {"appliedGeneration": generation, "specAppliedAt": rec["specAppliedAt"]}
+    return None
+
+
+def _time(stamp: str) -> datetime:
+    try:
+        return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    except (TypeError, ValueError):
+        return datetime.min.replace(tzinfo=UTC)
 
 
 def status_patch(new: dict[str, Any], old: dict[str, Any]) -> dict[str, Any]:

@@ -4,6 +4,7 @@ readiness is simulated the way those controllers report it (status subresources)
 from __future__ import annotations
 
 import copy
+import json
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -157,18 +158,62 @@ def make_ready(kube: Kube, namespace: str, name: str, *, topics: bool = True, po
     """Report every child Ready the way its controller would (Strimzi, kubelet, spark-operator, KubeRay)."""
     kids = children(kube, namespace, name)
     for (kind, ns, n), obj in kids.items():
+        gen = obj["metadata"].get("generation", 1)
         if kind == "KafkaTopic" and topics:
-            gen = obj["metadata"].get("generation", 1)
-            _status(kube, KINDS[kind], ns, n, {"conditions": [ready_condition()], "observedGeneration": gen})
+            status = {"conditions": [ready_condition()], "observedGeneration": gen}
+            status["topicId"] = topic_id(obj)
+            _status(kube, KINDS[kind], ns, n, status)
         elif kind == "SparkApplication" and job:
-            _status(kube, KINDS[kind], ns, n, {"applicationState": {"state": "RUNNING"}, "driverInfo": {}})
+            state = {"state": "RUNNING"}
+            _status(
+                kube,
+                KINDS[kind],
+                ns,
+                n,
+                {"applicationState": state, "driverInfo": {}, "lastSubmissionAttemptTime": now()},
+            )
         elif kind == "RayService" and model:
             cond = {**ready_condition(), "reason": "RayServiceReady"}
-            _status(kube, KINDS[kind], ns, n, {"conditions": [cond]})
+            _status(kube, KINDS[kind], ns, n, {"conditions": [cond], "observedGeneration": gen})
+        elif kind == "ConfigMap" and n == f"{name}-job-report" and job:
+            report_sinks(kube, namespace, name)
     if pods:
         make_pods_ready(
             kube, namespace, {naming.PIPELINE_LABEL: name, "app.kubernetes.io/component": "producer"}
         )
+
+
+def report_sinks(kube: Kube, namespace: str, name: str, failing: dict[int, str] | None = None) -> None:
+    """What the job's driver writes (streamotion_jobs.report): every sink of the pipeline working,
+    but those in ``failing`` (index: error)."""
+    failing = failing or {}
+    body = get_pipeline(kube, namespace, name) or {}
+    entries = [
+        {
+            "index": i,
+            "type": s.get("type"),
+            "ok": i not in failing,
+            "since": now(),
+            "message": failing.get(i, ""),
+        }
+        for i, s in enumerate((body.get("spec") or {}).get("sinks") or [])
+    ]
+    kube.request(
+        "PATCH",
+        f"/api/v1/namespaces/{namespace}/configmaps/{name}-job-report",
+        body={"data": {naming.JOB_REPORT_KEY: json.dumps(entries)}},
+        content_type="application/merge-patch+json",
+    )
+
+
+def topic_id(kafka_topic: dict[str, Any]) -> str:
+    """A Kafka topic id (22 characters of base64, like Strimzi's status.topicId) for a KafkaTopic:
+    one per KafkaTopic object, so a KafkaTopic deleted and created again gets a new one."""
+    import base64
+    import uuid
+
+    raw = uuid.UUID(kafka_topic["metadata"]["uid"]).bytes
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
 def make_pods_ready(kube: Kube, namespace: str, selector: dict[str, str]) -> int:

@@ -53,6 +53,16 @@ def ray_service_name(p: StreamPipeline) -> str:
     return f"{p.name}-model"
 
 
+def job_report_name(p: StreamPipeline) -> str:
+    """ConfigMap the job's driver writes its sinks' state into (key JOB_REPORT_KEY); the operator
+    creates it and reads it for the SinksReady condition."""
+    return f"{p.name}-job-report"
+
+
+JOB_REPORT_KEY = "sinks.json"
+JOB_QUERY_KEY = "query.json"  # the streaming query: {"topicRecreated": true, "since", "message"} or {}
+
+
 def checkpoint_pvc_name(p: StreamPipeline) -> str:
     return f"{p.name}-checkpoint"
 

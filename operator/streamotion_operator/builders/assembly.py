@@ -14,7 +14,7 @@ from .kafka import kafka_topics
 from .monitoring import pod_monitors, prometheus_rule
 from .producers import producer
 from .ray import ray_service
-from .spark import checkpoint_claim, spark_application, spark_service_account
+from .spark import checkpoint_claim, job_report, spark_application, spark_service_account
 
 
 def build(p: StreamPipeline, cfg: OperatorConfig) -> list[dict[str, Any]]:
@@ -25,6 +25,7 @@ def build(p: StreamPipeline, cfg: OperatorConfig) -> list[dict[str, Any]]:
         out += producer(p, s, cfg)
     out += spark_service_account(p, cfg)
     out += checkpoint_claim(p)
+    out += job_report(p)
     out.append(spark_application(p, cfg))
     out.append(ray_service(p, cfg))
     if p.spec.dashboards.enabled:

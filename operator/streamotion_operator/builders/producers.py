@@ -61,9 +61,12 @@ def producer(p: StreamPipeline, s: Source, cfg: OperatorConfig) -> list[dict[str
         {"source": s.model_dump(mode="json", by_alias=True), "kafka": kafka_bootstrap(p, cfg)}
     )
     probe: dict[str, Any] = {"periodSeconds": 10, "timeoutSeconds": 5}
+    # Ready while Kafka is reachable (/healthz of http sources, /readyz of the others); alive while
+    # the process answers (a Kafka outage must not restart the producers: they buffer and retry).
     probe["httpGet"] = (
-        {"path": "/healthz", "port": "http"} if s.http else {"path": "/metrics", "port": "metrics"}
+        {"path": "/healthz", "port": "http"} if s.http else {"path": "/readyz", "port": "metrics"}
     )
+    alive = {**probe, "httpGet": {"path": "/metrics", "port": "metrics"}}
     deployment = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -95,7 +98,7 @@ def producer(p: StreamPipeline, s: Source, cfg: OperatorConfig) -> list[dict[str
                                 "limits": {"memory": "512Mi"},
                             },
                             "readinessProbe": probe,
-                            "livenessProbe": {**probe, "initialDelaySeconds": 10, "failureThreshold": 6},
+                            "livenessProbe": {**alive, "initialDelaySeconds": 10, "failureThreshold": 6},
                             "securityContext": CONTAINER_SECURITY,
                             "volumeMounts": [_PIPELINE_MOUNT, {"name": "tmp", "mountPath": "/tmp"}],
                         }

@@ -61,6 +61,18 @@ def spark_service_account(p: StreamPipeline, cfg: OperatorConfig) -> list[dict[s
     ]
 
 
+def job_report(p: StreamPipeline) -> list[dict[str, Any]]:
+    """The ConfigMap the job's driver reports its sinks' state in (streamotion_jobs.report). Created
+    empty: the driver fills ``data`` (its ServiceAccount's role already lets it patch ConfigMaps in
+    its namespace, for Spark's executors); the operator never applies ``data``, so it never takes
+    the driver's report over."""
+    meta = _meta(p, naming.job_report_name(p), "job")
+    meta["annotations"] = {
+        "streamotion.io/written-by": f"the driver of SparkApplication {naming.spark_app_name(p)}"
+    }
+    return [{"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta}]
+
+
 def checkpoint_claim(p: StreamPipeline) -> list[dict[str, Any]]:
     cp = p.spec.processing.checkpoint
     if cp.uri:

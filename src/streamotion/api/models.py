@@ -437,6 +437,9 @@ class TopicsStatus(ApiModel):
     raw: str | None = None
     dead_letter: str | None = None
     ready: bool = False
+    topic_ids: dict[str, str] | None = None
+    """Kafka's topic id of each topic (raw, deadLetter) as Strimzi reported it when the job first
+    used it: a different id means the topic was deleted and created again (reason TopicRecreated)."""
 
 
 class SourceStatus(ApiModel):
@@ -451,6 +454,11 @@ class ProcessingStatus(ApiModel):
     application: str | None = None
     state: str | None = None
     spec_hash: str | None = None
+    applied_generation: int | None = None
+    """The SparkApplication's generation when the operator last changed its spec."""
+    spec_applied_at: str | None = None
+    """When (API server time) the operator last changed the SparkApplication's spec: the job runs
+    that spec once spark-operator has submitted it at or after this time."""
     ready: bool = False
     message: str | None = None
 
