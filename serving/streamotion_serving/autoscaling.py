@@ -4,9 +4,10 @@ The streaming job sends chunks of hundreds of texts per request, a dashboard one
 default policy (ongoing requests per replica against ``target_ongoing_requests``) would count both
 alike. Each replica reports the texts it holds (queued for a batch or in the model) through
 ``record_autoscaling_stats`` (:data:`TEXTS_METRIC`); :class:`TextsInFlight` asks for as many
-replicas as keep each at ``target_texts_per_replica``. Ray Serve applies min/max replicas, the
-up/downscale delays and factors of ``autoscaling_config`` around it (``ray.serve.autoscaling_policy.
-_apply_autoscaling_config``), and averages the metric over ``look_back_period_s``.
+replicas as keep each at ``target_texts_per_replica``. Ray Serve applies the up/downscale delays
+and factors of ``autoscaling_config`` around it (``ray.serve.autoscaling_policy.
+_apply_autoscaling_config``), then min/max replicas (``_private/autoscaling_state.py``
+``apply_bounds``), and averages the metric over ``look_back_period_s``.
 """
 
 from __future__ import annotations
