@@ -140,13 +140,20 @@ def test_served_by_the_same_app_and_http_api(linear_server, linear_model):
 
 
 def test_the_jobs_client_classifies_with_it(linear_server, linear_model):
-    """Many chunks, several in flight, results in order; a text past what the model reads is cut."""
+    """Many chunks, several in flight, results in order; a text past what the model reads is cut,
+    so one over the service's limit (100,000 characters) is classified as the model reads it (the
+    client used to send it whole, and the service refused it)."""
     from streamotion_jobs.classify import ModelClient
     from streamotion_serving.model import ModelConfig, load_model
 
-    from streamotion.model_api import truncate_text
+    from streamotion.model_api import MAX_TEXT_CHARS, truncate_text
 
-    texts = [f"{TEXTS[i % len(TEXTS)]} #{i}" for i in range(1000)] + ["so happy " * 5000]
+    huge = "so happy " * 12_000
+    assert len(huge) > MAX_TEXT_CHARS
+    assert (
+        httpx.post(f"{linear_server.url}/v1/classify", json={"texts": [huge]}, timeout=60).status_code == 422
+    )
+    texts = [f"{TEXTS[i % len(TEXTS)]} #{i}" for i in range(1000)] + [huge]
     client = ModelClient(linear_server.url, batch_size=64, concurrency=4)
     try:
         results = client.classify(texts)

@@ -14,7 +14,6 @@ import httpx
 import pytest
 
 from streamotion.model_api import truncate_chars, truncate_text
-from tests.fixtures.model import MODEL_MAX_TEXT_CHARS
 
 
 class _SlowService:
@@ -114,23 +113,6 @@ def test_truncation_keeps_what_the_tokenizer_reads(tiny_models):
     ids = lambda t: tok(t, truncation=True, max_length=128)["input_ids"]  # noqa: E731
     assert ids(cut) == ids(text)
     assert truncate_text("short  text", 128) == "short  text"  # untouched under the bound
-
-
-def test_a_text_over_the_services_limit_is_classified_as_the_model_reads_it(model_server):
-    """Before: the client sent all 50,000 characters and the service refused them (422)."""
-    from streamotion_jobs.classify import ModelClient
-
-    long = "i am so happy and grateful today " * 1500
-    assert len(long) > MODEL_MAX_TEXT_CHARS
-    r = httpx.post(f"{model_server.url}/v1/classify", json={"texts": [long]}, timeout=60)
-    assert r.status_code == 422
-    client = ModelClient(model_server.url)
-    [result] = client.classify([long], isolate=True)
-    client.close()
-    direct = httpx.post(
-        f"{model_server.url}/v1/classify", json={"texts": [truncate_text(long, 128)]}, timeout=60
-    ).json()["results"][0]
-    assert result["scores"] == pytest.approx(direct["scores"], abs=1e-5)
 
 
 def test_back_pressure_answers_503_and_the_client_retries(tiny_models, tmp_path):
