@@ -114,7 +114,11 @@ def test_in_process_model_matches_scikit_learn(linear_model):
 
 
 def test_declared_arch_must_be_the_models(linear_model, tiny_models):
+    from streamotion_serving.export import export_onnx
     from streamotion_serving.model import ModelConfig, load_model
+
+    with pytest.raises(ValueError, match="is a linear model: it has no ONNX export"):
+        export_onnx(linear_model)
 
     with pytest.raises(ValueError, match="is a linear model, but arch 'transformer' was declared"):
         load_model(ModelConfig(model=str(linear_model), arch="transformer"))
