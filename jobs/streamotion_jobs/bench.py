@@ -51,9 +51,17 @@ def _log(msg: str) -> None:
     typer.echo(f"[bench pipeline] {msg}", err=True)
 
 
-def _pipeline(name: str, schema: str, trigger: str, max_events: int):
+def _pipeline(name: str, schema: str, trigger: str, max_events: int, bigquery: dict | None = None):
     from streamotion.api.validate import parse
 
+    sink = (
+        {"type": "bigquery", "bigquery": bigquery}
+        if bigquery
+        else {
+            "type": "postgres",
+            "postgres": {"host": "127.0.0.1", "schema": schema, "credentialsSecret": "pg"},
+        }
+    )
     return parse(
         {
             "apiVersion": "streamotion.io/v1alpha1",
@@ -67,12 +75,7 @@ def _pipeline(name: str, schema: str, trigger: str, max_events: int):
                     "watermark": "10m",
                     "maxEventsPerTrigger": max_events,
                 },
-                "sinks": [
-                    {
-                        "type": "postgres",
-                        "postgres": {"host": "127.0.0.1", "schema": schema, "credentialsSecret": "pg"},
-                    }
-                ],
+                "sinks": [sink],
             },
         }
     )
@@ -344,6 +347,61 @@ def _saturation_and_latency(kafka, pg, spark, setup, events: int, latency_s: flo
     return throughput, p50, p99, rate
 
 
+def _bigquery_platform(kafka, spark, work: Path, trigger: str, max_events: int, events: int, url: str):
+    """The platform run with the BigQuery sink on bqemulator (local, DuckDB-backed: its speed is not
+    BigQuery's): rows/s after the first micro-batch, from polling the events table's count."""
+    import dataclasses
+    import os
+
+    from streamotion.dev.bigquery import EMULATOR_HOST_ENV, BigQueryEmulator
+    from streamotion.naming import topic_names
+    from streamotion_jobs.config import JobConfig
+
+    with BigQueryEmulator(project="streamotion-bench") as bq:
+        os.environ[EMULATOR_HOST_ENV] = bq.host
+        dataset = f"bench_{uuid.uuid4().hex[:6]}"
+        p = _pipeline(
+            f"bbq{uuid.uuid4().hex[:4]}",
+            "unused",
+            trigger,
+            max_events,
+            {"project": bq.project, "dataset": dataset},
+        )
+        names = topic_names(p)
+        kafka.create_topic(names["raw"], partitions=2)
+        kafka.create_topic(names["deadLetter"])
+        cfg = JobConfig.from_pipeline(p, checkpoint=str(work / f"ckpt-{dataset}"))
+        cfg = dataclasses.replace(cfg, model_url=url)
+        client = bq.client()
+
+        def count() -> int:
+            sql = f"SELECT COUNT(*) FROM `{bq.project}.{dataset}.events`"
+            try:
+                return next(iter(client.query(sql).result()))[0]
+            except Exception:  # the table is not there before the first batch
+                return 0
+
+        _produce(kafka.bootstrap, names["raw"], 0, events)
+        stop = threading.Event()
+        thread = _run_job(cfg, spark, stop)
+        _log(f"platform (BigQuery emulator): {events} events queued, job running...")
+        deadline = time.monotonic() + 1800
+        first_n, first_t, n = 0, 0.0, 0
+        while n < events and time.monotonic() < deadline:
+            time.sleep(0.5)
+            n = count()
+            if n and not first_n:
+                first_n, first_t = n, time.monotonic()
+        end_t = time.monotonic()
+        stop.set()
+        thread.join(120)
+        if n < events:
+            raise TimeoutError(f"BigQuery: only {n} of {events} rows after 1800 s")
+        rate = (n - first_n) / (end_t - first_t) if end_t > first_t and n > first_n else float("nan")
+        _log(f"platform (BigQuery emulator): {rate:.1f} events/s")
+        return rate
+
+
 def bench_pipeline(
     events: int = typer.Option(
         0, help="Events for the saturation run (0: four micro-batches of maxEventsPerTrigger)."
@@ -372,6 +430,12 @@ def bench_pipeline(
         50_000, help="maxEventsPerTrigger of the platform run: large, so that it does not cap throughput."
     ),
     linear_texts: int = typer.Option(50_000, help="Texts for the linear model's raw and service figures."),
+    bigquery: bool = typer.Option(
+        True, "--bigquery/--no-bigquery", help="Also the platform run with the BigQuery sink (bqemulator)."
+    ),
+    bigquery_events: int = typer.Option(
+        0, help="Events for the BigQuery platform run (0: three micro-batches of 10,000)."
+    ),
 ) -> None:
     """End-to-end events/s and latency of the streaming job, against raw model throughput and the
     ancestors' one-HTTP-call-per-row pattern, in the same run; then the platform's own capacity with
@@ -488,6 +552,18 @@ def bench_pipeline(
                     "platform",
                     linear_server.url,
                 )
+                plat_bq = None
+                if bigquery:
+                    bq_batch = 10_000 if not bigquery_events else max(1, bigquery_events // 3)
+                    plat_bq = _bigquery_platform(
+                        kafka,
+                        spark,
+                        work,
+                        trigger,
+                        bq_batch,
+                        bigquery_events or 3 * bq_batch,
+                        linear_server.url,
+                    )
                 platform_config = {
                     "linear_model": linear,
                     "platform_events": platform_events,
@@ -527,6 +603,8 @@ def bench_pipeline(
             Result("platform_p99_latency_s", plat_p99, "s"),
             Result("platform_p99_latency_over_trigger", plat_p99 / trigger_s, "ratio"),
         ]
+        if plat_bq is not None:
+            results.append(Result("platform_bigquery_emulator_events_per_s", plat_bq, "events/s"))
         targets.update(
             {
                 "platform_events_per_s": ">= 5000",
