@@ -233,3 +233,47 @@ def test_gpu_settings_and_cpu_defaults(tiny_models):
 
     assert half.info()["dtype"] == "bfloat16" and next(half.model.parameters()).dtype == torch.bfloat16
     np.testing.assert_allclose(half.scores(texts), m.scores(texts), atol=0.05)
+
+
+def test_a_replica_is_added_for_texts_in_flight_not_requests(tiny_models, tmp_path):
+    """One request at a time (Ray's request-based policy, target_ongoing_requests 2, would keep one
+    replica) carrying 512 texts each: the texts-in-flight policy, loaded by Ray Serve's controller and
+    fed by each replica's ``record_autoscaling_stats`` (ray-project/ray@ray-2.60.0:
+    python/ray/serve/_private/replica.py ``_fetch_custom_autoscaling_metrics``), adds the second."""
+    import re
+
+    from streamotion_serving.server import ServeProcess
+
+    server = ServeProcess(
+        {
+            "model": str(tiny_models["ekman"]),
+            "max_batch_size": 16,
+            "autoscaling": {
+                "min_replicas": 1,
+                "max_replicas": 2,
+                "target_texts_per_replica": 16,
+                "upscale_delay_s": 0,
+                "look_back_period_s": 2,
+            },
+        },
+        num_cpus=2,
+        log_path=tmp_path / "serve.log",
+    )
+    server.start()
+    try:
+        texts = [f"so happy and sad number {i}" for i in range(512)]
+        replicas: set[str] = set()
+        deadline = time.monotonic() + 150
+        while len(replicas) < 2 and time.monotonic() < deadline:
+            r = httpx.post(f"{server.url}/v1/classify", json={"texts": texts}, timeout=120)
+            assert r.status_code == 200, r.text
+            metrics = httpx.get(server.metrics_url, timeout=30).text
+            replicas = {
+                m.group(1)
+                for line in metrics.splitlines()
+                if line.startswith("ray_streamotion_model_texts_total")
+                and (m := re.search(r'replica="([^"]+)"', line))
+            }
+        assert len(replicas) == 2, f"still one replica after 150 s of one request at a time: {replicas}"
+    finally:
+        server.stop()
