@@ -209,6 +209,15 @@ INVALID = {
         "spec.model.replicas",
     ),
     "unknown-device": (lambda d: d["spec"].update(model={"device": "tpu"}), "spec.model.device"),
+    "unknown-arch": (lambda d: d["spec"].update(model={"arch": "rnn"}), "spec.model.arch"),
+    "linear-model-on-gpu": (
+        lambda d: d["spec"].update(model={"arch": "linear", "name": "/models/linear", "device": "gpu"}),
+        "spec.model.arch",
+    ),
+    "linear-model-on-onnx": (
+        lambda d: d["spec"].update(model={"arch": "linear", "name": "/models/linear", "backend": "onnx"}),
+        "spec.model.arch",
+    ),
     "hashtag-timeline-without-hashtags": (
         lambda d: d["spec"].update(
             sources=[{"name": "m", "type": "mastodon", "mastodon": {"timeline": "hashtag"}}]

@@ -105,7 +105,9 @@ def test_render_uses_configured_images_and_gpu():
     assert worker["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
     args = yaml.safe_load(ray["spec"]["serveConfigV2"])["applications"][0]["args"]
     assert args["num_gpus"] == 1 and args["device"] == "cuda"
-    assert args["autoscaling"] == {"min_replicas": 1, "max_replicas": 2}
+    assert args["bucket_size"] == args["max_batch_size"] == 64 and args["dtype"] == "auto"
+    assert args["autoscaling"] == {"min_replicas": 1, "max_replicas": 2, "target_texts_per_replica": 256}
+    assert args["max_queued_requests"] == 64 and args["arch"] == "transformer"
 
 
 def test_render_topic_replicas_default_to_the_operators_with_min_isr_at_most_two(tmp_path):
@@ -422,15 +424,23 @@ def test_serve_config_matches_the_serving_contract():
     """The RayService's args are ones streamotion_serving.app.build_app accepts (it refuses others)."""
     from dataclasses import fields
 
-    from streamotion_serving.app import APP_NAME, DEPLOYMENT_ARGS, ServeConfig
+    from streamotion_serving.app import APP_NAME, DEPLOYMENT_ARGS, ServeConfig, build_app
 
     known = {f.name for f in fields(ServeConfig)} | set(DEPLOYMENT_ARGS)
-    for device in ("cpu", "gpu"):
+    for model in ({"device": "cpu"}, {"device": "gpu"}, {"arch": "linear", "name": "/models/linear"}):
         body = pipeline("m", "ns")
-        body["spec"]["model"]["device"] = device
+        body["spec"]["model"].update(model)
+        body["spec"]["model"]["replicas"] = {"min": 1, "max": 3, "targetTextsPerReplica": 500}
         app_ = builders.serve_config(StreamPipeline.model_validate(body))["applications"][0]
         assert set(app_["args"]) <= known
         assert app_["name"] == APP_NAME and app_["import_path"] == naming.SERVE_IMPORT_PATH
+        # build_app (and Ray Serve's own validation of the deployment options) takes them as they are
+        deployment = build_app(app_["args"])._bound_deployment
+        config = deployment._deployment_config
+        assert config.max_queued_requests == 64
+        assert config.autoscaling_config.max_replicas == 3
+        assert config.autoscaling_config.policy.policy_kwargs == {"target_texts_per_replica": 500.0}
+        assert deployment.init_args[0]["arch"] == model.get("arch", "transformer")
     import streamotion_ingest
 
     assert builders.env_from_secret() is streamotion_ingest.ENV_FROM_SECRET

@@ -15,6 +15,22 @@ rather than the model dominates).
 * p50/p99_latency_s: event time (set at produce time) to the row's commit in PostgreSQL while a
   producer sends at half the measured e2e throughput; p99_latency_over_trigger relates it to the
   trigger interval.
+
+The platform's own capacity, with a model that is not the limit: the linear model (TF-IDF + logistic
+regression, ``streamotion model train --arch linear``; the latest in the cache, else one trained on
+GoEmotions here in about 20 s), served by the same app:
+
+* linear_model_service_texts_per_s: the linear model service alone, called as the job calls it
+  (as many clients as partitions, each with its chunks in flight); it must be at least 5 x
+  platform_events_per_s for that figure to measure the platform, not the model
+  (linear_service_over_platform);
+* platform_events_per_s: the job end to end with the linear model and a ``maxEventsPerTrigger``
+  (``--platform-max-events-per-trigger``) large enough not to cap it, PostgreSQL sink;
+  platform_p50/p99_latency_s at half that load (platform_p99_latency_over_trigger);
+* raw_linear_model_texts_per_s: the linear model in-process at its best batch size.
+
+"Raw" is the best in-process configuration of the same model: every thread count (1, all cores),
+batch size and length-bucket size tried, the fastest kept (raw_model_config says which).
 """
 
 from __future__ import annotations
@@ -35,9 +51,17 @@ def _log(msg: str) -> None:
     typer.echo(f"[bench pipeline] {msg}", err=True)
 
 
-def _pipeline(name: str, schema: str, trigger: str, max_events: int):
+def _pipeline(name: str, schema: str, trigger: str, max_events: int, bigquery: dict | None = None):
     from streamotion.api.validate import parse
 
+    sink = (
+        {"type": "bigquery", "bigquery": bigquery}
+        if bigquery
+        else {
+            "type": "postgres",
+            "postgres": {"host": "127.0.0.1", "schema": schema, "credentialsSecret": "pg"},
+        }
+    )
     return parse(
         {
             "apiVersion": "streamotion.io/v1alpha1",
@@ -51,12 +75,7 @@ def _pipeline(name: str, schema: str, trigger: str, max_events: int):
                     "watermark": "10m",
                     "maxEventsPerTrigger": max_events,
                 },
-                "sinks": [
-                    {
-                        "type": "postgres",
-                        "postgres": {"host": "127.0.0.1", "schema": schema, "credentialsSecret": "pg"},
-                    }
-                ],
+                "sinks": [sink],
             },
         }
     )
@@ -182,33 +201,70 @@ def _wait(dsn: str, schema: str, n: int, timeout: float) -> None:
     raise TimeoutError(f"only {_count(dsn, schema)} of {n} rows after {timeout:.0f}s")
 
 
-def _raw_model(model: str, n: int) -> tuple[float, int]:
-    """The limit: the model in-process (no HTTP, no Spark), batches of the spec's max_batch_size,
-    best of one thread and every core. Returns (texts/s, threads)."""
+def _raw_model(model: str, n: int) -> tuple[float, int, dict]:
+    """The limit: the model in-process (no HTTP, no Spark), at its best configuration: every
+    thread count (1, all cores) x batch size x length-bucket size (transformer), every batch size
+    (linear). Returns (texts/s, threads, the configuration)."""
     import gc
 
     import torch
-    from streamotion_serving.model import EmotionModel, ModelConfig, cpu_budget
+    from streamotion_serving.model import ModelConfig, cpu_budget, load_model, model_arch
 
     args = serve_args(model)
-    local = EmotionModel(
-        ModelConfig(
-            model=model, taxonomy=args["taxonomy"], max_length=args["max_length"], backend=args["backend"]
-        )
-    )
+    linear = model_arch(model) == "linear"
     texts = [_text(i) for i in range(n)]
-    batch = args["max_batch_size"]
-    best = (0.0, 1)
-    for threads in sorted({1, cpu_budget()}):
+    if linear:
+        grid = [(1, batch, 0) for batch in (256, 1024, 4096)]
+    else:
+        grid = [
+            (threads, batch, bucket)
+            for threads in sorted({1, cpu_budget()})
+            for batch in (args["max_batch_size"], 256)
+            for bucket in (8, 32)
+        ]
+    best = (0.0, 1, {})
+    for threads, batch, bucket in grid:
+        local = load_model(
+            ModelConfig(
+                model=model,
+                taxonomy=args["taxonomy"],
+                max_length=args["max_length"],
+                backend=args["backend"],
+                num_threads=threads,
+                bucket_size=bucket,
+            )
+        )
         torch.set_num_threads(threads)
         local.classify(texts[:batch])  # warm-up
         start = time.perf_counter()
         for i in range(0, n, batch):
             local.classify(texts[i : i + batch])
-        best = max(best, (n / (time.perf_counter() - start), threads))
-    del local
-    gc.collect()
+        rate = n / (time.perf_counter() - start)
+        if rate > best[0]:
+            best = (rate, threads, {"threads": threads, "batch": batch, "bucket": bucket or None})
+        del local
+        gc.collect()
     return best
+
+
+def _linear_model(work: Path, path: str | None) -> str:
+    """The linear model: ``path``, else the latest in the cache, else one trained here on GoEmotions."""
+    if path:
+        return path
+    from streamotion_serving.model import latest_model
+
+    found = latest_model("ekman", arch="linear")
+    if found:
+        return str(found)
+    from streamotion_serving.data import default_data_dir
+    from streamotion_serving.linear import LinearTrainConfig, train_linear
+
+    _log("no linear model in the cache: training one on GoEmotions (about 20 s)...")
+    out = work / "linear-model"
+    train_linear(
+        LinearTrainConfig(data_dir=default_data_dir() / "ekman", multi_label=True, out=out), progress=False
+    )
+    return str(out)
 
 
 def _model_service(url: str, n: int, clients: int, batch: int) -> float:
@@ -222,12 +278,128 @@ def _model_service(url: str, n: int, clients: int, batch: int) -> float:
     share = -(-n // clients)
 
     def call(k: int) -> None:
-        ModelClient(url, batch_size=batch).classify(texts[k * share : (k + 1) * share])
+        client = ModelClient(url, batch_size=batch)  # the job's client: its chunks in flight
+        try:
+            client.classify(texts[k * share : (k + 1) * share])
+        finally:
+            client.close()
 
     start = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
         list(pool.map(call, range(clients)))
     return n / (time.perf_counter() - start)
+
+
+def _latency(dsn: str, schema: str, skip: int) -> tuple[float, float]:
+    """p50 and p99 of event time to commit, of the rows after the first ``skip`` (the saturation run)."""
+    import psycopg
+
+    with psycopg.connect(dsn, options=f"-c search_path={schema}") as conn:
+        p50, p99 = conn.execute(
+            """SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY s),
+                      percentile_cont(0.99) WITHIN GROUP (ORDER BY s)
+               FROM (SELECT extract(epoch FROM written_at - created_at) AS s FROM events
+                     WHERE id NOT IN (SELECT 'b' || g FROM generate_series(0, %s - 1) g)) x""",
+            (skip,),
+        ).fetchone()
+    return float(p50), float(p99)
+
+
+def _produce_at(bootstrap: str, topic: str, start: int, rate: float, seconds: float) -> int:
+    """Send events at ``rate`` per second for ``seconds`` (event time = send time); returns how many."""
+    from confluent_kafka import Producer
+
+    n = int(rate * seconds)
+    sent_from = time.monotonic()
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+    for k in range(n):
+        delay = sent_from + k / rate - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        i = start + k
+        producer.produce(topic, key=f"http:b{i}".encode(), value=_event(i))
+        producer.poll(0)
+    producer.flush(60)
+    return n
+
+
+def _saturation_and_latency(kafka, pg, spark, setup, events: int, latency_s: float, label: str, url: str):
+    """Events already in Kafka (saturation): rows/s into PostgreSQL; then the same job at half that
+    rate for ``latency_s``: p50/p99 event-to-commit. Returns (events/s, p50, p99, rate)."""
+    import dataclasses
+
+    cfg, schema, topic = setup(label, events)
+    cfg = dataclasses.replace(cfg, model_url=url)
+    _produce(kafka.bootstrap, topic, 0, events)
+    stop = threading.Event()
+    thread = _run_job(cfg, spark, stop)
+    _log(f"{label}: {events} events queued, job running...")
+    _wait(pg.dsn, schema, events, timeout=1800)
+    throughput = _throughput(pg.dsn, schema)
+    _log(f"{label}: {throughput:.1f} events/s")
+    rate = max(1.0, throughput / 2)
+    _log(f"{label} latency: producing at {rate:.1f}/s for {latency_s:.0f}s...")
+    n = _produce_at(kafka.bootstrap, topic, events, rate, latency_s)
+    _wait(pg.dsn, schema, events + n, timeout=600)
+    stop.set()
+    thread.join(120)
+    p50, p99 = _latency(pg.dsn, schema, events)
+    return throughput, p50, p99, rate
+
+
+def _bigquery_platform(kafka, spark, work: Path, trigger: str, max_events: int, events: int, url: str):
+    """The platform run with the BigQuery sink on bqemulator (local, DuckDB-backed: its speed is not
+    BigQuery's): rows/s after the first micro-batch, from polling the events table's count."""
+    import dataclasses
+    import os
+
+    from streamotion.dev.bigquery import EMULATOR_HOST_ENV, BigQueryEmulator
+    from streamotion.naming import topic_names
+    from streamotion_jobs.config import JobConfig
+
+    with BigQueryEmulator(project="streamotion-bench") as bq:
+        os.environ[EMULATOR_HOST_ENV] = bq.host
+        dataset = f"bench_{uuid.uuid4().hex[:6]}"
+        p = _pipeline(
+            f"bbq{uuid.uuid4().hex[:4]}",
+            "unused",
+            trigger,
+            max_events,
+            {"project": bq.project, "dataset": dataset},
+        )
+        names = topic_names(p)
+        kafka.create_topic(names["raw"], partitions=2)
+        kafka.create_topic(names["deadLetter"])
+        cfg = JobConfig.from_pipeline(p, checkpoint=str(work / f"ckpt-{dataset}"))
+        cfg = dataclasses.replace(cfg, model_url=url)
+        client = bq.client()
+
+        def count() -> int:
+            sql = f"SELECT COUNT(*) FROM `{bq.project}.{dataset}.events`"
+            try:
+                return next(iter(client.query(sql).result()))[0]
+            except Exception:  # the table is not there before the first batch
+                return 0
+
+        _produce(kafka.bootstrap, names["raw"], 0, events)
+        stop = threading.Event()
+        thread = _run_job(cfg, spark, stop)
+        _log(f"platform (BigQuery emulator): {events} events queued, job running...")
+        deadline = time.monotonic() + 1800
+        first_n, first_t, n = 0, 0.0, 0
+        while n < events and time.monotonic() < deadline:
+            time.sleep(0.5)
+            n = count()
+            if n and not first_n:
+                first_n, first_t = n, time.monotonic()
+        end_t = time.monotonic()
+        stop.set()
+        thread.join(120)
+        if n < events:
+            raise TimeoutError(f"BigQuery: only {n} of {events} rows after 1800 s")
+        rate = (n - first_n) / (end_t - first_t) if end_t > first_t and n > first_n else float("nan")
+        _log(f"platform (BigQuery emulator): {rate:.1f} events/s")
+        return rate
 
 
 def bench_pipeline(
@@ -245,12 +417,30 @@ def bench_pipeline(
     tiny_model: bool = typer.Option(False, "--tiny-model", help="Use a tiny random model."),
     model_url: str | None = typer.Option(None, help="Use this running model service instead."),
     master: str = typer.Option("local[*]", help="Spark master."),
+    platform: bool = typer.Option(
+        True, "--platform/--no-platform", help="Also measure the platform's capacity with the linear model."
+    ),
+    linear_model: str | None = typer.Option(
+        None, help="Linear model directory (default: the latest in the cache, else trained here)."
+    ),
+    platform_events: int = typer.Option(
+        0, help="Events for the platform saturation run (0: three micro-batches of the next option)."
+    ),
+    platform_max_events_per_trigger: int = typer.Option(
+        50_000, help="maxEventsPerTrigger of the platform run: large, so that it does not cap throughput."
+    ),
+    linear_texts: int = typer.Option(50_000, help="Texts for the linear model's raw and service figures."),
+    bigquery: bool = typer.Option(
+        True, "--bigquery/--no-bigquery", help="Also the platform run with the BigQuery sink (bqemulator)."
+    ),
+    bigquery_events: int = typer.Option(
+        0, help="Events for the BigQuery platform run (0: three micro-batches of 10,000)."
+    ),
 ) -> None:
     """End-to-end events/s and latency of the streaming job, against raw model throughput and the
-    ancestors' one-HTTP-call-per-row pattern, in the same run."""
+    ancestors' one-HTTP-call-per-row pattern, in the same run; then the platform's own capacity with
+    the linear model."""
     import os
-
-    import psycopg
 
     from streamotion.api.models import ProcessingSpec
     from streamotion.bench import Result, emit
@@ -264,10 +454,13 @@ def bench_pipeline(
     trigger = trigger or defaults.trigger
     max_events_per_trigger = max_events_per_trigger or defaults.max_events_per_trigger
     events = events or 4 * max_events_per_trigger
+    platform_events = platform_events or 3 * platform_max_events_per_trigger
     work = Path(tempfile.mkdtemp(prefix="streamotion-bench-pipeline-"))
     results: list[Result] = []
+    raw_config: dict = {}
+    platform_config: dict = {}
     with KafkaBroker() as kafka, PostgresServer() as pg:
-        server = None
+        server = linear_server = None
         if not model_url:
             from streamotion_serving.server import ServeProcess
 
@@ -292,9 +485,9 @@ def bench_pipeline(
             spark = session("streamotion-bench", master=master)
             partitions = max(1, spark.sparkContext.defaultParallelism)
             if model:
-                _log("raw model throughput (in-process)...")
-                raw, raw_threads = _raw_model(model, raw_texts)
-                _log(f"raw model: {raw:.1f} texts/s ({raw_threads} threads)")
+                _log("raw model throughput (in-process, best configuration)...")
+                raw, raw_threads, raw_config = _raw_model(model, raw_texts)
+                _log(f"raw model: {raw:.1f} texts/s ({raw_config})")
             _log(f"model service alone ({partitions} concurrent callers)...")
             # texts per call as the job sends them
             bench_cfg = JobConfig.from_pipeline(
@@ -315,44 +508,9 @@ def bench_pipeline(
                 cfg = JobConfig.from_pipeline(p, checkpoint=str(work / f"ckpt-{schema}"))
                 return cfg, schema, names["raw"]
 
-            # saturation: everything is in Kafka before the job starts
-            cfg, schema, topic = setup("e2e", events)
-            _produce(kafka.bootstrap, topic, 0, events)
-            stop = threading.Event()
-            thread = _run_job(cfg, spark, stop)
-            _log(f"e2e: {events} events queued, job running...")
-            _wait(pg.dsn, schema, events, timeout=1800)
-            e2e = _throughput(pg.dsn, schema)
-            _log(f"e2e: {e2e:.1f} events/s")
-
-            # latency at half that load (the same job keeps running)
-            rate = max(1.0, e2e / 2)
-            n_latency = int(rate * latency_s)
-            _log(f"latency: producing {n_latency} events at {rate:.1f}/s...")
-            sent_from = time.monotonic()
-            from confluent_kafka import Producer
-
-            producer = Producer({"bootstrap.servers": kafka.bootstrap, "linger.ms": 5})
-            for k in range(n_latency):
-                target = sent_from + k / rate
-                delay = target - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
-                i = events + k
-                producer.produce(topic, key=f"http:b{i}".encode(), value=_event(i))
-                producer.poll(0)
-            producer.flush(60)
-            _wait(pg.dsn, schema, events + n_latency, timeout=600)
-            stop.set()
-            thread.join(120)
-            with psycopg.connect(pg.dsn, options=f"-c search_path={schema}") as conn:
-                p50, p99 = conn.execute(
-                    """SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY s),
-                              percentile_cont(0.99) WITHIN GROUP (ORDER BY s)
-                       FROM (SELECT extract(epoch FROM written_at - created_at) AS s FROM events
-                             WHERE id NOT IN (SELECT 'b' || g FROM generate_series(0, %s - 1) g)) x""",
-                    (events,),
-                ).fetchone()
+            e2e, p50, p99, rate = _saturation_and_latency(
+                kafka, pg, spark, setup, events, latency_s, "e2e", model_url
+            )
 
             # the ancestors' pattern: one HTTP call per row
             # several micro-batches, so that throughput is measured after the first one
@@ -365,10 +523,60 @@ def bench_pipeline(
             thread_row.join(120)
             per_row = _throughput(pg.dsn, schema_row)
             _log(f"per-row HTTP: {per_row:.1f} events/s")
+
+            if platform:
+                from streamotion_serving.server import ServeProcess
+
+                linear = _linear_model(work, linear_model)
+                _log(f"raw linear model (in-process, best batch size): {linear}...")
+                raw_linear, _, raw_linear_config = _raw_model(linear, linear_texts)
+                _log(f"raw linear model: {raw_linear:.0f} texts/s ({raw_linear_config})")
+                linear_server = ServeProcess(
+                    {**serve_args(linear), "arch": "linear"}, log_path=work / "serve-linear.log"
+                )
+                _log("starting the linear model service...")
+                linear_server.start()
+                linear_service = _model_service(linear_server.url, linear_texts, partitions, batch)
+                _log(f"linear model service: {linear_service:.0f} texts/s")
+
+                def setup_platform(kind: str, n: int):
+                    return setup(kind, n, platform_max_events_per_trigger)
+
+                plat, plat_p50, plat_p99, plat_rate = _saturation_and_latency(
+                    kafka,
+                    pg,
+                    spark,
+                    setup_platform,
+                    platform_events,
+                    latency_s,
+                    "platform",
+                    linear_server.url,
+                )
+                plat_bq = None
+                if bigquery:
+                    bq_batch = 10_000 if not bigquery_events else max(1, bigquery_events // 3)
+                    plat_bq = _bigquery_platform(
+                        kafka,
+                        spark,
+                        work,
+                        trigger,
+                        bq_batch,
+                        bigquery_events or 3 * bq_batch,
+                        linear_server.url,
+                    )
+                platform_config = {
+                    "linear_model": linear,
+                    "platform_events": platform_events,
+                    "platform_max_events_per_trigger": platform_max_events_per_trigger,
+                    "platform_latency_rate_per_s": plat_rate,
+                    "raw_linear_model_config": raw_linear_config,
+                    "linear_texts": linear_texts,
+                }
             spark.stop()
         finally:
-            if server is not None:
-                server.stop()
+            for s in (server, linear_server):
+                if s is not None:
+                    s.stop()
             shutil.rmtree(work, ignore_errors=True)
     trigger_s = parse_duration(trigger)
     results = [
@@ -379,10 +587,31 @@ def bench_pipeline(
         Result("per_row_http_events_per_s", per_row, "events/s"),
         Result("e2e_vs_raw_model", e2e / raw, "ratio"),
         Result("e2e_vs_per_row", e2e / per_row, "ratio"),
-        Result("p50_latency_s", float(p50), "s"),
-        Result("p99_latency_s", float(p99), "s"),
-        Result("p99_latency_over_trigger", float(p99) / trigger_s, "ratio"),
+        Result("p50_latency_s", p50, "s"),
+        Result("p99_latency_s", p99, "s"),
+        Result("p99_latency_over_trigger", p99 / trigger_s, "ratio"),
     ]
+    targets = {"e2e_vs_raw_model": ">= 0.7", "e2e_vs_per_row": ">= 3", "p99_latency_over_trigger": "<= 3"}
+    if platform:
+        results += [
+            Result("platform_events_per_s", plat, "events/s"),
+            Result("linear_model_service_texts_per_s", linear_service, "texts/s"),
+            Result("raw_linear_model_texts_per_s", raw_linear, "texts/s"),
+            Result("linear_service_over_platform", linear_service / plat, "ratio"),
+            Result("platform_vs_per_row", plat / per_row, "ratio"),
+            Result("platform_p50_latency_s", plat_p50, "s"),
+            Result("platform_p99_latency_s", plat_p99, "s"),
+            Result("platform_p99_latency_over_trigger", plat_p99 / trigger_s, "ratio"),
+        ]
+        if plat_bq is not None:
+            results.append(Result("platform_bigquery_emulator_events_per_s", plat_bq, "events/s"))
+        targets.update(
+            {
+                "platform_events_per_s": ">= 5000",
+                "linear_service_over_platform": ">= 5",
+                "platform_p99_latency_over_trigger": "<= 3",
+            }
+        )
     emit(
         "pipeline",
         results,
@@ -396,15 +625,18 @@ def bench_pipeline(
                     "max_events_per_trigger": max_events_per_trigger,
                     "raw_model": "in-process" if raw_threads else "the given model service",
                     "raw_threads": raw_threads,
+                    "raw_model_config": raw_config,
                     "partitions": partitions,
                     "texts": "GoEmotions dev comments",
                     "load_average_at_end": os.getloadavg(),
                     "model": model or model_url,
                     "master": master,
                     "serving": serve_args(model or model_url),
+                    "sink": "postgres",
+                    **platform_config,
                 }
             )
         ),
-        targets={"e2e_vs_raw_model": ">= 0.7", "e2e_vs_per_row": ">= 3", "p99_latency_over_trigger": "<= 3"},
+        targets=targets,
         ancestor={"e2e_vs_per_row": "one HTTP call to the model per row from the Spark job"},
     )

@@ -6,17 +6,25 @@ the checkpoint — never a row without an emotion, never a dropped row.
 A client error (400, 413, 422) says the request is wrong, so retrying it cannot help: with
 ``isolate=True`` the chunk is split in halves until each refused text stands alone, and that text's
 result is a :class:`Refusal` carrying the service's message (the job dead-letters it); the other
-texts are classified as usual."""
+texts are classified as usual.
+
+Keeping a GPU busy: texts are cut on the client to what the model reads (``max_length`` tokens:
+:func:`streamotion.model_api.truncate_text`, about 2,300 characters for 128 tokens, instead of up to
+100,000), and ``concurrency`` chunks are in flight at once (a small thread pool, one HTTP connection
+per thread), so the service batches one chunk while the next travels. :meth:`ModelClient.submit`
+returns at once, so a caller can prepare its next batch while this one is classified."""
 
 from __future__ import annotations
 
 import random
+import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
-from streamotion.model_api import MAX_TEXTS
+from streamotion.model_api import MAX_TEXTS, truncate_text
 
 
 class ModelUnavailable(RuntimeError):
@@ -44,6 +52,27 @@ class Refusal:
         return f"model service refused the text ({self.status}): {self.message}"
 
 
+class Pending:
+    """Results of :meth:`ModelClient.submit`: ``result()`` waits for every chunk, in order."""
+
+    def __init__(self, futures: list[Future]):
+        self._futures = futures
+
+    def done(self) -> bool:
+        return all(f.done() for f in self._futures)
+
+    def result(self) -> list[Any]:
+        out: list[Any] = []
+        try:
+            for f in self._futures:
+                out.extend(f.result())
+        except BaseException:
+            for f in self._futures:  # the batch fails: chunks not yet sent are not sent
+                f.cancel()
+            raise
+        return out
+
+
 @dataclass
 class ModelClient:
     url: str
@@ -53,34 +82,82 @@ class ModelClient:
     deadline_s: float = 120.0  # total time one chunk may keep retrying
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 8.0
+    max_length: int = 128  # tokens the model reads (spec.model.maxLength); 0: send texts whole
+    concurrency: int = 4  # chunks in flight at once
+    _local: threading.local = field(default_factory=threading.local, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.url = self.url.rstrip("/")
         self.batch_size = max(1, min(self.batch_size, MAX_TEXTS))
-        self._session = None
+        self.concurrency = max(1, self.concurrency)
+        self._sessions: list[Any] = []
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
 
     @property
     def session(self):
-        if self._session is None:
+        """This thread's HTTP session (a requests.Session is not shared between threads)."""
+        s = getattr(self._local, "session", None)
+        if s is None:
             import requests
 
-            self._session = requests.Session()
-        return self._session
+            s = self._local.session = requests.Session()
+            with self._lock:
+                self._sessions.append(s)
+        return s
+
+    def _drop_session(self) -> None:
+        s = getattr(self._local, "session", None)
+        if s is not None:
+            self._local.session = None
+            with self._lock:
+                if s in self._sessions:
+                    self._sessions.remove(s)
+            s.close()
 
     def close(self) -> None:
-        if self._session is not None:
-            self._session.close()
-            self._session = None
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        with self._lock:
+            sessions, self._sessions = self._sessions, []
+        for s in sessions:
+            s.close()
+        self._local = threading.local()
+
+    def prepare(self, texts: Sequence[str]) -> list[str]:
+        """The texts as sent: each cut to what a model of ``max_length`` tokens reads."""
+        if self.max_length <= 0:
+            return list(texts)
+        return [truncate_text(t, self.max_length) for t in texts]
+
+    def submit(self, texts: Sequence[str], isolate: bool = False) -> Pending:
+        """Send the texts' chunks (``concurrency`` at a time) and return at once; ``.result()``
+        is what :meth:`classify` returns."""
+        texts = self.prepare(texts)
+        call = self._isolating if isolate else self._chunk
+        chunks = [texts[s : s + self.batch_size] for s in range(0, len(texts), self.batch_size)]
+        if self.concurrency == 1:
+            done: list[Future] = []
+            for chunk in chunks:  # in this thread, one at a time
+                f: Future = Future()
+                try:
+                    f.set_result(call(chunk))
+                except Exception as exc:
+                    f.set_exception(exc)
+                    done.append(f)
+                    break
+                done.append(f)
+            return Pending(done)
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="model-client")
+        return Pending([self._pool.submit(call, chunk) for chunk in chunks])
 
     def classify(self, texts: Sequence[str], isolate: bool = False) -> list[Any]:
         """One result per text, in order (each {label, score, scores, model_version, ...}); with
         ``isolate``, a :class:`Refusal` for each text the service refuses (else the refusal raises
         :class:`ModelRefused`)."""
-        out: list[Any] = []
-        for start in range(0, len(texts), self.batch_size):
-            chunk = list(texts[start : start + self.batch_size])
-            out.extend(self._isolating(chunk) if isolate else self._chunk(chunk))
-        return out
+        return self.submit(texts, isolate).result()
 
     def _isolating(self, texts: list[str]) -> list[Any]:
         """Bisect on a client error: about 2·log2(n) extra requests per refused text."""
@@ -118,7 +195,7 @@ class ModelClient:
                 error = f"HTTP {resp.status_code}: {resp.text[:200]}"
             except requests.RequestException as exc:
                 error = f"{type(exc).__name__}: {exc}"
-                self.close()  # a fresh connection next time
+                self._drop_session()  # a fresh connection next time
             if time.monotonic() + delay > deadline:
                 raise ModelUnavailable(
                     f"model service {self.url} unavailable after {attempt} attempts ({self.deadline_s:.0f}s): {error}"

@@ -6,12 +6,21 @@ metrics agent, which exports every replica's (``--metrics-export-port``).
 
 Every text of every request goes through one ``@serve.batch`` queue, so concurrent requests share
 model batches; inside a batch, texts run in buckets of similar length. The model runs in a worker
-thread, so the replica keeps accepting requests (and filling the next batch) while a batch runs.
+thread of its own, so the replica keeps accepting requests (and filling the next batch) while a
+batch runs; tokenization and the results' formatting run on another thread, and two batches may be in
+flight, so the next batch is tokenized while the model runs this one. A linear model (``arch:
+linear``) classifies each request whole on the model thread: its cost is per text, batching across
+requests would only add waiting.
+
+Back-pressure: ``max_queued_requests`` bounds the requests each caller (the HTTP proxy) queues for
+busy replicas; past it the proxy answers 503 at once and the job's client backs off and retries.
+Autoscaling (``autoscaling``) follows the texts in flight on each replica (``autoscaling.py``).
 """
 
 # No `from __future__ import annotations`: FastAPI must see the real types through Ray Serve's ingress.
 
 import asyncio
+import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -20,12 +29,13 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from ray import serve
 
 from streamotion.model_api import MAX_TEXT_CHARS, MAX_TEXTS, ClassifyRequest, ClassifyResponse, ModelInfo
 from streamotion_serving import metrics
-from streamotion_serving.model import EmotionModel, ModelConfig
+from streamotion_serving.autoscaling import TEXTS_METRIC, autoscaling_config
+from streamotion_serving.model import ModelConfig, load_model
 
 log = logging.getLogger("streamotion.serving")
 
@@ -85,8 +95,11 @@ class EmotionClassifier:
     def __init__(self, config: dict[str, Any]):
         cfg = ServeConfig(**config)
         self.cfg = cfg
-        self.model = EmotionModel(cfg)
+        self.model = load_model(cfg)
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        self.prep = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
+        self.whole_requests = self.model.info().get("arch") == "linear"
+        self.texts_in_flight = 0
         self._classify_batch.set_max_batch_size(cfg.max_batch_size)
         self._classify_batch.set_batch_wait_timeout_s(cfg.batch_wait_ms / 1000.0)
         info = self.model.info()
@@ -101,13 +114,26 @@ class EmotionClassifier:
             self.model.threads,
         )
 
-    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005)
+    # two batches in flight: the next one is tokenized while the model runs this one
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005, max_concurrent_batches=2)
     async def _classify_batch(self, texts: list[str]) -> list[dict[str, Any]]:
         start = time.perf_counter()
         loop = asyncio.get_running_loop()
-        results = await loop.run_in_executor(self.pool, self.model.classify, texts)
+        encoded = await loop.run_in_executor(self.prep, self.model.encode, texts)
+        scores = await loop.run_in_executor(self.pool, self.model.infer, len(texts), encoded)
+        results = await loop.run_in_executor(self.prep, self.model.results, scores)
         self.metrics.batch(len(texts), time.perf_counter() - start)
         return results
+
+    async def _classify_whole(self, texts: list[str]) -> list[dict[str, Any]]:
+        start = time.perf_counter()
+        results = await asyncio.get_running_loop().run_in_executor(self.pool, self.model.classify, texts)
+        self.metrics.batch(len(texts), time.perf_counter() - start)
+        return results
+
+    async def record_autoscaling_stats(self) -> dict[str, float]:
+        """Ray Serve's custom autoscaling metric (``autoscaling.TextsInFlight`` reads it)."""
+        return {TEXTS_METRIC: float(self.texts_in_flight)}
 
     @api.post(
         "/v1/classify",
@@ -129,9 +155,22 @@ class EmotionClassifier:
             ]
             summary = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors)
             return JSONResponse(status_code=422, content={"detail": errors, "message": summary})
-        results = await asyncio.gather(*(self._classify_batch(t) for t in body.texts))
+        self.texts_in_flight += len(body.texts)
+        try:
+            if self.whole_requests:
+                results = await self._classify_whole(body.texts)
+            else:
+                results = await asyncio.gather(*(self._classify_batch(t) for t in body.texts))
+        finally:
+            self.texts_in_flight -= len(body.texts)
         self.metrics.texts(len(results))
-        return {"results": results}
+        # the results already have ClassifyResponse's shape: serialised as they are, without
+        # FastAPI's per-field validation (most of a linear model's request time)
+        for r in results:
+            r.setdefault("labels", None)
+        return Response(
+            json.dumps({"results": results}, separators=(",", ":")), media_type="application/json"
+        )
 
     @api.get("/v1/model", response_model=ModelInfo, summary="The model being served")
     async def model_info(self) -> dict[str, Any]:
@@ -152,7 +191,15 @@ class EmotionClassifier:
         self._report_model()
 
 
-DEPLOYMENT_ARGS = ("num_replicas", "autoscaling", "max_ongoing_requests", "num_cpus", "num_gpus")
+DEPLOYMENT_ARGS = (
+    "num_replicas",
+    "autoscaling",
+    "max_ongoing_requests",
+    "max_queued_requests",
+    "num_cpus",
+    "num_gpus",
+)
+DEFAULT_MAX_QUEUED_REQUESTS = 64  # per caller (the HTTP proxy): past it, a 503 at once
 
 
 def build_app(args: dict[str, Any] | None = None) -> serve.Application:
@@ -164,13 +211,18 @@ def build_app(args: dict[str, Any] | None = None) -> serve.Application:
         ``~/.cache/streamotion/models``)
       - ``taxonomy``: ``ekman`` (default) or ``original`` (28 GoEmotions labels)
       - ``label_map``: ``{model_label: canonical_label}`` for models with other label names
+      - ``arch``: ``auto`` (default: what the model directory is), ``transformer`` or ``linear``
+        (``streamotion model train --arch linear``); a declared arch the model is not is an error
       - ``max_length``: tokens per text, longer texts are truncated (default 128)
       - ``backend``: ``torch`` (default) or ``onnx`` (needs ``streamotion model export``)
+      - ``dtype``: ``auto`` (default: bfloat16/float16 weights on CUDA, float32 on CPU),
+        ``float32``, ``float16``, ``bfloat16`` (torch backend)
       - ``quantized``: onnx backend, use the dynamic int8 model (default false)
       - ``device``: ``auto`` (default: GPU when present), ``cpu``, ``cuda``
       - ``num_threads``: CPU threads per replica (default: the replica's ``num_cpus``); on CPU
         more replicas of 1 thread each beat one replica of many threads, above all on busy nodes
-      - ``bucket_size``: texts per length bucket inside a batch (default 8)
+      - ``bucket_size``: texts per length bucket inside a batch (default 0: 8 on CPU, where padding
+        costs compute; the whole batch, ``max_batch_size``, on a GPU)
       - ``threshold``: multi-label default threshold (default 0.5; tuned ones from training win)
       - ``max_text_chars``: longest text accepted (default 100,000, the event contract's limit; a
         longer one is a 422 naming it; 0: no limit)
@@ -179,9 +231,13 @@ def build_app(args: dict[str, Any] | None = None) -> serve.Application:
       - ``batch_wait_ms``: how long a batch waits to fill (default 5)
     Deployment:
       - ``num_replicas``: int (default 1) or ``"auto"``
-      - ``autoscaling``: ``{min_replicas, max_replicas, target_ongoing_requests, ...}`` (Ray Serve
-        autoscaling_config; replaces num_replicas)
+      - ``autoscaling``: ``{min_replicas, max_replicas, target_texts_per_replica, ...}`` (Ray Serve
+        autoscaling_config, replaces num_replicas; ``target_texts_per_replica``, default 4 x
+        max_batch_size, drives the texts-in-flight policy of ``autoscaling.py`` unless a Ray
+        ``policy`` is given)
       - ``max_ongoing_requests``: per replica (default 256, high so batches fill)
+      - ``max_queued_requests``: requests the HTTP proxy queues for busy replicas before it answers
+        503 (default 64; -1: no limit)
       - ``num_cpus``: CPUs per replica (default 1), ``num_gpus``: GPUs per replica (default 0)
     """
     args = dict(args or {})
@@ -191,6 +247,7 @@ def build_app(args: dict[str, Any] | None = None) -> serve.Application:
         raise ValueError(f"unknown build_app args {unknown}; known: {sorted(known)}")
     options: dict[str, Any] = {
         "max_ongoing_requests": int(args.pop("max_ongoing_requests", 256)),
+        "max_queued_requests": int(args.pop("max_queued_requests", DEFAULT_MAX_QUEUED_REQUESTS)),
         "ray_actor_options": {
             "num_cpus": float(args.pop("num_cpus", 1)),
             "num_gpus": float(args.pop("num_gpus", 0)),
@@ -199,7 +256,8 @@ def build_app(args: dict[str, Any] | None = None) -> serve.Application:
     autoscaling = args.pop("autoscaling", None)
     replicas = args.pop("num_replicas", None)
     if autoscaling:
-        options["autoscaling_config"] = dict(autoscaling)
+        batch = int(args.get("max_batch_size", ServeConfig.max_batch_size))
+        options["autoscaling_config"] = autoscaling_config(autoscaling, default_target=4 * batch)
         options["num_replicas"] = "auto" if replicas == "auto" else None
         if options["num_replicas"] is None:
             del options["num_replicas"]

@@ -97,11 +97,36 @@ def train_cmd(
     dev_limit: int = typer.Option(0, help="use only the first N dev rows (0: all)"),
     seed: int = typer.Option(0),
     threads: int = typer.Option(0, help="torch CPU threads (0: all)"),
+    arch: str = typer.Option(
+        "transformer",
+        "--arch",
+        help="transformer (fine-tune --base) or linear (TF-IDF + logistic regression, scikit-learn: "
+        "fast on CPUs, lower macro-F1)",
+    ),
 ) -> None:
-    """Fine-tune a checkpoint on GoEmotions-format TSV; writes a standard HF model directory with a model card."""
+    """Fine-tune a checkpoint on GoEmotions-format TSV (a standard HF model directory with a model
+    card), or with --arch linear fit TF-IDF + logistic regression (served the same way)."""
     from streamotion_serving.train import TrainConfig, train
 
     data_dir = data or _data_dir() / taxonomy
+    if arch == "linear":
+        from streamotion_serving.linear import LinearTrainConfig, train_linear
+
+        result = train_linear(
+            LinearTrainConfig(
+                data_dir=data_dir,
+                taxonomy=taxonomy,
+                out=out,
+                multi_label=multi_label,
+                limit=limit,
+                dev_limit=dev_limit,
+                seed=seed,
+            )
+        )
+        typer.echo(json.dumps(result))
+        return
+    if arch != "transformer":
+        raise typer.BadParameter(f"--arch must be transformer or linear, not {arch!r}", param_hint="--arch")
     cfg = TrainConfig(
         data_dir=data_dir,
         taxonomy=taxonomy,

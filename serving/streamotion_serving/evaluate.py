@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from streamotion_serving.data import labels_for, read_tsv
-from streamotion_serving.model import EmotionModel, ModelConfig, label_mapping
+from streamotion_serving.model import EmotionModel, ModelConfig, label_mapping, load_model
 
 
 def gold_matrix(examples, data_labels: Sequence[str], labels: Sequence[str], taxonomy: str) -> np.ndarray:
@@ -178,7 +178,7 @@ def evaluate(
     ``scores``: this model's scores of these rows when already computed (training's dev pass)."""
     data_labels = labels_for(data_file, labels_file)
     examples = read_tsv(data_file, len(data_labels), limit=limit)
-    model = EmotionModel(
+    model = load_model(
         ModelConfig(model=str(model_dir), taxonomy=taxonomy, max_length=max_length, backend=backend)
     )
     labels = model.labels

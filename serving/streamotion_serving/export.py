@@ -15,6 +15,10 @@ def export_onnx(model_dir: str | Path, quantize: bool = False, opset: int = 17) 
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     model_dir = Path(model_dir)
+    from streamotion_serving.model import model_arch
+
+    if model_arch(model_dir) == "linear":
+        raise ValueError(f"{model_dir} is a linear model: it has no ONNX export, serve it as it is")
     out = model_dir / ONNX_DIR
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)

@@ -7,6 +7,7 @@ main waste of batched CPU inference on short social texts) stays small.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -36,14 +37,30 @@ def models_dir() -> Path:
     return cache_root() / "models"
 
 
-def latest_model(taxonomy: str | None = None) -> Path | None:
-    """The most recently trained model in the cache (optionally of one taxonomy), or None."""
+ARCHS = ("transformer", "linear")
+
+
+def model_arch(model_dir: str | Path) -> str:
+    """``linear`` for a directory of ``streamotion model train --arch linear`` (its
+    ``streamotion.json`` says ``"arch": "linear"``), else ``transformer`` (a Hugging Face model)."""
+    return "linear" if read_meta(model_dir).get("arch") == "linear" else "transformer"
+
+
+def is_model_dir(model_dir: str | Path) -> bool:
+    """A transformer (``config.json``) or linear (``streamotion.json`` with ``arch: linear``) model."""
+    d = Path(model_dir)
+    return (d / "config.json").is_file() or (d.is_dir() and model_arch(d) == "linear")
+
+
+def latest_model(taxonomy: str | None = None, arch: str = "transformer") -> Path | None:
+    """The most recently trained model in the cache (optionally of one taxonomy) of ``arch``
+    (``transformer``, ``linear``), or None."""
     root = models_dir()
     if not root.is_dir():
         return None
     found = []
     for d in root.iterdir():
-        if not (d / "config.json").is_file() or not (d / META_FILE).is_file():
+        if not (d / META_FILE).is_file() or not is_model_dir(d) or model_arch(d) != arch:
             continue
         try:
             meta = json.loads((d / META_FILE).read_text())
@@ -161,6 +178,7 @@ class ModelConfig:
     """How to load and run the model. Every field is also a ``build_app`` argument."""
 
     model: str | None = None  # local directory or Hugging Face id; None = latest in the cache
+    arch: str = "auto"  # auto (the model directory says) | transformer | linear (must match the model)
     taxonomy: str = "ekman"  # ekman | original
     label_map: dict[str, str] = field(default_factory=dict)  # model label -> canonical label
     max_length: int = 128  # tokens; longer texts are truncated
@@ -168,7 +186,10 @@ class ModelConfig:
     quantized: bool = False  # onnx backend: use the int8 model from `streamotion model export --quantize`
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     num_threads: int = 0  # CPU intra-op threads; 0 = all cores this process may use
-    bucket_size: int = 8  # texts per length bucket inside a batch (small: less padding on CPU)
+    bucket_size: int = 0  # texts per length bucket inside a batch; 0: 8 on CPU (less padding), the
+    # whole batch on a GPU (one launch per batch; padding costs little there)
+    dtype: str = "auto"  # auto (bfloat16 on GPUs that support it, else float16 on CUDA; float32 on CPU) |
+    # float32 | float16 | bfloat16 (torch backend)
     threshold: float = 0.5  # multi-label default threshold (per-label ones from training win)
 
 
@@ -177,6 +198,37 @@ def cpu_budget() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover
         return max(1, os.cpu_count() or 1)
+
+
+def load_model(cfg: ModelConfig) -> EmotionModel:
+    """The model ``cfg`` names: a :class:`~streamotion_serving.linear.LinearEmotionModel` for a
+    linear model directory, else an :class:`EmotionModel`. A declared ``cfg.arch`` that is not the
+    model's is an error naming both."""
+    if cfg.arch not in ("auto", *ARCHS):
+        raise ValueError(f"arch must be auto, transformer or linear, not {cfg.arch!r}")
+    path = resolve_model_path(cfg.model)
+    arch = model_arch(path) if Path(path).is_dir() else "transformer"
+    if cfg.arch != "auto" and cfg.arch != arch:
+        raise ValueError(f"{path} is a {arch} model, but arch {cfg.arch!r} was declared (spec.model.arch)")
+    if arch == "linear":
+        from streamotion_serving.linear import LinearEmotionModel
+
+        return LinearEmotionModel(dataclasses.replace(cfg, model=path))
+    return EmotionModel(dataclasses.replace(cfg, model=path))
+
+
+def torch_dtype(dtype: str, device: str) -> str:
+    """The weights' dtype: ``auto`` is half precision on CUDA (bfloat16 where the GPU supports it,
+    else float16), float32 on CPU (half precision is slower there)."""
+    import torch
+
+    if dtype not in ("auto", "float32", "float16", "bfloat16"):
+        raise ValueError(f"dtype must be auto, float32, float16 or bfloat16, not {dtype!r}")
+    if dtype != "auto":
+        return dtype
+    if not device.startswith("cuda"):
+        return "float32"
+    return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
 
 
 class EmotionModel:
@@ -203,18 +255,10 @@ class EmotionModel:
         self.multi_label = self.hf_config.problem_type == "multi_label_classification"
         self.taxonomy = cfg.taxonomy
         self.labels = list(TAXONOMIES[cfg.taxonomy])
-        targets = label_mapping(self.model_labels, cfg.taxonomy, cfg.label_map or self.meta.get("label_map"))
-        # (model labels x canonical labels) 0/1 matrix: scores fold by sum (softmax) or max (sigmoid)
-        self.fold = np.zeros((len(self.model_labels), len(self.labels)), dtype=np.float32)
-        for i, t in enumerate(targets):
-            self.fold[i, self.labels.index(t)] = 1.0
-        self.identity = bool(
-            len(self.model_labels) == len(self.labels) and np.array_equal(self.fold, np.eye(len(self.labels)))
+        self._init_labels(
+            label_mapping(self.model_labels, cfg.taxonomy, cfg.label_map or self.meta.get("label_map"))
         )
         thresholds = model_thresholds(self.meta, cfg.taxonomy)
-        self.thresholds = np.array(
-            [float((thresholds or {}).get(label, cfg.threshold)) for label in self.labels], dtype=np.float32
-        )
         self.name = str(self.meta.get("name") or getattr(self.hf_config, "name_or_path", "") or local.name)
         self.version = model_version(local, self.meta) if local.is_dir() else str(path)
         self.max_length = cfg.max_length
@@ -232,7 +276,12 @@ class EmotionModel:
         if cfg.backend == "torch":
             from transformers import AutoModelForSequenceClassification
 
-            self.model = AutoModelForSequenceClassification.from_pretrained(path).to(self.device).eval()
+            self.dtype = torch_dtype(cfg.dtype, self.device)
+            self.model = (
+                AutoModelForSequenceClassification.from_pretrained(path, dtype=getattr(torch, self.dtype))
+                .to(self.device)
+                .eval()
+            )
             self.session = None
         elif cfg.backend == "onnx":
             self.model = None
@@ -240,6 +289,22 @@ class EmotionModel:
             self.device = "cuda" if "CUDAExecutionProvider" in self.session.get_providers() else "cpu"
         else:
             raise ValueError(f"backend must be torch or onnx, not {cfg.backend!r}")
+
+    def _init_labels(self, targets: Sequence[str]) -> None:
+        """The fold of the model's labels (``targets``: canonical label of each) into the canonical
+        ones, and the per-label thresholds."""
+        # (model labels x canonical labels) 0/1 matrix: scores fold by sum (softmax) or max (sigmoid)
+        self.fold = np.zeros((len(self.model_labels), len(self.labels)), dtype=np.float32)
+        for i, t in enumerate(targets):
+            self.fold[i, self.labels.index(t)] = 1.0
+        self.identity = bool(
+            len(self.model_labels) == len(self.labels) and np.array_equal(self.fold, np.eye(len(self.labels)))
+        )
+        thresholds = model_thresholds(self.meta, self.cfg.taxonomy)
+        self.thresholds = np.array(
+            [float((thresholds or {}).get(label, self.cfg.threshold)) for label in self.labels],
+            dtype=np.float32,
+        )
 
     def _onnx_session(self, local: Path, threads: int):
         import onnxruntime as ort
@@ -265,37 +330,58 @@ class EmotionModel:
 
     # -- inference -------------------------------------------------------------------------------
 
-    def logits(self, texts: Sequence[str]) -> np.ndarray:
-        """Raw model logits for one padded batch."""
+    def tokenize(self, texts: Sequence[str]) -> Any:
+        """One padded batch of model inputs (CPU arrays: no device work, so it can run on another
+        thread while the model runs the previous batch)."""
+        return self.tokenizer(
+            list(texts),
+            padding=True,
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="np" if self.session is not None else "pt",
+        )
+
+    def run(self, enc: Any) -> np.ndarray:
+        """Raw model logits for one tokenized batch."""
         if self.session is not None:
-            enc = self.tokenizer(
-                list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="np"
-            )
             feeds = {k: enc[k].astype(np.int64) for k in self.onnx_inputs if k in enc}
             if "token_type_ids" in self.onnx_inputs and "token_type_ids" not in feeds:
                 feeds["token_type_ids"] = np.zeros_like(enc["input_ids"], dtype=np.int64)
             return self.session.run(None, feeds)[0]
         import torch
 
-        enc = self.tokenizer(
-            list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
-        ).to(self.device)
         with torch.inference_mode():
-            return self.model(**enc).logits.float().cpu().numpy()
+            return self.model(**enc.to(self.device)).logits.float().cpu().numpy()
+
+    def logits(self, texts: Sequence[str]) -> np.ndarray:
+        """Raw model logits for one padded batch."""
+        return self.run(self.tokenize(texts))
+
+    def bucket(self) -> int:
+        """Texts per length bucket: ``bucket_size``, or by default 8 on CPU, a whole batch on GPU."""
+        if self.cfg.bucket_size > 0:
+            return self.cfg.bucket_size
+        return 1 << 30 if self.device.startswith("cuda") else 8
+
+    def encode(self, texts: Sequence[str]) -> list[tuple[list[int], Any]]:
+        """Texts sorted by length, cut in buckets, each tokenized: [(input positions, inputs)]."""
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        size = self.bucket()
+        return [
+            (idx, self.tokenize([texts[i] for i in idx]))
+            for idx in (order[s : s + size] for s in range(0, len(order), size))
+        ]
+
+    def infer(self, n: int, encoded: list[tuple[list[int], Any]]) -> np.ndarray:
+        """Canonical-label scores (n x labels) of :meth:`encode`'s buckets, in input order."""
+        out = np.zeros((n, len(self.labels)), dtype=np.float32)
+        for idx, enc in encoded:
+            out[idx] = self._fold(self.run(enc))
+        return out
 
     def scores(self, texts: Sequence[str]) -> np.ndarray:
         """Canonical-label scores (n x labels), computed in length buckets, in input order."""
-        n = len(texts)
-        out = np.zeros((n, len(self.labels)), dtype=np.float32)
-        if n == 0:
-            return out
-        order = sorted(range(n), key=lambda i: len(texts[i]))
-        size = max(1, self.cfg.bucket_size)
-        for start in range(0, n, size):
-            idx = order[start : start + size]
-            logits = self.logits([texts[i] for i in idx])
-            out[idx] = self._fold(logits)
-        return out
+        return self.infer(len(texts), self.encode(texts))
 
     def _fold(self, logits: np.ndarray) -> np.ndarray:
         logits = logits.astype(np.float32)
@@ -342,4 +428,6 @@ class EmotionModel:
             "backend": self.backend,
             "device": self.device,
             "max_length": self.max_length,
+            "arch": "transformer",
+            "dtype": getattr(self, "dtype", None),
         }

@@ -36,12 +36,14 @@ def serve_forever(
     from ray import serve
 
     from streamotion_serving.app import APP_NAME, build_app
-    from streamotion_serving.model import resolve_model_path
+    from streamotion_serving.model import is_model_dir, resolve_model_path
 
     # fail here, not in a replica that Ray Serve would retry: a model that is not there
     app_args = {**app_args, "model": resolve_model_path(app_args.get("model"))}
-    if Path(app_args["model"]).exists() and not Path(app_args["model"], "config.json").is_file():
-        raise FileNotFoundError(f"{app_args['model']}: not a model directory (no config.json)")
+    if Path(app_args["model"]).exists() and not is_model_dir(app_args["model"]):
+        raise FileNotFoundError(
+            f"{app_args['model']}: not a model directory (no config.json, nor a linear model's streamotion.json)"
+        )
 
     stop = threading.Event()
     ray.init(

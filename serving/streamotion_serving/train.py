@@ -34,9 +34,9 @@ from streamotion_serving.evaluate import (
 )
 from streamotion_serving.model import (
     META_FILE,
-    EmotionModel,
     ModelConfig,
     base_checkpoint,
+    load_model,
     model_thresholds,
     models_dir,
     read_meta,
@@ -265,7 +265,7 @@ def calibrate(
     model_dir = Path(model_dir)
     data_labels = labels_for(dev)
     rows = read_tsv(dev, len(data_labels), limit=limit)
-    served = EmotionModel(
+    served = load_model(
         ModelConfig(model=str(model_dir), taxonomy=taxonomy, max_length=max_length, num_threads=threads)
     )
     gold = gold_matrix(rows, data_labels, served.labels, taxonomy)
@@ -337,8 +337,20 @@ macro-F1 **{dev["macro_f1"]:.4f}**, micro-F1 {dev["micro_f1"]:.4f} on {dev.get("
 """
         )
     metrics_md = "\n".join(sections)
+    linear = meta.get("arch") == "linear"
+    origin = (
+        f"trained by `streamotion model train --arch linear`: {meta['base']}"
+        if linear
+        else f"fine-tuned by `streamotion model train` from {meta['base']}"
+    )
+    use = (
+        "`streamotion model serve --model DIR` (Ray Serve; spec.model.arch: linear)."
+        if linear
+        else "`streamotion model serve --model DIR` (Ray Serve), or "
+        "`AutoModelForSequenceClassification.from_pretrained(DIR)`."
+    )
     return f"""---
-library_name: transformers
+library_name: {"scikit-learn" if linear else "transformers"}
 pipeline_tag: text-classification
 tags: [emotion, goemotions, streamotion]
 ---
@@ -346,7 +358,7 @@ tags: [emotion, goemotions, streamotion]
 # {meta["name"]}
 
 Emotion classifier ({meta["taxonomy"]} taxonomy, {"multi" if meta["multi_label"] else "single"}-label head),
-fine-tuned by `streamotion model train` from {meta["base"]}.
+{origin}.
 
 ## Labels
 {", ".join(meta["labels"])}
@@ -359,5 +371,5 @@ learning rate {meta["lr"]}, max length {meta["max_length"]} tokens, {meta["train
 ## Metrics (dev split)
 {metrics_md}
 ## Use
-`streamotion model serve --model DIR` (Ray Serve), or `AutoModelForSequenceClassification.from_pretrained(DIR)`.
+{use}
 """

@@ -16,6 +16,32 @@ MAX_TEXTS = 1024  # per request; more is a 422 with a clear message
 # a longer text is a 422 naming it, so a client can set that one text aside and send the others.
 MAX_TEXT_CHARS = 100_000
 
+# What a model reads of a text: transformers keep ``max_length`` tokens (spec.model.maxLength, 128 by
+# default), so characters past a bound carry nothing the model uses, and the client cuts them off
+# instead of sending up to MAX_TEXT_CHARS per text. The bound is conservative: CHARS_PER_TOKEN
+# characters per token (English WordPiece/BPE tokens average about 4 characters, words of up to 15
+# characters are one or two tokens) plus CHARS_MARGIN, after whitespace runs are collapsed (a tokenizer
+# splits on whitespace and keeps none of it). A text whose first ``max_length`` tokens span more
+# (runs of words longer than 15 characters) is classified on its first truncate_chars() characters.
+CHARS_PER_TOKEN = 16
+CHARS_MARGIN = 256
+
+
+def truncate_chars(max_length: int) -> int:
+    """Characters of a text sent to a model that reads ``max_length`` tokens (2,304 for 128)."""
+    return max(1, int(max_length)) * CHARS_PER_TOKEN + CHARS_MARGIN
+
+
+def truncate_text(text: str, max_length: int) -> str:
+    """``text`` as the model reads it for ``max_length`` tokens: unchanged when short enough,
+    else whitespace runs collapsed and cut to :func:`truncate_chars` characters."""
+    limit = truncate_chars(max_length)
+    if len(text) <= limit:
+        return text
+    # split at most what can be kept: limit words cover at least limit characters
+    return " ".join(text[: limit * 64].split(maxsplit=limit)[:limit])[:limit]
+
+
 # Ray exports application metrics as ray_<name>; scrapes rename the model service's back
 RAY_METRIC_REGEX = "ray_(streamotion_model_.+)"
 
@@ -60,6 +86,8 @@ class ModelInfo(BaseModel):
     labels: list[str]
     taxonomy: str  # ekman | original
     multi_label: bool
-    backend: str  # torch | onnx
+    backend: str  # torch | onnx | linear
     device: str
     max_length: int
+    arch: str = "transformer"  # transformer | linear (spec.model.arch)
+    dtype: str | None = None  # the weights' dtype (torch backend)

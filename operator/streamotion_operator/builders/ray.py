@@ -26,16 +26,27 @@ def serve_config(p: StreamPipeline) -> dict[str, Any]:
     m = p.spec.model
     args: dict[str, Any] = {
         "model": m.name,
+        "arch": m.arch,
         "taxonomy": m.taxonomy,
         "max_batch_size": m.max_batch_size,
         "batch_wait_ms": m.batch_wait_ms,
         "max_length": m.max_length,
         "device": "cuda" if m.device == "gpu" else "cpu",
         "backend": m.backend,
-        "autoscaling": {"min_replicas": m.replicas.min, "max_replicas": m.replicas.max},
+        "max_queued_requests": m.max_queued_requests,
+        # autoscaling by texts in flight (streamotion_serving.autoscaling), not requests: a job's
+        # request carries hundreds of texts, a dashboard's one
+        "autoscaling": {
+            "min_replicas": m.replicas.min,
+            "max_replicas": m.replicas.max,
+            "target_texts_per_replica": m.replicas.target_texts_per_replica or 4 * m.max_batch_size,
+        },
     }
     if m.device == "gpu":
         args["num_gpus"] = 1
+        # a GPU runs a whole batch in one launch (padding costs little there), half-precision weights
+        args["bucket_size"] = m.max_batch_size
+        args["dtype"] = "auto"
     return {
         "applications": [
             {"name": APP_NAME, "route_prefix": "/", "import_path": naming.SERVE_IMPORT_PATH, "args": args}

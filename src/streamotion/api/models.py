@@ -331,13 +331,30 @@ class ModelReplicas(ApiModel):
     )
     min: int = Field(1, ge=0, le=100)
     max: int = Field(2, ge=1, le=100)
+    target_texts_per_replica: int = Field(0, ge=0, le=1_000_000)
+    """Texts in flight (queued or in the model) per replica that autoscaling aims for; 0: 4 x maxBatchSize."""
 
 
 class ModelSpec(ApiModel):
     """The emotion classifier, served by Ray Serve."""
 
+    cel_rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="self.arch != 'linear' || (self.device == 'cpu' && self.backend == 'torch')",
+            message="a linear model runs on CPUs: arch 'linear' needs device 'cpu' and backend 'torch' (the defaults)",
+            field_path=".arch",
+            check=lambda o: (
+                o.get("arch", "transformer") != "linear"
+                or (o.get("device", "cpu") == "cpu" and o.get("backend", "torch") == "torch")
+            ),
+        ),
+    )
     name: str = Field("j-hartmann/emotion-english-distilroberta-base", min_length=1, max_length=512)
     """Hugging Face model id, or a path inside the model image."""
+    arch: Literal["transformer", "linear"] = "transformer"
+    """transformer: a Hugging Face sequence-classification model; linear: a directory written by
+    `streamotion model train --arch linear` (TF-IDF + logistic regression: CPU only, tens of thousands of
+    texts/s per core, lower macro-F1). The model service refuses a model that is not this arch."""
     taxonomy: Literal["ekman", "original"] = "ekman"
     """Canonical labels: Ekman's 7, or the 28 GoEmotions labels."""
     replicas: ModelReplicas = _nested(ModelReplicas)
@@ -351,6 +368,9 @@ class ModelSpec(ApiModel):
     """gpu requests one nvidia.com/gpu per replica."""
     backend: Literal["torch", "onnx"] = "torch"
     """Inference runtime."""
+    max_queued_requests: int = Field(64, ge=1, le=100_000)
+    """Requests the model service queues for busy replicas; past it the service answers 503 at once and the
+    job's client backs off and retries (back-pressure)."""
 
 
 # ---------------------------------------------------------------------------------------- sinks
@@ -525,7 +545,7 @@ class StreamPipeline(BaseModel):
 def all_rules() -> dict[str, Rule]:
     """Every cross-field rule, by its CEL expression."""
     out: dict[str, Rule] = {}
-    for model in (MastodonSource, Source, ProcessingSpec, ModelReplicas, Sink):
+    for model in (MastodonSource, Source, ProcessingSpec, ModelReplicas, ModelSpec, Sink):
         for rule in model.cel_rules:
             out[rule.cel] = rule
     return out
