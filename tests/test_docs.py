@@ -327,6 +327,13 @@ COMMANDS: list[tuple[str, Ran | NotHere]] = [
         ),
     ),
     (
+        r"streamotion model train --arch linear --multi-label( --taxonomy original)?",
+        Ran(
+            "tests/test_linear_model.py::test_training_writes_a_linear_model_dir_without_pickle",
+            "the CLI command with a GoEmotions sample (--limit) and an output folder, so the test stays short",
+        ),
+    ),
+    (
         r"streamotion model train --taxonomy (original|ekman) .*",
         NotHere(
             "the quality recipe takes about an hour of CPU; tests/test_model.py trains with the same code on a small sample"

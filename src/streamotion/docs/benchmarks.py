@@ -16,7 +16,7 @@ timed tests. Compare figures only between runs on the same machine, ideally an i
 |---|---|
 | `streamotion bench ingest` | replay and HTTP events/s into a real Kafka (batches of 100, single-event requests), p99 ack latency |
 | `streamotion bench model` | raw batched inference vs the Ray Serve endpoint vs one request per text (the ancestors' pattern), the speed-up over BERT-base, and the model's dev macro-F1 (see [Model](model.md)) |
-| `streamotion bench pipeline` | end-to-end events/s at saturation, p50/p99 latency from event time to the committed row at half that load, raw model throughput and one HTTP call per row (the ancestors' pattern), in the same run |
+| `streamotion bench pipeline` | end-to-end events/s at saturation, p50/p99 latency from event time to the committed row at half that load, raw model throughput and one HTTP call per row (the ancestors' pattern), in the same run; and the platform's own capacity with the linear model (below) |
 | `streamotion bench operator` | apply → all children for 1 and 50 pipelines, the steady-state reconcile rate and the operator's memory |
 
 `streamotion bench NAME` prints one JSON object as its last line (`{"benchmark", "machine", "date",
@@ -27,6 +27,29 @@ A benchmark states the limit of each ratio (`targets`) and what it compares with
 `bench/README.md` shows how. The model's quality limits are defined on thresholds tuned on dev;
 the `*_heldout_thresholds` figures (tuned on one half of dev, scored on the other) are what to expect
 on comments the thresholds never saw ([Model](model.md)).
+
+### The platform's own capacity (`bench pipeline`)
+
+The same job with the [linear model](model.md#linear-model-tf-idf-and-logistic-regression), which the
+model service serves far faster than the platform moves events, so the end-to-end figure measures
+Kafka, Spark, the job and the sink rather than the model.
+
+| result | what it is |
+|---|---|
+| `platform_events_per_s` | events already in Kafka, rows landing in PostgreSQL per second, linear model, `maxEventsPerTrigger` 50,000 (`--platform-max-events-per-trigger`) so it does not cap throughput; target ≥ 5,000 |
+| `linear_model_service_texts_per_s` | the linear model service alone, called as the job calls it (one client per partition, four chunks of 256 in flight each) |
+| `linear_service_over_platform` | the two above; ≥ 5, or the platform figure measures the model again |
+| `raw_linear_model_texts_per_s` | the linear model in-process at its best batch size |
+| `platform_p50_latency_s`, `platform_p99_latency_s`, `platform_p99_latency_over_trigger` | event time to commit while producing at half `platform_events_per_s`; target p99 ≤ 3 × trigger |
+| `platform_vs_per_row` | against the ancestors' one HTTP call per row |
+| `platform_bigquery_emulator_events_per_s` | the platform run with the BigQuery sink on the local emulator (bqemulator, DuckDB-backed: the emulator's speed, not BigQuery's) |
+
+"Raw" (`raw_model_texts_per_s`, the limit `e2e_vs_raw_model` compares with) is the best in-process
+configuration of the same model: threads (1, all cores) × batch size (the spec's, 256) × length-bucket
+size (8, 32) for a transformer, batch size (256, 1,024, 4,096) for the linear model;
+`config.raw_model_config` says which won. Options: `--no-platform`, `--linear-model DIR` (default: the
+latest linear model in the cache, else one trained on GoEmotions in the run, about 20 s),
+`--platform-events`, `--platform-max-events-per-trigger`, `--linear-texts`, `--no-bigquery`.
 
 """
 
