@@ -111,6 +111,8 @@ class StreamingJob:
         """Where a NEW query starts (Spark ignores it when the checkpoint has offsets): the sinks'
         ledger offsets when they have any, so a job whose checkpoint is gone neither re-classifies
         ledgered batches (``earliest``) nor skips the gap (``latest``); else ``processing.startingOffsets``."""
+        if self.checkpoint_has_offsets():
+            return self.cfg.starting_offsets
         topic = self.cfg.topics["raw"]
         ledgers = [o for o in (sink.resume_offsets(topic) for sink in self.sinks) if o]
         if not ledgers:
@@ -120,6 +122,13 @@ class StreamingJob:
             f"starting offsets of a new query from the ledger (unused when the checkpoint has offsets): {doc}"
         )
         return json.dumps({topic: doc})
+
+    def checkpoint_has_offsets(self) -> bool:
+        """Whether the checkpoint has an offset log (Hadoop's file system: local, s3a://, gs://...)."""
+        jvm = self.spark.sparkContext._jvm
+        path = jvm.org.apache.hadoop.fs.Path(self.cfg.checkpoint.rstrip("/") + "/offsets")
+        fs = path.getFileSystem(self.spark.sparkContext._jsc.hadoopConfiguration())
+        return bool(fs.exists(path)) and len(fs.listStatus(path)) > 0
 
     def start(self, available_now: bool = False):
         writer = self.read_stream().writeStream.foreachBatch(self._on_batch)
@@ -260,7 +269,20 @@ class StreamingJob:
         failures = 0
         delay = 1.0
         while not stop.is_set():
-            query = self.start(available_now=available_now)
+            try:
+                query = self.start(available_now=available_now)
+            except Exception as exc:  # e.g. the ledger's offsets unreadable (a sink down): try again
+                failures += 1
+                self.log(
+                    f"streaming query not started, retrying in {delay:.0f}s: {type(exc).__name__}: {exc}"
+                )
+                if max_failures is not None and failures > max_failures:
+                    self.close()
+                    raise
+                if stop.wait(delay):
+                    break
+                delay = min(delay * 2, backoff_max_s)
+                continue
             self.log(f"streaming query {query.id} started (checkpoint {self.cfg.checkpoint})")
             try:
                 while not stop.is_set():

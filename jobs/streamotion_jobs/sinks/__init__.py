@@ -63,6 +63,7 @@ class Batch:
     window_s: float
     watermark_s: float
     stats: dict[str, float] = field(default_factory=dict)
+    offsets: dict[str, dict[int, int]] = field(default_factory=dict)  # topic -> partition -> end offset
 
 
 def with_windows(events: pd.DataFrame, window_s: float, watermark_us: int | None) -> pd.DataFrame:

@@ -434,6 +434,7 @@ class PostgresSink(Sink):
             window_s=batch.window_s,
             watermark_s=batch.watermark_s,
             now_us=_now_us(),
+            offsets=batch.offsets,
         )
         staged = []
         for kind, frame in (("events", batch.events), ("dead_letters", batch.dead_letters)):
