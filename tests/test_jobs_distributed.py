@@ -271,7 +271,7 @@ def test_two_jobs_writing_one_sink_at_once_keep_aggregates_equal_to_a_group_by(
 ):
     """Two jobs (a blue/green restart, a zombie driver) on the same topic and sink, each with its own
     checkpoint: every event once, and the aggregates equal a GROUP BY over the non-late event rows."""
-    p = pipeline(topics.name, [pg_sink(pg_schema)], maxEventsPerTrigger=30, window="1m", watermark="1m")
+    p = pipeline(topics.name, [pg_sink(pg_schema)], maxEventsPerTrigger=40, window="1m", watermark="1m")
     names = topics(p)
     os.environ["STREAMOTION_PG_DSN"] = postgres.dsn
     rounds = [
@@ -279,7 +279,8 @@ def test_two_jobs_writing_one_sink_at_once_keep_aggregates_equal_to_a_group_by(
     ]
     late = make_events(5, start=900, base=BASE)  # window 12:00 is final by the last round
     blue = new_job(p, spark, kafka, model_server.url, tmp_path / "blue")
-    green = new_job(p, spark, kafka, model_server.url, tmp_path / "green")
+    # a session of its own: Spark refuses a second active query of the same name in one session
+    green = new_job(p, spark.newSession(), kafka, model_server.url, tmp_path / "green")
     every = [e for r in rounds for e in r] + late
     with JobThread(blue) as jb, JobThread(green) as jg:
         for events in [*rounds, late]:
