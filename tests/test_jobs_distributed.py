@@ -70,6 +70,9 @@ def topics(kafka):
     st.sets(st.integers(0, 7), min_size=1),
 )
 def test_resume_position_is_the_lowest_ledger_offset_and_earliest_for_unknown_partitions(ledgers, partitions):
+    """Spark's Kafka source refuses specific starting offsets that do not name every partition of the
+    topic, and reads -2 as earliest (apache/spark v4.0.0 connector/kafka-0-10-sql
+    KafkaOffsetReaderAdmin.fetchSpecificOffsets: "you must specify all TopicPartitions")."""
     from streamotion_jobs.job import resume_position
 
     doc = resume_position(ledgers, sorted(partitions))
@@ -162,6 +165,47 @@ def test_a_retried_partition_replaces_its_staged_rows_and_a_lost_stage_fails_the
     sink.close()
 
 
+def test_job_metrics_time_each_sink_write_and_count_failures(spark, postgres, pg_schema, tmp_path):
+    """One timed write per sink and micro-batch (stage from the executors + commit), a replay
+    skipped but still timed, an unreachable sink raised (the batch fails and is retried) and counted."""
+    import psycopg
+    from streamotion_jobs.job import EVENT_COLUMNS, StreamingJob
+    from streamotion_jobs.sinks import BatchInfo
+    from streamotion_jobs.sinks.postgres import PostgresSink
+    from streamotion_jobs.transform import CLASSIFIED_SCHEMA
+
+    from streamotion.dev.procs import free_port
+    from tests.test_jobs_units import _job_cfg
+
+    def frames(b):
+        events = spark.createDataFrame(b.events[EVENT_COLUMNS], CLASSIFIED_SCHEMA)
+        dead = spark.createDataFrame(
+            [], "kafka_topic string, kafka_partition int, kafka_offset long, error string, payload string"
+        )
+        return events, dead
+
+    def info(batch_id):
+        return BatchInfo("ns1/metrics", "q1", batch_id, 60.0, 60.0, int(time.time() * 1e6))
+
+    good = PostgresSink(postgres.dsn, schema=pg_schema, log=lambda *_: None)
+    good.open()
+    job = StreamingJob(_job_cfg(tmp_path), None, sinks=[good], log=lambda *_: None, lag_interval_s=None)
+    reg, labels = job.metrics.registry, {"namespace": "ns1", "pipeline": "metrics", "sink": "postgres"}
+    assert reg.get_sample_value("streamotion_job_sink_errors_total", labels) == 0  # present before a write
+    assert job._write(good, *frames(_batch(0, range(0, 5))), info(0)) is True
+    assert job._write(good, *frames(_batch(0, range(0, 5))), info(0)) is False  # a replay: skipped
+    assert reg.get_sample_value("streamotion_job_sink_write_seconds_count", labels) == 2
+    assert reg.get_sample_value("streamotion_job_sink_errors_total", labels) == 0
+    good.close()
+    # a sink that cannot be reached: the write raises (the batch fails and is retried) and is counted
+    bad = PostgresSink(f"host=127.0.0.1 port={free_port()} dbname=x user=x", connect_timeout=2)
+    with pytest.raises(Exception) as err:
+        job._write(bad, *frames(_batch(1, range(5, 10))), info(1))
+    assert "connection" in str(err.value).lower() or isinstance(err.value, psycopg.OperationalError)
+    assert reg.get_sample_value("streamotion_job_sink_errors_total", labels) == 1
+    assert reg.get_sample_value("streamotion_job_sink_write_seconds_count", labels) == 3
+
+
 def test_ledger_offsets_resume_from_the_furthest_committed_per_partition(postgres, pg_schema):
     from streamotion_jobs.sinks.postgres import PostgresSink
 
@@ -242,6 +286,10 @@ def _ledger_end(postgres, schema: str) -> dict[str, dict[str, int]]:
 def test_a_deleted_checkpoint_resumes_from_the_ledger_without_gap_duplicate_or_reclassification(
     spark, kafka, model_server, postgres, pg_schema, topics, tmp_path
 ):
+    """Spark's Kafka source uses ``startingOffsets`` only when a query starts without offsets in its
+    checkpoint (apache/spark v4.0.0 docs/streaming/structured-streaming-kafka-integration.md:
+    "startingOffsets ... only applies when a new query is started, and that resuming will always pick
+    up from where the query left off"): the job sets it from the ledger, as JSON per partition."""
     p = pipeline(topics.name, [pg_sink(pg_schema)], maxEventsPerTrigger=50)
     assert p.spec.processing.starting_offsets == "earliest"
     names = topics(p)

@@ -476,7 +476,9 @@ def resume_position(ledgers: list[dict[int, int]], partitions: list[int]) -> dic
     """Spark's ``startingOffsets`` for one topic from the sinks' ledgers: per partition the LOWEST end
     offset any sink recorded (a sink behind the others misses nothing; the others skip what they have
     by event id); a partition no ledger knows (added since) from its earliest offset (-2). Spark wants
-    every partition of the topic in specific offsets."""
+    every partition of the topic in specific offsets (apache/spark v4.0.0 connector/kafka-0-10-sql
+    KafkaOffsetReaderAdmin.fetchSpecificOffsets asserts "If startingOffsets contains specific offsets,
+    you must specify all TopicPartitions. Use -1 for latest, -2 for earliest")."""
     out: dict[str, int] = {}
     for p in sorted(partitions):
         known = [ledger[p] for ledger in ledgers if p in ledger]
