@@ -222,6 +222,24 @@ def test_ledger_offsets_resume_from_the_furthest_committed_per_partition(postgre
     sink.close()
 
 
+def test_an_empty_first_batch_leaves_the_watermark_unset(postgres, pg_schema):
+    """A query's first micro-batch can be empty (the topic had no records yet): its commit must not
+    set the watermark (PostgreSQL's least() skips NULLs: it once became now - delay, and every
+    event after it was late)."""
+    from streamotion_jobs.sinks.postgres import PostgresSink
+
+    sink = PostgresSink(postgres.dsn, schema=pg_schema, log=lambda *_: None)
+    sink.open()
+    assert sink.write(_batch(0, range(0, 0), query="a")) is True
+    assert sink.write(_batch(0, range(0, 0), query="b")) is True
+    assert sink.write(_batch(1, range(0, 10), query="a")) is True
+    with postgres.connect(options=f"-c search_path={pg_schema}") as conn:
+        assert conn.execute("SELECT count(*) FROM events WHERE NOT late").fetchone()[0] == 10
+        assert conn.execute("SELECT sum(events) FROM emotion_window").fetchone()[0] == 10
+        assert conn.execute("SELECT watermark FROM batches WHERE query_id = 'b'").fetchone()[0] is None
+    sink.close()
+
+
 def test_migration_0005_keeps_an_older_databases_aggregates_and_watermark(postgres, pg_schema):
     """An existing database (migrations 1-4, aggregates stored as means, a ledger without offsets):
     the means read the same through the new views, and the first commit takes the watermark from the

@@ -516,8 +516,9 @@ class PostgresSink(Sink):
             )
             cur.execute(
                 """UPDATE sink_state
-                   SET watermark = greatest(watermark, least(%(wm)s::timestamptz,
-                                            clock_timestamp() - make_interval(secs => %(delay_s)s))),
+                   SET watermark = CASE WHEN %(wm)s::timestamptz IS NULL THEN watermark  -- least() skips NULLs
+                       ELSE greatest(watermark, least(%(wm)s::timestamptz,
+                                     clock_timestamp() - make_interval(secs => %(delay_s)s))) END,
                        offsets = %(offsets)s, updated_at = clock_timestamp()
                    WHERE id""",
                 {
