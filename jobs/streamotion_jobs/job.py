@@ -1,11 +1,14 @@
 """The streaming job: Kafka raw topic -> parse + validate (dead letters) -> clean, hashtags, terms ->
 classify (batched model calls per partition) -> sentiment -> every sink, exactly once per event.
 
-Each micro-batch runs in ``foreachBatch``: the records are parsed and classified on the executors
-(``mapInPandas``), collected to the driver (``maxEventsPerTrigger`` bounds them), and handed to
-each sink, which writes them idempotently (see :mod:`streamotion_jobs.sinks`). Any failure — the
-model service staying down, a sink unreachable — fails the micro-batch; :meth:`StreamingJob.run`
-restarts the query from its checkpoint with backoff, which replays the same offsets.
+Each micro-batch runs in ``foreachBatch`` and stays distributed: the records are parsed and
+classified on the executors (``mapInPandas``, persisted for the batch), split into events
+(deduplicated by event id with a window function) and dead letters, the dead letters published to
+Kafka from the executors, and each sink stages its rows from the executors before the driver commits
+the batch (see :mod:`streamotion_jobs.sinks`). The driver handles only counts, offsets and the
+ledger. Any failure — the model service staying down, a sink unreachable — fails the micro-batch;
+:meth:`StreamingJob.run` restarts the query from its checkpoint with backoff, which replays the same
+offsets. A new query (no checkpoint offsets) starts from the sinks' ledger offsets.
 """
 
 from __future__ import annotations
