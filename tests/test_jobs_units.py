@@ -585,32 +585,6 @@ def _job_cfg(tmp_path):
     return JobConfig.from_pipeline(parse(body), checkpoint=str(tmp_path / "ckpt"))
 
 
-def test_job_metrics_time_each_sink_write_and_count_failures(postgres, pg_schema, tmp_path):
-    from streamotion_jobs.job import StreamingJob
-    from streamotion_jobs.sinks.postgres import PostgresSink
-
-    from streamotion.dev.procs import free_port
-
-    good = PostgresSink(postgres.dsn, schema=pg_schema, log=lambda *_: None)
-    good.open()
-    job = StreamingJob(_job_cfg(tmp_path), None, sinks=[good], log=lambda *_: None, lag_interval_s=None)
-    reg, labels = job.metrics.registry, {"namespace": "ns1", "pipeline": "metrics", "sink": "postgres"}
-    assert reg.get_sample_value("streamotion_job_sink_errors_total", labels) == 0  # present before a write
-    assert job._write(good, _batch(0, range(0, 5))) is True
-    assert job._write(good, _batch(0, range(0, 5))) is False  # a replay: skipped, still one timed write
-    assert reg.get_sample_value("streamotion_job_sink_write_seconds_count", labels) == 2
-    assert reg.get_sample_value("streamotion_job_sink_errors_total", labels) == 0
-    good.close()
-    # a sink that cannot be reached: the write raises (the batch fails and is retried) and is counted
-    bad = PostgresSink(f"host=127.0.0.1 port={free_port()} dbname=x user=x", connect_timeout=2)
-    import psycopg
-
-    with pytest.raises(psycopg.OperationalError):
-        job._write(bad, _batch(1, range(5, 10)))
-    assert reg.get_sample_value("streamotion_job_sink_errors_total", labels) == 1
-    assert reg.get_sample_value("streamotion_job_sink_write_seconds_count", labels) == 3
-
-
 def test_job_metrics_latency_per_event_and_never_raising():
     from streamotion_jobs.metrics import JobMetrics
 

@@ -156,14 +156,14 @@ def test_a_duplicate_port_name_is_refused_by_the_api_server(control_plane, kube,
 SECRET_ENV = {"PGUSER", "PGPASSWORD", "GOOGLE_APPLICATION_CREDENTIALS"}
 
 
-def test_only_the_driver_mounts_the_checkpoint_and_holds_the_sink_credentials():
+def test_executors_hold_the_sink_credentials_and_only_the_driver_mounts_the_checkpoint():
     """The checkpoint claim is ReadWriteOnce: mounted by executors on other nodes it cannot attach
     (Multi-Attach). Only the driver uses it (Structured Streaming's checkpoint is written by the
-    driver) and only the driver writes the sinks (jobs/streamotion_jobs/job.py: the micro-batch is
-    collected with toPandas and every sink writes from there), so only the driver gets the checkpoint,
-    the PostgreSQL credentials and the BigQuery key. spark-operator mounts a volume only in the pods
-    whose volumeMounts name it (kubeflow/spark-operator v2.5.2 internal/webhook/sparkpod_defaulter.go
-    addVolumes)."""
+    driver). The sinks are written from the executors (jobs/streamotion_jobs/job.py: each partition
+    stages its rows itself, the driver only commits), so executors get the PostgreSQL credentials
+    and the BigQuery key too. spark-operator mounts a volume only in the pods whose volumeMounts name
+    it (kubeflow/spark-operator v2.5.2 internal/webhook/sparkpod_defaulter.go addVolumes) and appends
+    spec.executor.env to the executor container (addEnvVars)."""
     p = full_pipeline()
     app = builders.spark_application(p, OperatorConfig())
     spec = app["spec"]
@@ -173,16 +173,18 @@ def test_only_the_driver_mounts_the_checkpoint_and_holds_the_sink_credentials():
         return {m["name"] for m in part["volumeMounts"]}
 
     def env(part):
-        return {e["name"] for e in part["env"]}
+        return {e["name"]: e for e in part["env"]}
 
     assert {"checkpoint", "bigquery-key"} <= mounted(driver)
-    assert env(driver) >= SECRET_ENV
-    assert not {"checkpoint", "bigquery-key"} & mounted(executor)
-    assert not SECRET_ENV & env(executor)
-    assert not any("valueFrom" in e for e in executor["env"]), "a Secret reference on executors"
-    # the executor pod spark-operator would build: neither the claim nor a Secret volume
+    assert set(env(driver)) >= SECRET_ENV
+    assert set(env(executor)) >= SECRET_ENV
+    for name in ("PGUSER", "PGPASSWORD"):  # by reference, the same Secret keys as the driver's
+        assert env(executor)[name] == env(driver)[name] and "valueFrom" in env(executor)[name]
+    assert "bigquery-key" in mounted(executor) and "checkpoint" not in mounted(executor)
+    # the executor pod spark-operator would build: the key Secret volume, never the claim
     pod = spark_operator_pod(app, "executor")
-    assert not any("persistentVolumeClaim" in v or "secret" in v for v in pod["spec"]["volumes"])
+    assert not any("persistentVolumeClaim" in v for v in pod["spec"]["volumes"])
+    assert any(v.get("secret", {}).get("secretName") == "bq-key" for v in pod["spec"]["volumes"])
     claim = {v["name"]: v for v in spec["volumes"]}["checkpoint"]["persistentVolumeClaim"]["claimName"]
     (pvc,) = builders.checkpoint_claim(p)
     assert claim == pvc["metadata"]["name"] and pvc["spec"]["accessModes"] == ["ReadWriteOnce"]
@@ -196,17 +198,25 @@ def test_only_the_driver_mounts_the_checkpoint_and_holds_the_sink_credentials():
     assert {v["name"] for v in spec["volumes"]} == mounted(driver) | mounted(executor)
 
 
-def test_the_sinks_are_written_from_the_driver():
-    """What the test above relies on: a micro-batch reaches the sinks as a pandas DataFrame collected
-    on the driver (toPandas), never from executor code (mapInPandas functions get no sink)."""
+def test_the_sinks_are_written_from_the_executors():
+    """What the test above relies on: the micro-batch never reaches the driver as rows (no toPandas
+    or collect of the batch in the job), and the PostgreSQL sink stages from executor functions
+    (mapInPandas) that capture only the DSN (without a password), schema and batch metadata."""
     import inspect
+    import pickle
 
-    from streamotion_jobs import job, transform
+    from streamotion_jobs import job
+    from streamotion_jobs.sinks import BatchInfo
+    from streamotion_jobs.sinks.postgres import PostgresSink, stager
 
     source = inspect.getsource(job.StreamingJob.process_batch)
-    assert ".toPandas()" in source and "sink" in source
-    for fn in (transform.processor, transform.classifier):
-        assert "sink" not in inspect.getsource(fn).lower()
+    assert ".toPandas()" not in source and "sink.stage" not in source  # staged in _write
+    assert "sink.stage(" in inspect.getsource(job.StreamingJob._write)
+    assert "mapInPandas(fn" in inspect.getsource(PostgresSink.stage)
+    info = BatchInfo("ns/p", "q", 1, 60.0, 60.0, 0, {"t": {0: 1}})
+    fn = stager("host=db dbname=app", "s", "events", info)
+    shipped = pickle.dumps(fn.__closure__ and [c.cell_contents for c in fn.__closure__])
+    assert b"password" not in shipped.lower()
 
 
 # ------------------------------------------------------------------------------- versions

@@ -1,11 +1,14 @@
 """The streaming job: Kafka raw topic -> parse + validate (dead letters) -> clean, hashtags, terms ->
 classify (batched model calls per partition) -> sentiment -> every sink, exactly once per event.
 
-Each micro-batch runs in ``foreachBatch``: the records are parsed and classified on the executors
-(``mapInPandas``), collected to the driver (``maxEventsPerTrigger`` bounds them), and handed to
-each sink, which writes them idempotently (see :mod:`streamotion_jobs.sinks`). Any failure — the
-model service staying down, a sink unreachable — fails the micro-batch; :meth:`StreamingJob.run`
-restarts the query from its checkpoint with backoff, which replays the same offsets.
+Each micro-batch runs in ``foreachBatch`` and stays distributed: the records are parsed and
+classified on the executors (``mapInPandas``, persisted for the batch), split into events
+(deduplicated by event id with a window function) and dead letters, the dead letters published to
+Kafka from the executors, and each sink stages its rows from the executors before the driver commits
+the batch (see :mod:`streamotion_jobs.sinks`). The driver handles only counts, offsets and the
+ledger. Any failure — the model service staying down, a sink unreachable — fails the micro-batch;
+:meth:`StreamingJob.run` restarts the query from its checkpoint with backoff, which replays the same
+offsets. A new query (no checkpoint offsets) starts from the sinks' ledger offsets.
 """
 
 from __future__ import annotations
@@ -21,8 +24,8 @@ import pandas as pd
 from streamotion.events import DeadLetter
 from streamotion_jobs.config import JobConfig
 from streamotion_jobs.metrics import JobMetrics, LagMonitor
-from streamotion_jobs.sinks import Batch, Sink
-from streamotion_jobs.transform import PROCESSED_SCHEMA, processor
+from streamotion_jobs.sinks import BatchInfo, Sink
+from streamotion_jobs.transform import CLASSIFIED_SCHEMA, PROCESSED_SCHEMA, now_us, processor
 
 
 def build_sinks(cfg: JobConfig, log=print) -> list[Sink]:
@@ -90,7 +93,6 @@ class StreamingJob:
         self.query = None
         self._query_id: str | None = None
         self._query_started = threading.Event()
-        self._producer = None
         self.batches_written = 0
         self.last_progress: dict = {}
 
@@ -101,12 +103,35 @@ class StreamingJob:
             self.spark.readStream.format("kafka")
             .option("kafka.bootstrap.servers", cfg.bootstrap)
             .option("subscribe", cfg.topics["raw"])
-            .option("startingOffsets", cfg.starting_offsets)
+            .option("startingOffsets", self.starting_offsets())
             .option("maxOffsetsPerTrigger", str(cfg.max_events_per_trigger))
             .option("groupIdPrefix", f"{cfg.topics['raw']}.job")
             .option("minPartitions", str(max(1, self.spark.sparkContext.defaultParallelism)))
         )
         return reader.load().select("key", "value", "topic", "partition", "offset")
+
+    def starting_offsets(self) -> str:
+        """Where a NEW query starts (Spark ignores it when the checkpoint has offsets): the sinks'
+        ledger offsets when they have any, so a job whose checkpoint is gone neither re-classifies
+        ledgered batches (``earliest``) nor skips the gap (``latest``); else ``processing.startingOffsets``."""
+        if self.checkpoint_has_offsets():
+            return self.cfg.starting_offsets
+        topic = self.cfg.topics["raw"]
+        ledgers = [o for o in (sink.resume_offsets(topic) for sink in self.sinks) if o]
+        if not ledgers:
+            return self.cfg.starting_offsets
+        doc = resume_position(ledgers, topic_partitions(self.cfg.bootstrap, topic))
+        self.log(
+            f"starting offsets of a new query from the ledger (unused when the checkpoint has offsets): {doc}"
+        )
+        return json.dumps({topic: doc})
+
+    def checkpoint_has_offsets(self) -> bool:
+        """Whether the checkpoint has an offset log (Hadoop's file system: local, s3a://, gs://...)."""
+        jvm = self.spark.sparkContext._jvm
+        path = jvm.org.apache.hadoop.fs.Path(self.cfg.checkpoint.rstrip("/") + "/offsets")
+        fs = path.getFileSystem(self.spark.sparkContext._jsc.hadoopConfiguration())
+        return bool(fs.exists(path)) and len(fs.listStatus(path)) > 0
 
     def start(self, available_now: bool = False):
         writer = self.read_stream().writeStream.foreachBatch(self._on_batch)
@@ -125,10 +150,17 @@ class StreamingJob:
 
     def _on_batch(self, df, batch_id: int) -> None:
         self._query_started.wait(60)
-        self.process_batch(df, int(batch_id), self._query_id or "unknown")
+        if not self._query_id:  # never written under a made-up id: the batch fails and is retried
+            raise RuntimeError(f"micro-batch {batch_id}: the streaming query's id is not known")
+        self.process_batch(df, int(batch_id), self._query_id)
 
     # ------------------------------------------------------------------------ one micro-batch
-    def process_batch(self, df, batch_id: int, query_id: str) -> Batch:
+    def process_batch(self, df, batch_id: int, query_id: str) -> dict:
+        """One micro-batch, distributed: records parsed and classified on the executors (kept for the
+        batch), dead letters published and every sink staged from the executors, then each sink's
+        commit on the driver. The driver receives only counts and offsets."""
+        from pyspark import StorageLevel
+
         started = time.monotonic()
         cfg = self.cfg
         fn = processor(
@@ -139,52 +171,56 @@ class StreamingJob:
             per_row=self.per_row_model_calls,
             max_future_skew_s=cfg.max_future_skew_s,
         )
-        out = df.mapInPandas(fn, PROCESSED_SCHEMA).toPandas()
-        t_processed = time.monotonic()
-        is_dead = out["error"].notna()
-        dead_pdf = out.loc[is_dead, ["kafka_topic", "kafka_partition", "kafka_offset", "error", "payload"]]
-        dead_pdf = dead_pdf.reset_index(drop=True)
-        events_pdf = out.loc[~is_dead].drop(columns=["error", "payload"]).reset_index(drop=True)
-        dropped = unknown_fields(events_pdf.pop("dropped_fields"))
-        if not events_pdf.empty:
-            # a producer that re-sent an event: one row per event id (the first offset wins)
-            events_pdf = events_pdf.sort_values(["kafka_partition", "kafka_offset"]).drop_duplicates(
-                "event_id", keep="first"
+        processed = df.mapInPandas(fn, PROCESSED_SCHEMA).persist(StorageLevel.MEMORY_AND_DISK)
+        try:
+            counts = batch_counts(processed)
+            t_processed = time.monotonic()
+            info = BatchInfo(
+                pipeline=f"{cfg.pipeline.namespace}/{cfg.pipeline.name}",
+                query_id=query_id,
+                batch_id=batch_id,
+                window_s=cfg.window_s,
+                watermark_s=cfg.watermark_s,
+                now_us=now_us(),
+                offsets=counts["offsets"],
             )
-        batch = Batch(
-            query_id=query_id,
-            batch_id=batch_id,
-            events=events_pdf.reset_index(drop=True),
-            dead_letters=dead_pdf,
-            window_s=cfg.window_s,
-            watermark_s=cfg.watermark_s,
-        )
-        if self.dead_letter_topic and not dead_pdf.empty:
-            self._publish_dead_letters(dead_pdf)
-        written = [sink.name for sink in self.sinks if self._write(sink, batch)]
-        if written:  # a batch every sink had written before (a replay) is not counted again
-            self.metrics.batch_written(batch.events, len(dead_pdf))
-            if dropped:
-                self.metrics.unknown_fields_dropped(sum(dropped.values()))
-                self.log(
-                    f"batch {batch_id}: fields unknown to this job's contract dropped: "
-                    + ", ".join(f"{name[:64]!r} ({n})" for name, n in sorted(dropped.items())[:10])
-                )
+            events, dead = split_batch(processed)
+            if self.dead_letter_topic and counts["dead_letters"]:
+                publish_dead_letters(dead, cfg.bootstrap, cfg.topics["deadLetter"])
+            written = [sink.name for sink in self.sinks if self._write(sink, events, dead, info)]
+            distinct = 0
+            if written:  # a batch every sink had written before (a replay) is not counted again
+                distinct, latency = latency_histogram(events, time.time())
+                self.metrics.batch_counted(distinct, counts["dead_letters"], latency)
+                if counts["dropped_fields"]:
+                    self.metrics.unknown_fields_dropped(counts["dropped_fields"])
+                    names = dropped_field_names(processed)
+                    self.log(
+                        f"batch {batch_id}: fields unknown to this job's contract dropped: "
+                        + ", ".join(f"{name[:64]!r} ({n})" for name, n in names)
+                    )
+        finally:
+            processed.unpersist()
         self.batches_written += 1
-        batch.stats["batch_s"] = time.monotonic() - started
-        batch.stats["process_s"] = t_processed - started
-        if len(events_pdf) or len(dead_pdf):
+        stats = {
+            "batch_s": time.monotonic() - started,
+            "process_s": t_processed - started,
+            "records": counts["events"] + counts["dead_letters"],
+        }
+        if counts["events"] or counts["dead_letters"]:
             self.log(
-                f"batch {batch_id}: {len(events_pdf)} events, {len(dead_pdf)} dead letters, "
-                f"written to {', '.join(written) or 'no sink (already written)'} in {batch.stats['batch_s']:.2f}s "
-                f"(parse and classify {batch.stats['process_s']:.2f}s)"
+                f"batch {batch_id}: {counts['events']} valid records ({distinct} distinct events written), "
+                f"{counts['dead_letters']} dead letters, written to "
+                f"{', '.join(written) or 'no sink (already written)'} in {stats['batch_s']:.2f}s "
+                f"(parse and classify {stats['process_s']:.2f}s)"
             )
-        return batch
+        return stats
 
-    def _write(self, sink: Sink, batch: Batch) -> bool:
+    def _write(self, sink: Sink, events, dead, info: BatchInfo) -> bool:
         started = time.monotonic()
         try:
-            done = sink.write(batch)
+            sink.stage(events, dead, info)
+            done = sink.commit(info) is not None
         except Exception:
             self.metrics.sink_write(sink.name, time.monotonic() - started, ok=False)
             raise
@@ -194,26 +230,6 @@ class StreamingJob:
     def _progress(self) -> dict | None:
         query = self.query
         return query.lastProgress if query is not None else None
-
-    def _publish_dead_letters(self, dead: pd.DataFrame) -> None:
-        """At least once, keyed by topic:partition:offset (the sinks' dead_letters tables are exact)."""
-        from confluent_kafka import Producer
-
-        if self._producer is None:
-            self._producer = Producer(
-                {"bootstrap.servers": self.cfg.bootstrap, "enable.idempotence": True, "linger.ms": 5}
-            )
-        errors: list[str] = []
-
-        def report(err, _msg):
-            if err is not None:
-                errors.append(str(err))
-
-        for key, value in dead_letter_messages(dead):
-            self._producer.produce(self.cfg.topics["deadLetter"], key=key, value=value, on_delivery=report)
-        remaining = self._producer.flush(60)
-        if remaining or errors:
-            raise RuntimeError(f"dead letters not delivered ({remaining} pending): {errors[:3]}")
 
     # ------------------------------------------------------------------------ lifecycle
     def open_sinks(self, stop: threading.Event | None = None, backoff_max_s: float = 30) -> None:
@@ -256,7 +272,20 @@ class StreamingJob:
         failures = 0
         delay = 1.0
         while not stop.is_set():
-            query = self.start(available_now=available_now)
+            try:
+                query = self.start(available_now=available_now)
+            except Exception as exc:  # e.g. the ledger's offsets unreadable (a sink down): try again
+                failures += 1
+                self.log(
+                    f"streaming query not started, retrying in {delay:.0f}s: {type(exc).__name__}: {exc}"
+                )
+                if max_failures is not None and failures > max_failures:
+                    self.close()
+                    raise
+                if stop.wait(delay):
+                    break
+                delay = min(delay * 2, backoff_max_s)
+                continue
             self.log(f"streaming query {query.id} started (checkpoint {self.cfg.checkpoint})")
             try:
                 while not stop.is_set():
@@ -288,14 +317,176 @@ class StreamingJob:
             self._lag = None
         if self.query is not None and self.query.isActive:
             self.query.stop()
-        if self._producer is not None:
-            self._producer.flush(10)
-            self._producer = None
         for sink in self.sinks:
             try:
                 sink.close()
             except Exception:
                 pass
+
+
+# ---------------------------------------------------------------------------- the batch's Spark side
+DEAD_LETTER_COLUMNS = ["kafka_topic", "kafka_partition", "kafka_offset", "error", "payload"]
+EVENT_COLUMNS = [c.split()[0] for c in CLASSIFIED_SCHEMA.split(", ")]
+
+
+def batch_counts(processed) -> dict:
+    """One small aggregate per micro-batch: valid records, dead letters, unknown fields dropped, and
+    the end offset (last offset + 1) of every topic partition the batch read."""
+    from pyspark.sql import functions as F
+
+    ok = F.col("error").isNull()
+    rows = (
+        processed.groupBy("kafka_topic", "kafka_partition")
+        .agg(
+            F.max("kafka_offset").alias("last"),
+            F.count(F.when(ok, True)).alias("events"),
+            F.count(F.when(~ok, True)).alias("dead"),
+            F.sum(F.when(ok, F.size("dropped_fields")).otherwise(0)).alias("dropped"),
+        )
+        .collect()
+    )
+    offsets: dict[str, dict[int, int]] = {}
+    for r in rows:
+        offsets.setdefault(r["kafka_topic"], {})[int(r["kafka_partition"])] = int(r["last"]) + 1
+    return {
+        "offsets": offsets,
+        "events": sum(int(r["events"]) for r in rows),
+        "dead_letters": sum(int(r["dead"]) for r in rows),
+        "dropped_fields": sum(int(r["dropped"] or 0) for r in rows),
+    }
+
+
+def split_batch(processed):
+    """(events, dead letters) of a processed batch, as DataFrames: one event row per event id (the
+    first Kafka partition/offset wins: a producer that re-sent an event)."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    first = Window.partitionBy("event_id").orderBy("kafka_partition", "kafka_offset")
+    events = (
+        processed.where(F.col("error").isNull())
+        .withColumn("_n", F.row_number().over(first))
+        .where(F.col("_n") == 1)
+        .select(*EVENT_COLUMNS)
+    )
+    dead = processed.where(F.col("error").isNotNull()).select(*DEAD_LETTER_COLUMNS)
+    return events, dead
+
+
+def latency_histogram(events, now: float) -> tuple[int, list[tuple[int, int, float]]]:
+    """(events, [(bucket index, observations, sum of seconds)]) of the end-to-end latency (from
+    ``ingested_at``, else ``created_at``, to ``now``), bucketed by Spark (metrics.LATENCY_BUCKETS)."""
+    from pyspark.sql import functions as F
+
+    from streamotion_jobs.metrics import LATENCY_BUCKETS
+
+    since = F.coalesce(F.col("ingested_at_us"), F.col("created_at_us"))
+    seconds = F.greatest(F.lit(0.0), (F.lit(int(now * 1_000_000)) - since) / F.lit(1_000_000.0))
+    bucket = F.lit(len(LATENCY_BUCKETS))
+    for index in reversed(range(len(LATENCY_BUCKETS))):
+        bucket = F.when(seconds <= LATENCY_BUCKETS[index], index).otherwise(bucket)
+    rows = (
+        events.where(since.isNotNull())
+        .select(bucket.alias("b"), seconds.alias("s"))
+        .groupBy("b")
+        .agg(F.count(F.lit(1)).alias("n"), F.sum("s").alias("total"))
+        .collect()
+    )
+    out = [(int(r["b"]), int(r["n"]), float(r["total"])) for r in rows]
+    return sum(n for _, n, _ in out), out
+
+
+def dropped_field_names(processed, limit: int = 10) -> list[tuple[str, int]]:
+    """The most frequent unknown field names of the batch (for the log; a small collect)."""
+    from pyspark.sql import functions as F
+
+    rows = (
+        processed.where(F.col("error").isNull())
+        .select(F.explode("dropped_fields").alias("name"))
+        .groupBy("name")
+        .count()
+        .orderBy(F.desc("count"), "name")
+        .limit(limit)
+        .collect()
+    )
+    return [(str(r["name"]), int(r["count"])) for r in rows]
+
+
+def dead_letter_publisher(bootstrap: str, topic: str):
+    """The ``foreachPartition`` function that publishes a partition's dead letters from its executor:
+    an idempotent producer, keyed topic:partition:offset (at least once; readers dedup by key). A
+    delivery failure fails the task, hence the micro-batch, which is retried."""
+
+    def publish(rows) -> None:
+        producer = None
+        errors: list[str] = []
+
+        def report(err, _msg):
+            if err is not None:
+                errors.append(str(err))
+
+        chunk: list[dict] = []
+        for row in rows:
+            chunk.append(row.asDict())
+            if len(chunk) >= 1000:
+                producer = producer or _producer(bootstrap)
+                _produce(producer, topic, chunk, report)
+                chunk = []
+        if chunk:
+            producer = producer or _producer(bootstrap)
+            _produce(producer, topic, chunk, report)
+        if producer is None:
+            return
+        remaining = producer.flush(60)
+        if remaining or errors:
+            raise RuntimeError(f"dead letters not delivered to {topic} ({remaining} pending): {errors[:3]}")
+
+    return publish
+
+
+def _producer(bootstrap: str):
+    from confluent_kafka import Producer
+
+    return Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5})
+
+
+def _produce(producer, topic: str, rows: list[dict], report) -> None:
+    for key, value in dead_letter_messages(pd.DataFrame(rows, columns=DEAD_LETTER_COLUMNS)):
+        while True:
+            try:
+                producer.produce(topic, key=key, value=value, on_delivery=report)
+                break
+            except BufferError:  # the local queue is full: deliver some first
+                producer.poll(0.5)
+        producer.poll(0)
+
+
+def publish_dead_letters(dead, bootstrap: str, topic: str) -> None:
+    dead.foreachPartition(dead_letter_publisher(bootstrap, topic))
+
+
+def topic_partitions(bootstrap: str, topic: str) -> list[int]:
+    """The partitions of ``topic`` (Kafka metadata)."""
+    from confluent_kafka.admin import AdminClient
+
+    meta = AdminClient({"bootstrap.servers": bootstrap}).list_topics(topic, timeout=15).topics.get(topic)
+    if meta is None or meta.error is not None:
+        raise RuntimeError(f"topic {topic}: {meta.error if meta else 'not found'}")
+    return sorted(meta.partitions)
+
+
+def resume_position(ledgers: list[dict[int, int]], partitions: list[int]) -> dict[str, int]:
+    """Spark's ``startingOffsets`` for one topic from the sinks' ledgers: per partition the LOWEST end
+    offset any sink recorded (a sink behind the others misses nothing; the others skip what they have
+    by event id); a partition no ledger knows (added since) from its earliest offset (-2). Spark wants
+    every partition of the topic in specific offsets (apache/spark v4.0.0 connector/kafka-0-10-sql
+    KafkaOffsetReaderAdmin.fetchSpecificOffsets asserts "If startingOffsets contains specific offsets,
+    you must specify all TopicPartitions. Use -1 for latest, -2 for earliest")."""
+    out: dict[str, int] = {}
+    for p in sorted(partitions):
+        known = [ledger[p] for ledger in ledgers if p in ledger]
+        out[str(p)] = min(known) if known else -2
+    return out
 
 
 def unknown_fields(column) -> dict[str, int]:

@@ -142,6 +142,22 @@ class JobMetrics:
     def unknown_fields_dropped(self, count: int) -> None:
         self.safely("unknown fields", lambda: self.unknown_fields.inc(count))
 
+    def batch_counted(
+        self, events: int, dead_letters: int, latency: Iterable[tuple[int, int, float]] = ()
+    ) -> None:
+        """Count one written micro-batch from Spark's aggregates (no event row on the driver):
+        ``latency`` holds (bucket index in LATENCY_BUCKETS, +Inf last; observations; sum of seconds)."""
+
+        def update():
+            self.events.inc(events)
+            self.dead_letters.inc(dead_letters)
+            for index, n, total in latency:
+                # what prometheus_client's Histogram.observe does, for n observations of one bucket
+                self.latency._buckets[index].inc(n)
+                self.latency._sum.inc(total)
+
+        self.safely("batch", update)
+
     def batch_written(self, events, dead_letters: int, now: float | None = None) -> None:
         """Count one written micro-batch: ``events`` is the batch's event DataFrame."""
 

@@ -82,7 +82,7 @@ def session(
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
         from streamotion.dev.java import for_spark_local  # a supported Java: the system's or the wheel's
 
-        extra = {**for_spark_local(), **(extra or {})}
+        extra = {**for_spark_local(), **local_cluster_conf(master), **(extra or {})}
     from pyspark.sql import SparkSession
 
     builder = SparkSession.builder
@@ -91,6 +91,25 @@ def session(
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(os.environ.get("STREAMOTION_SPARK_LOG_LEVEL", "WARN"))
     return spark
+
+
+def local_cluster_conf(master: str) -> dict[str, str]:
+    """``local-cluster[N,cores,MiB]`` (N executor JVMs on this machine, started by an in-process
+    standalone worker through ``$SPARK_HOME/bin/spark-class``): SPARK_HOME is pyspark's own folder
+    (the pip package carries bin/ and jars/), and the executors' Python workers get this process's
+    PYTHONPATH and the executors its Java options."""
+    if not master.startswith("local-cluster"):
+        return {}
+    import pyspark
+
+    os.environ.setdefault("SPARK_HOME", str(Path(pyspark.__file__).parent))
+    conf = {}
+    if os.environ.get("PYTHONPATH"):
+        conf["spark.executorEnv.PYTHONPATH"] = os.environ["PYTHONPATH"]
+    from streamotion.dev.java import jvm_flags
+
+    conf["spark.executor.extraJavaOptions"] = " ".join(jvm_flags())
+    return conf
 
 
 def ensure_kafka_connector() -> str:

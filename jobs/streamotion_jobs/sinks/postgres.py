@@ -1,10 +1,19 @@
-"""PostgreSQL sink (psycopg 3): one transaction per micro-batch, recorded with its batch id.
+"""PostgreSQL sink (psycopg 3): rows staged from the executors, one transaction per micro-batch.
 
-Inside that transaction: skip if ``(query_id, batch_id)`` is in ``batches``; insert the events
-(``ON CONFLICT (event_id) DO NOTHING``); insert the dead letters (keyed by topic/partition/offset);
-recompute every aggregate of the windows the new on-time events touched, from the events table
-(upsert on window start + dimensions), so aggregates always equal a GROUP BY over event rows;
-record the batch and the new watermark. Either all of it commits or none of it does.
+Staging (:meth:`PostgresSink.stage`, on the executors): each partition of the batch's events and dead
+letters COPYs its rows into ``events_staging`` / ``dead_letters_staging``, tagged (query_id,
+batch_id, part), in one transaction that first deletes what an earlier attempt of that partition
+staged, so a retried task replaces its rows.
+
+Commit (:meth:`PostgresSink.commit`, on the driver), one transaction: ``pg_advisory_xact_lock`` per
+sink schema (a zombie driver or a second job cannot interleave); skip if ``(query_id, batch_id)`` is
+in ``batches``; ``INSERT ... SELECT ... ON CONFLICT (event_id) DO NOTHING RETURNING`` from staging
+into ``events``, the staged row counts checked against what the executors reported; the aggregates
+upserted incrementally from exactly the returned rows that are on time (sums and counts; the means
+of ``emotion_window`` and ``author_activity`` are derived in views); dead letters (keyed by
+topic/partition/offset); the ledger row with the batch's end offsets and watermark; the one-row
+``sink_state`` (watermark so far, furthest offsets: no scan of ``batches``); staging removed.
+Either all of it commits or none of it does.
 """
 
 from __future__ import annotations
@@ -18,7 +27,7 @@ from typing import Any
 
 import pandas as pd
 
-from streamotion_jobs.sinks import US, Batch, Sink, next_watermark, with_windows
+from streamotion_jobs.sinks import US, Batch, BatchInfo, Sink, with_windows
 
 MIGRATIONS_LOCK = 0x5354524D  # pg_advisory_xact_lock key: one migrator at a time
 
@@ -141,56 +150,211 @@ def event_rows(events: pd.DataFrame, query_id: str, batch_id: int) -> list[tuple
     return rows
 
 
-# Aggregates of the given windows, recomputed from the on-time event rows (upsert).
-AGGREGATES_SQL = (
-    """
-    INSERT INTO emotion_window AS t (window_start, window_end, source, channel, lang, emotion,
-                                     events, mean_score, mean_sentiment_index, updated_at)
+# ---------------------------------------------------------------------------- staging (executors)
+STAGED_EVENT_COLUMNS = tuple(c for c in EVENT_COLUMNS if c != "late")  # late is decided at commit
+DEAD_LETTER_COLUMNS = (
+    "kafka_topic",
+    "kafka_partition",
+    "kafka_offset",
+    "reason",
+    "payload",
+    "query_id",
+    "batch_id",
+)
+STAGING = {"events": "events_staging", "dead_letters": "dead_letters_staging"}
+STAGED_SCHEMA = "part int, rows long"  # what each partition's staging task reports to the driver
+
+
+def staged_event_rows(events: pd.DataFrame, query_id: str, batch_id: int, window_s: float) -> list[tuple]:
+    """The staging rows of classified events (windows from ``created_at``; ``late`` left to the commit)."""
+    late = EVENT_COLUMNS.index("late")
+    return [
+        row[:late] + row[late + 1 :]
+        for row in event_rows(with_windows(events, window_s, None), query_id, batch_id)
+    ]
+
+
+def dead_letter_rows(dead: pd.DataFrame, query_id: str, batch_id: int) -> list[tuple]:
+    return [
+        (
+            _text(r["kafka_topic"]),
+            int(r["kafka_partition"]),
+            int(r["kafka_offset"]),
+            _text(r["error"]),
+            _text(_val(r["payload"]) or ""),
+            query_id,
+            batch_id,
+        )
+        for r in dead.to_dict("records")
+    ]
+
+
+def stage_rows(
+    dsn: str,
+    schema: str,
+    kind: str,
+    query_id: str,
+    batch_id: int,
+    part: int,
+    frames,
+    window_s: float,
+    connect_timeout: int = 10,
+) -> int:
+    """Stage one partition's rows (an iterator of pandas frames) in ONE transaction that first removes
+    what an earlier attempt of the same partition staged (a retried or speculative task replaces it;
+    an advisory lock per partition orders two attempts running at once). Runs on an executor."""
+    import psycopg
+
+    frames = (f for f in frames if len(f))
+    first = next(frames, None)
+    if first is None:
+        return 0  # nothing to stage: no connection
+    table = STAGING[kind]
+    columns = (*STAGED_EVENT_COLUMNS, "part") if kind == "events" else (*DEAD_LETTER_COLUMNS, "part")
+    rows = 0
+    options = f"-c search_path={schema}"
+    with (
+        psycopg.connect(dsn, connect_timeout=connect_timeout, options=options, autocommit=True) as conn,
+        conn.transaction(),
+    ):
+        conn.execute(
+            "SELECT pg_advisory_xact_lock(%s, hashtext(%s))",
+            (STAGING_LOCK, f"{kind}:{query_id}:{batch_id}:{part}"),
+        )
+        conn.execute(
+            f"DELETE FROM {table} WHERE query_id = %s AND batch_id = %s AND part = %s",
+            (query_id, batch_id, part),
+        )
+        with conn.cursor().copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+            for frame in _chain(first, frames):
+                if kind == "events":
+                    batch_rows = staged_event_rows(frame, query_id, batch_id, window_s)
+                else:
+                    batch_rows = dead_letter_rows(frame, query_id, batch_id)
+                for row in batch_rows:
+                    copy.write_row((*row, part))
+                rows += len(batch_rows)
+    return rows
+
+
+def _chain(first, rest):
+    yield first
+    yield from rest
+
+
+def stager(dsn: str, schema: str, kind: str, info: BatchInfo, connect_timeout: int = 10):
+    """The ``mapInPandas`` function that stages each partition and reports (part, rows). It captures
+    only the DSN (credentials come from the executor's PGUSER/PGPASSWORD), schema and batch metadata."""
+    query_id, batch_id, window_s = info.query_id, info.batch_id, info.window_s
+
+    def stage_partition(frames):
+        from pyspark import TaskContext
+
+        part = TaskContext.get().partitionId()
+        rows = stage_rows(dsn, schema, kind, query_id, batch_id, part, frames, window_s, connect_timeout)
+        yield pd.DataFrame(
+            {"part": pd.Series([part], dtype="int32"), "rows": pd.Series([rows], dtype="int64")}
+        )
+
+    return stage_partition
+
+
+# ---------------------------------------------------------------------------- commit (driver)
+# The batch's events, from staging, into events; the aggregates from exactly the rows that were new
+# and on time (sums and counts: emotion_window and author_activity are views deriving the means).
+COMMIT_EVENTS_SQL = f"""
+WITH staged AS (
+    SELECT * FROM events_staging
+    WHERE query_id = %(query_id)s AND batch_id = %(batch_id)s AND part = ANY(%(parts)s)
+), new AS (
+    INSERT INTO events ({", ".join(STAGED_EVENT_COLUMNS)}, late)
+    SELECT {", ".join(STAGED_EVENT_COLUMNS)}, coalesce(window_end <= %(watermark)s::timestamptz, false)
+    FROM staged
+    ON CONFLICT (event_id) DO NOTHING
+    RETURNING window_start, window_end, source, channel, lang, emotion, score, sentiment_index,
+              hashtags, terms, author, text_length, late
+), on_time AS (
+    SELECT * FROM new WHERE NOT late
+), emotion AS (
+    INSERT INTO emotion_window_totals AS t (window_start, window_end, source, channel, lang, emotion,
+                                            events, sum_score, sum_sentiment_index, updated_at)
     SELECT window_start, window_end, source, coalesce(channel, ''), coalesce(lang, ''), emotion,
-           count(*), avg(score), avg(sentiment_index), now()
-    FROM events WHERE window_start = ANY(%(windows)s) AND NOT late
-    GROUP BY window_start, window_end, source, coalesce(channel, ''), coalesce(lang, ''), emotion
+           count(*), sum(score), sum(sentiment_index), now()
+    FROM on_time GROUP BY 1, 2, 3, 4, 5, 6
     ON CONFLICT (window_start, source, channel, lang, emotion) DO UPDATE
-    SET events = excluded.events, mean_score = excluded.mean_score,
-        mean_sentiment_index = excluded.mean_sentiment_index, updated_at = excluded.updated_at
-    """,
-    """
+    SET events = t.events + excluded.events, sum_score = t.sum_score + excluded.sum_score,
+        sum_sentiment_index = t.sum_sentiment_index + excluded.sum_sentiment_index,
+        updated_at = excluded.updated_at
+), hashtag AS (
     INSERT INTO hashtag_window AS t (window_start, window_end, hashtag, events, updated_at)
     SELECT window_start, window_end, h, count(*), now()
-    FROM events, unnest(hashtags) AS h
-    WHERE window_start = ANY(%(windows)s) AND NOT late
-    GROUP BY window_start, window_end, h
+    FROM on_time, unnest(hashtags) AS h GROUP BY 1, 2, 3
     ON CONFLICT (window_start, hashtag) DO UPDATE
-    SET events = excluded.events, updated_at = excluded.updated_at
-    """,
-    """
+    SET events = t.events + excluded.events, updated_at = excluded.updated_at
+), term AS (
     INSERT INTO term_window AS t (window_start, window_end, lang, term, events, updated_at)
     SELECT window_start, window_end, coalesce(lang, ''), w, count(*), now()
-    FROM events, unnest(terms) AS w
-    WHERE window_start = ANY(%(windows)s) AND NOT late
-    GROUP BY window_start, window_end, coalesce(lang, ''), w
+    FROM on_time, unnest(terms) AS w GROUP BY 1, 2, 3, 4
     ON CONFLICT (window_start, lang, term) DO UPDATE
-    SET events = excluded.events, updated_at = excluded.updated_at
-    """,
-    """
-    INSERT INTO author_activity AS t (window_start, window_end, author, events, mean_text_length, updated_at)
-    SELECT window_start, window_end, author, count(*), avg(text_length), now()
-    FROM events
-    WHERE window_start = ANY(%(windows)s) AND NOT late AND author IS NOT NULL
-    GROUP BY window_start, window_end, author
+    SET events = t.events + excluded.events, updated_at = excluded.updated_at
+), author AS (
+    INSERT INTO author_activity_totals AS t (window_start, window_end, author, events, sum_text_length, updated_at)
+    SELECT window_start, window_end, author, count(*), sum(text_length), now()
+    FROM on_time WHERE author IS NOT NULL GROUP BY 1, 2, 3
     ON CONFLICT (window_start, author) DO UPDATE
-    SET events = excluded.events, mean_text_length = excluded.mean_text_length,
+    SET events = t.events + excluded.events, sum_text_length = t.sum_text_length + excluded.sum_text_length,
         updated_at = excluded.updated_at
-    """,
+)
+SELECT (SELECT count(*) FROM staged), (SELECT count(*) FROM new), (SELECT count(*) FROM new WHERE late),
+       (SELECT max(created_at) FROM staged)
+"""
+
+COMMIT_DEAD_LETTERS_SQL = f"""
+WITH staged AS (
+    SELECT * FROM dead_letters_staging
+    WHERE query_id = %(query_id)s AND batch_id = %(batch_id)s AND part = ANY(%(parts)s)
+), new AS (
+    INSERT INTO dead_letters ({", ".join(DEAD_LETTER_COLUMNS)})
+    SELECT {", ".join(DEAD_LETTER_COLUMNS)} FROM staged
+    ON CONFLICT DO NOTHING RETURNING 1
+)
+SELECT (SELECT count(*) FROM staged), (SELECT count(*) FROM new)
+"""
+
+# Staging of this batch (every attempt) and of batches nobody committed within a day (a query whose
+# checkpoint was deleted, a job that died between staging and commit).
+CLEAN_STAGING_SQL = (
+    """DELETE FROM events_staging WHERE (query_id = %(query_id)s AND batch_id = %(batch_id)s)
+       OR written_at < now() - interval '1 day'""",
+    """DELETE FROM dead_letters_staging WHERE (query_id = %(query_id)s AND batch_id = %(batch_id)s)
+       OR staged_at < now() - interval '1 day'""",
 )
 
-
-# The watermark so far: each batch's counts for at most its commit time minus the watermark delay
-# (the job's clock bounds it), so one logged from a future-dated event cannot keep windows final.
+# The watermark of a ledger from before the state row: each batch's counts for at most its commit time
+# minus the watermark delay (the job's clock bounds it), so one logged from a future-dated event cannot
+# keep windows final. Read once, then kept in sink_state.
 WATERMARK_SQL = """
     SELECT max(CASE WHEN watermark > committed_at - make_interval(secs => %(delay_s)s)
                     THEN committed_at - make_interval(secs => %(delay_s)s) ELSE watermark END)
     FROM batches"""
+
+STAGING_LOCK = 0x53544147  # pg_advisory_xact_lock(STAGING_LOCK, hashtext(kind:query:batch:part))
+COMMIT_LOCK = 0x53494E4B  # pg_advisory_xact_lock(COMMIT_LOCK, hashtext(schema)): one committer per sink
+
+
+def merge_offsets(stored: dict | None, batch: dict[str, dict[int, int]]) -> dict[str, dict[str, int]]:
+    """The furthest end offset per topic partition (JSON keys are strings)."""
+    out = {t: dict(parts) for t, parts in (stored or {}).items()}
+    for topic, parts in batch.items():
+        known = out.setdefault(topic, {})
+        for partition, offset in parts.items():
+            key = str(int(partition))
+            known[key] = max(int(offset), int(known.get(key, offset)))
+    return out
+
+
+def _us(ts: datetime | None) -> int | None:
+    return None if ts is None else int(ts.timestamp() * US)
 
 
 class PostgresSink(Sink):
@@ -202,6 +366,7 @@ class PostgresSink(Sink):
         self.connect_timeout = connect_timeout
         self.log = log
         self._conn = None
+        self._staged: dict[tuple[str, int], tuple[dict[int, int], dict[int, int]]] = {}
 
     # ------------------------------------------------------------------------ connection
     def connect(self):
@@ -250,76 +415,136 @@ class PostgresSink(Sink):
                 conn.execute("INSERT INTO schema_migrations (version, name) VALUES (%s, %s)", (version, name))
 
     # ------------------------------------------------------------------------ batches
+    def stage(self, events, dead_letters, info: BatchInfo) -> None:
+        """Each partition of ``events`` / ``dead_letters`` COPYs its rows into the staging tables from
+        its executor; the driver receives one (part, rows) pair per partition."""
+        staged = []
+        for kind, frame in (("events", events), ("dead_letters", dead_letters)):
+            fn = stager(self.dsn, self.schema, kind, info, self.connect_timeout)
+            report = frame.mapInPandas(fn, STAGED_SCHEMA).collect()
+            staged.append({int(r["part"]): int(r["rows"]) for r in report if r["rows"]})
+        self._staged[(info.query_id, info.batch_id)] = (staged[0], staged[1])
+
     def write(self, batch: Batch) -> bool:
+        """A batch held in pandas (tests, tools): staged from this process as partition 0, then committed."""
+        info = BatchInfo(
+            pipeline=self.schema,
+            query_id=batch.query_id,
+            batch_id=batch.batch_id,
+            window_s=batch.window_s,
+            watermark_s=batch.watermark_s,
+            now_us=_now_us(),
+            offsets=batch.offsets,
+        )
+        staged = []
+        for kind, frame in (("events", batch.events), ("dead_letters", batch.dead_letters)):
+            n = stage_rows(
+                self.dsn,
+                self.schema,
+                kind,
+                info.query_id,
+                info.batch_id,
+                0,
+                [frame],
+                info.window_s,
+                self.connect_timeout,
+            )
+            staged.append({0: n} if n else {})
+        self._staged[(info.query_id, info.batch_id)] = (staged[0], staged[1])
+        stats = self.commit(info)
+        batch.stats.update(stats or {})
+        return stats is not None
+
+    def commit(self, info: BatchInfo) -> dict | None:
         try:
-            return self._write(batch)
+            return self._commit(info)
         except Exception:
             self.close()  # a broken or aborted connection is not reused
             raise
 
-    def _write(self, batch: Batch) -> bool:
+    def _commit(self, info: BatchInfo) -> dict | None:
+        from psycopg.types.json import Jsonb
+
+        staged = self._staged.pop((info.query_id, info.batch_id), None)
+        if staged is None:
+            raise RuntimeError(f"postgres: batch {info.batch_id} of query {info.query_id} was not staged")
+        staged_events, staged_dead = staged
         conn = self._connection()
         started = time.monotonic()
+        key = {"query_id": info.query_id, "batch_id": info.batch_id}
         with conn.transaction():
             cur = conn.cursor()
+            cur.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (COMMIT_LOCK, self.schema))
             done = cur.execute(
-                "SELECT 1 FROM batches WHERE query_id = %s AND batch_id = %s",
-                (batch.query_id, batch.batch_id),
+                "SELECT 1 FROM batches WHERE query_id = %(query_id)s AND batch_id = %(batch_id)s", key
             ).fetchone()
             if done:
-                return False
-            (watermark,) = cur.execute(WATERMARK_SQL, {"delay_s": batch.watermark_s}).fetchone()
-            watermark_us = None if watermark is None else int(watermark.timestamp() * US)
-            events = with_windows(batch.events, batch.window_s, watermark_us)
-            cur.execute("CREATE TEMP TABLE staging_events (LIKE events INCLUDING DEFAULTS) ON COMMIT DROP")
-            cols = ", ".join(EVENT_COLUMNS)
-            with cur.copy(f"COPY staging_events ({cols}) FROM STDIN") as copy:
-                for row in event_rows(events, batch.query_id, batch.batch_id):
-                    copy.write_row(row)
-            inserted = cur.execute(
-                f"""INSERT INTO events ({cols}) SELECT {cols} FROM staging_events
-                    ON CONFLICT (event_id) DO NOTHING RETURNING window_start, late"""
-            ).fetchall()
-            windows = sorted({ws for ws, late in inserted if not late})
-            if windows:
-                for statement in AGGREGATES_SQL:
-                    cur.execute(statement, {"windows": windows})
-            dead = batch.dead_letters
-            if not dead.empty:
-                cur.executemany(
-                    """INSERT INTO dead_letters (kafka_topic, kafka_partition, kafka_offset, reason, payload,
-                                                query_id, batch_id)
-                       VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING""",
-                    [
-                        (
-                            r["kafka_topic"],
-                            int(r["kafka_partition"]),
-                            int(r["kafka_offset"]),
-                            _text(r["error"]),
-                            _text(_val(r["payload"]) or ""),
-                            batch.query_id,
-                            batch.batch_id,
-                        )
-                        for r in dead.to_dict("records")
-                    ],
+                for statement in CLEAN_STAGING_SQL:
+                    cur.execute(statement, key)
+                return None
+            state = cur.execute("SELECT watermark, offsets FROM sink_state WHERE id").fetchone()
+            if state is None:  # the first commit since migration 0005: the watermark from the ledger, once
+                (watermark,) = cur.execute(WATERMARK_SQL, {"delay_s": info.watermark_s}).fetchone()
+                cur.execute("INSERT INTO sink_state (id, watermark) VALUES (true, %s)", (watermark,))
+                state = (watermark, {})
+            watermark, stored_offsets = state
+            staged_n, inserted, late, latest = cur.execute(
+                COMMIT_EVENTS_SQL, {**key, "parts": sorted(staged_events), "watermark": watermark}
+            ).fetchone()
+            dead_n, dead_new = cur.execute(
+                COMMIT_DEAD_LETTERS_SQL, {**key, "parts": sorted(staged_dead)}
+            ).fetchone()
+            expected = (sum(staged_events.values()), sum(staged_dead.values()))
+            if (staged_n, dead_n) != expected:  # staging lost (an unlogged table after a crash) or foreign
+                raise RuntimeError(
+                    f"postgres: batch {info.batch_id} staged {expected[0]} events and {expected[1]} dead "
+                    f"letters, the staging tables hold {staged_n} and {dead_n}: the batch is retried"
                 )
-            new_watermark = next_watermark(watermark_us, events, batch.watermark_s, _now_us())
-            late = sum(1 for _, is_late in inserted if is_late)
+            new_watermark = _watermark_after(_us(watermark), _us(latest), info.watermark_s, info.now_us)
             cur.execute(
-                """INSERT INTO batches (query_id, batch_id, events, late_events, dead_letters, watermark)
-                   VALUES (%s, %s, %s, %s, %s, %s)""",
+                """INSERT INTO batches (query_id, batch_id, events, late_events, dead_letters, watermark, offsets)
+                   VALUES (%s, %s, %s, %s, %s, %s, %s)""",
                 (
-                    batch.query_id,
-                    batch.batch_id,
-                    len(inserted),
+                    info.query_id,
+                    info.batch_id,
+                    inserted,
                     late,
-                    len(dead),
+                    dead_n,
                     _ts(new_watermark),
+                    Jsonb(info.offsets),
                 ),
             )
-        batch.stats["postgres_s"] = time.monotonic() - started
-        batch.stats["postgres_inserted"] = len(inserted)
-        return True
+            cur.execute(
+                """UPDATE sink_state
+                   SET watermark = CASE WHEN %(wm)s::timestamptz IS NULL THEN watermark  -- least() skips NULLs
+                       ELSE greatest(watermark, least(%(wm)s::timestamptz,
+                                     clock_timestamp() - make_interval(secs => %(delay_s)s))) END,
+                       offsets = %(offsets)s, updated_at = clock_timestamp()
+                   WHERE id""",
+                {
+                    "wm": _ts(new_watermark),
+                    "delay_s": info.watermark_s,
+                    "offsets": Jsonb(merge_offsets(stored_offsets, info.offsets)),
+                },
+            )
+            for statement in CLEAN_STAGING_SQL:
+                cur.execute(statement, key)
+        return {
+            "postgres_s": time.monotonic() - started,
+            "postgres_inserted": inserted,
+            "postgres_late": late,
+            "postgres_dead_letters_inserted": dead_new,
+        }
+
+    def resume_offsets(self, topic: str) -> dict[int, int] | None:
+        conn = self._connection()
+        try:
+            row = conn.execute("SELECT offsets FROM sink_state WHERE id").fetchone()
+        except Exception:
+            self.close()
+            raise
+        parts = (row[0] or {}).get(topic) if row else None
+        return {int(p): int(o) for p, o in parts.items()} if parts else None
 
     # ------------------------------------------------------------------------ re-scoring
     def write_scores(self, scored: pd.DataFrame) -> int:
@@ -370,3 +595,13 @@ class PostgresSink(Sink):
 
 def dumps(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True)
+
+
+def _watermark_after(
+    previous_us: int | None, latest_us: int | None, watermark_s: float, now_us: int
+) -> int | None:
+    """:func:`streamotion_jobs.sinks.next_watermark` from the batch's latest event time."""
+    if latest_us is None:
+        return previous_us
+    candidate = min(latest_us, now_us) - int(watermark_s * US)
+    return candidate if previous_us is None else max(previous_us, candidate)

@@ -103,16 +103,9 @@ def spark_application(p: StreamPipeline, cfg: OperatorConfig) -> dict[str, Any]:
     ]
     volumes: list[dict[str, Any]] = [_pipeline_volume(p), {"name": "tmp", "emptyDir": {}}]
     mounts: list[dict[str, Any]] = [_PIPELINE_MOUNT, {"name": "tmp", "mountPath": "/tmp"}]
-    # Executors only parse and classify (mapInPandas); the driver keeps the checkpoint (a
-    # ReadWriteOnce claim: executors on other nodes could not attach it) and writes the sinks
-    # (streamotion_jobs.job: toPandas), so the claim and the sink credentials are the driver's only.
-    executor_env = list(env)
-    executor_mounts = list(mounts)
-    if not proc.checkpoint.uri:
-        volumes.append(
-            {"name": "checkpoint", "persistentVolumeClaim": {"claimName": naming.checkpoint_pvc_name(p)}}
-        )
-        mounts.append({"name": "checkpoint", "mountPath": CHECKPOINT_MOUNT})
+    # Executors parse, classify and write the sinks' staging tables themselves (streamotion_jobs.job:
+    # no event row on the driver), so they get the sink credentials too; the checkpoint (a
+    # ReadWriteOnce claim: executors on other nodes could not attach it) stays the driver's only.
     for sink in p.spec.sinks:
         if sink.postgres:
             ref = sink.postgres.credentials_secret
@@ -126,6 +119,13 @@ def spark_application(p: StreamPipeline, cfg: OperatorConfig) -> dict[str, Any]:
             )
             mounts.append({"name": "bigquery-key", "mountPath": BIGQUERY_KEY_DIR, "readOnly": True})
             env.append({"name": "GOOGLE_APPLICATION_CREDENTIALS", "value": f"{BIGQUERY_KEY_DIR}/key.json"})
+    executor_env = list(env)
+    executor_mounts = list(mounts)
+    if not proc.checkpoint.uri:
+        volumes.append(
+            {"name": "checkpoint", "persistentVolumeClaim": {"claimName": naming.checkpoint_pvc_name(p)}}
+        )
+        mounts.append({"name": "checkpoint", "mountPath": CHECKPOINT_MOUNT})
     pod_labels = labels(p, "job")
     spec: dict[str, Any] = {
         "type": "Python",
