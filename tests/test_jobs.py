@@ -111,12 +111,17 @@ MALFORMED: list[bytes] = [
 ]
 
 
-def produce(kafka, topic: str, events: list[Event], malformed: list[bytes] = ()) -> None:
+def produce(
+    kafka, topic: str, events: list[Event], malformed: list[bytes] = (), published_at_created: bool = False
+) -> None:
+    """``published_at_created``: each record's Kafka timestamp is its event's created_at (as if
+    published when posted), for backfills that locate a time range by timestamps."""
     from confluent_kafka import Producer
 
     producer = Producer({"bootstrap.servers": kafka.bootstrap, "linger.ms": 5, "enable.idempotence": True})
     for e in events:
-        producer.produce(topic, key=e.key.encode(), value=e.to_json())
+        ts = {"timestamp": int(e.created_at.timestamp() * 1000)} if published_at_created else {}
+        producer.produce(topic, key=e.key.encode(), value=e.to_json(), **ts)
     for payload in malformed:
         producer.produce(topic, key=b"bad", value=payload)
     assert producer.flush(30) == 0
@@ -710,7 +715,7 @@ def test_backfill_rescores_a_time_range_tagged_with_the_model_version(
     names = topics(p)
     os.environ["STREAMOTION_PG_DSN"] = postgres.dsn
     events = make_events(90, step_s=60)  # 12:00 .. 13:29
-    produce(kafka, names["raw"], events)
+    produce(kafka, names["raw"], events, published_at_created=True)
     job = new_job(p, spark, kafka, model_server.url, tmp_path / "ckpt")
     with JobThread(job) as jt:
         wait_for(

@@ -709,12 +709,9 @@ class BigQuerySink(Sink):
         if not missing:
             return
         self.log(f"bigquery: adding {', '.join(f.name for f in missing)} to {table.table_id}")
-        columns = ", ".join(
-            f"ADD COLUMN IF NOT EXISTS {f.name} "
-            + (f"ARRAY<{f.field_type}>" if f.mode == "REPEATED" else f.field_type)
-            for f in missing
-        )
-        self._query(f"ALTER TABLE `{self.ds}.{table.table_id}` {columns}")
+        for f in missing:  # one column per statement: bqemulator takes one ALTER command per statement
+            kind = f"ARRAY<{f.field_type}>" if f.mode == "REPEATED" else f.field_type
+            self._query(f"ALTER TABLE `{self.ds}.{table.table_id}` ADD COLUMN IF NOT EXISTS {f.name} {kind}")
 
     @staticmethod
     def _params(params: dict[str, Any]) -> list:
@@ -920,6 +917,15 @@ WHEN NOT MATCHED THEN INSERT ({", ".join(cols)}) VALUES ({", ".join("S." + c for
         ]
         return self.commit_scores(run_id)
 
+    def reader_conf(self) -> dict:
+        """What :func:`events_reader` needs on the executors."""
+        return {
+            "project": self.project,
+            "location": self.location,
+            "ds": self.ds,
+            "emulator_host": os.environ.get(EMULATOR_HOST_ENV),
+        }
+
     def _scores_conf(self, run_id: str) -> dict:
         if not run_id.replace("_", "").isalnum():
             raise ValueError(f"run id {run_id!r}: letters, digits and _ only")
@@ -980,6 +986,59 @@ def scores_writer(conf: dict, client=None):
         yield pd.DataFrame({"table": [table], "rows": [len(rows)], "kind": ["s"]})
 
     return write
+
+
+EVENTS_READ_SQL = """SELECT event_id, id, source, platform, channel, author, text, clean_text, lang,
+       UNIX_MICROS(created_at) AS created_at_us, UNIX_MICROS(ingested_at) AS ingested_at_us, url,
+       hashtags, terms, text_length, kafka_topic, kafka_partition, kafka_offset
+FROM `{ds}.events` WHERE created_at >= @lo AND created_at < @hi"""
+
+
+def event_frame(pdf: pd.DataFrame) -> pd.DataFrame:
+    """Rows read back from a sink, typed for ``mapInPandas``'s Arrow output: object strings (see
+    ``transform.arrow_safe``), nullable integers, lists for the array columns."""
+    from streamotion_jobs.transform import arrow_safe
+
+    for col in ("created_at_us", "ingested_at_us", "text_length", "kafka_partition", "kafka_offset"):
+        if col in pdf:
+            pdf[col] = pdf[col].astype("Int64")
+    for col in ("hashtags", "terms"):
+        if col in pdf:
+            pdf[col] = [list(v) if _val_list(v) else [] for v in pdf[col]]
+    return arrow_safe(pdf)
+
+
+def events_reader(conf: dict):
+    """``mapInPandas`` function over (lo_us, hi_us) time slices for backfills: each task runs one
+    query per slice (the filter on the partitioning column reads only the slice's days) on the
+    executor. ``conf``: project, location, ds, emulator_host."""
+
+    def read(slices):
+        from google.cloud import bigquery
+
+        client = make_client(conf["project"], conf["location"], conf.get("emulator_host"))
+        try:
+            for pdf in slices:
+                for lo, hi in zip(pdf["lo_us"], pdf["hi_us"], strict=True):
+                    params = [
+                        bigquery.ScalarQueryParameter(
+                            "lo", "TIMESTAMP", datetime.fromtimestamp(lo / US, UTC)
+                        ),
+                        bigquery.ScalarQueryParameter(
+                            "hi", "TIMESTAMP", datetime.fromtimestamp(hi / US, UTC)
+                        ),
+                    ]
+                    job = client.query(
+                        EVENTS_READ_SQL.format(ds=conf["ds"]),
+                        job_config=bigquery.QueryJobConfig(query_parameters=params),
+                    )
+                    rows = [dict(r.items()) for r in job.result()]
+                    if rows:
+                        yield event_frame(pd.DataFrame(rows))
+        finally:
+            client.close()
+
+    return read
 
 
 def _val_list(v: Any) -> bool:
