@@ -111,17 +111,12 @@ MALFORMED: list[bytes] = [
 ]
 
 
-def produce(
-    kafka, topic: str, events: list[Event], malformed: list[bytes] = (), published_at_created: bool = False
-) -> None:
-    """``published_at_created``: each record's Kafka timestamp is its event's created_at (as if
-    published when posted), for backfills that locate a time range by timestamps."""
+def produce(kafka, topic: str, events: list[Event], malformed: list[bytes] = ()) -> None:
     from confluent_kafka import Producer
 
     producer = Producer({"bootstrap.servers": kafka.bootstrap, "linger.ms": 5, "enable.idempotence": True})
     for e in events:
-        ts = {"timestamp": int(e.created_at.timestamp() * 1000)} if published_at_created else {}
-        producer.produce(topic, key=e.key.encode(), value=e.to_json(), **ts)
+        producer.produce(topic, key=e.key.encode(), value=e.to_json())
     for payload in malformed:
         producer.produce(topic, key=b"bad", value=payload)
     assert producer.flush(30) == 0
@@ -715,7 +710,7 @@ def test_backfill_rescores_a_time_range_tagged_with_the_model_version(
     names = topics(p)
     os.environ["STREAMOTION_PG_DSN"] = postgres.dsn
     events = make_events(90, step_s=60)  # 12:00 .. 13:29
-    produce(kafka, names["raw"], events, published_at_created=True)
+    produce(kafka, names["raw"], events)
     job = new_job(p, spark, kafka, model_server.url, tmp_path / "ckpt")
     with JobThread(job) as jt:
         wait_for(
@@ -737,7 +732,11 @@ def test_backfill_rescores_a_time_range_tagged_with_the_model_version(
     # the same model on the same texts gives the same emotion
     assert pg_count(postgres, pg_schema, "SELECT count(*) FROM v_model_comparison WHERE same_emotion") == 30
     # from Kafka (events no sink has) too, and running again replaces rather than duplicates
-    again = run_backfill(p, start, end, model=model_server.url, source="kafka", spark=spark)
+    # published now, months after they were created: the Kafka read must reach that far past --to
+    lag = (datetime.now(UTC) - end).total_seconds() + 3600
+    again = run_backfill(
+        p, start, end, model=model_server.url, source="kafka", spark=spark, kafka_after_s=lag
+    )
     assert again.events == 30
     assert pg_count(postgres, pg_schema, "SELECT count(*) FROM event_scores") == 30
 

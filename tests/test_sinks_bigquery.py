@@ -241,6 +241,11 @@ def test_batch_is_staged_by_the_executors_and_committed_exactly_once_across_task
     assert rows(client, f"SELECT offsets FROM `{ds}.batches` WHERE batch_id = 0") == [
         ('{"raw": {"0": 20, "1": 20}}',)
     ]
+    # load jobs per batch are capped (BigQuery's daily load-job quota): 3 partitions, 2 load jobs
+    capped = bq.BigQuerySink(bq_env.project, sink.dataset, log=lambda *_: None, max_load_jobs=2)
+    more = classified(make_events(9, start=100, base=datetime.now(UTC) - timedelta(minutes=20)))
+    stats = capped.stage(*spark_frames(spark, more, no_dead(), 3), info(q, 2)) or capped.commit(info(q, 2))
+    assert (stats["load_jobs"], stats["inserted"]) == (2, 9)
 
 
 def test_aggregates_equal_a_group_by_over_non_late_rows_after_concurrent_and_repeated_batches(bq_env):
@@ -411,7 +416,7 @@ def produce_at(kafka, topic: str, events, published: datetime) -> None:
 
 
 def test_backfill_from_kafka_reads_only_the_offsets_of_its_time_range(
-    spark, kafka, model_server, postgres, pg_schema, tmp_path
+    spark, kafka, model_server, postgres, pg_schema, monkeypatch
 ):
     """Three hours of the raw topic; a backfill of one half hour reads the records published in it
     (plus maxFutureSkew before and the watermark after), located by their timestamps — not the
@@ -423,14 +428,17 @@ def test_backfill_from_kafka_reads_only_the_offsets_of_its_time_range(
     p = pipeline("k" + uuid.uuid4().hex[:8], [pg_sink(pg_schema)])
     names = topic_names(p)
     kafka.create_topic(names["raw"], partitions=2)
+    monkeypatch.setenv("STREAMOTION_KAFKA_BOOTSTRAP", kafka.bootstrap)
     os.environ["STREAMOTION_PG_DSN"] = postgres.dsn
     groups = []
+    # recent hours (the broker's time retention would delete records stamped months ago)
+    origin = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=4)
     for h in range(3):
-        base = BASE + timedelta(hours=h)
+        base = origin + timedelta(hours=h)
         group = make_events(20, start=100 * h, base=base, step_s=60)  # created over 20 minutes
         produce_at(kafka, names["raw"], group, published=base + timedelta(minutes=1))
         groups.append(group)
-    start, end = BASE + timedelta(hours=1), BASE + timedelta(hours=1, minutes=30)
+    start, end = origin + timedelta(hours=1), origin + timedelta(hours=1, minutes=30)
     result = run_backfill(p, start, end, model=model_server.url, source="kafka", spark=spark)
     assert result.records_read == 20, result.as_dict()  # the second hour's records, none of the others
     assert result.events == 20 and result.written == 20

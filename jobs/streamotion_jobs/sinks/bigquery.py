@@ -627,6 +627,7 @@ class BigQuerySink(Sink):
         log=print,
         pipeline: str = "",
         commit_retries: int = 5,
+        max_load_jobs: int = 4,
     ) -> None:
         self.project = project
         self.dataset = dataset
@@ -634,6 +635,9 @@ class BigQuerySink(Sink):
         self.log = log
         self.pipeline = pipeline
         self.commit_retries = commit_retries
+        # load jobs per batch for the events (dead letters: one): BigQuery allows 100,000 load jobs
+        # per project per day, and a 5 s trigger makes 17,280 batches a day
+        self.max_load_jobs = max(1, max_load_jobs)
         self._client = client
         self._staged: dict[tuple[str, int], list[dict]] = {}
 
@@ -760,9 +764,11 @@ class BigQuerySink(Sink):
         """Executors load their partitions' rows into per-partition staging tables (one Spark job
         for events and dead letters); the driver keeps only the tables' names and row counts."""
         conf = self._conf(info)
+        if events.rdd.getNumPartitions() > self.max_load_jobs:
+            events = events.coalesce(self.max_load_jobs)  # no shuffle: partitions merged where they are
         staged = (
             events.mapInPandas(staging_writer(conf, "e"), STAGED)
-            .unionByName(dead_letters.mapInPandas(staging_writer(conf, "d"), STAGED))
+            .unionByName(dead_letters.coalesce(1).mapInPandas(staging_writer(conf, "d"), STAGED))
             .collect()
         )
         self._staged[(info.query_id, int(info.batch_id))] = [r.asDict() for r in staged]
