@@ -15,7 +15,10 @@ script. What it does NOT cover (real BigQuery only; see the docs' "Sinks and tab
   client (``test_a_conflicting_commit_is_retried``), not by the server;
 * query parameters inside scripts: the emulator binds none, so the script inlines its values as
   escaped literals (``bind``) on both;
-* temp tables outlive their script on the emulator; their names carry the batch's suffix.
+* temp tables outlive their script on the emulator; their names carry the batch's suffix;
+* the emulator rejects ``SET (a, b) = (SELECT AS STRUCT ...)``, several ``ADD COLUMN`` in one
+  ``ALTER TABLE``, and replaces a script variable named like a column in ``UPDATE SET``: the sink
+  uses one variable / one column per statement and ``v_*`` variable names on both.
 """
 
 from __future__ import annotations

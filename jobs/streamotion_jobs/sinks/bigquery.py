@@ -465,10 +465,13 @@ def commit_script(
     event_tables: list[str],
     dead_tables: list[str],
     offsets: dict[str, dict[int, int]] | None = None,
+    dedup_horizon_s: float = 3600,
 ) -> str:
     """The batch's one multi-statement transaction (parameters @q query id, @b batch id, @p
     pipeline, @delay watermark delay in microseconds, @now the batch's processing time, @offsets
-    its end offsets as JSON). Its last statement returns (outcome, events, inserted, late, dead):
+    its end offsets as JSON). An event id already stored with a ``created_at`` up to
+    ``dedup_horizon_s`` away from the batch's range is found (a re-sent event whose created_at
+    moved further than that is not: see the docs). Its last statement returns (outcome, events, inserted, late, dead):
     outcome "skipped" when the ledger had the batch (its transaction then changed nothing).
 
     Script variables are named ``v_*`` and temp tables carry the batch's suffix: bqemulator 1.4.0
@@ -510,11 +513,14 @@ SELECT * EXCEPT (rn), (v_wm IS NOT NULL AND window_end <= v_wm) AS late FROM (
   FROM ({union})) WHERE rn = 1;""",
             f"SET v_lo = (SELECT MIN(created_at) FROM {staged});",
             f"SET v_hi = (SELECT MAX(created_at) FROM {staged});",
+            f"SET v_lo = TIMESTAMP_SUB(v_lo, INTERVAL {int(dedup_horizon_s * US)} MICROSECOND);",
+            f"SET v_hi = TIMESTAMP_ADD(v_hi, INTERVAL {int(dedup_horizon_s * US)} MICROSECOND);",
             f"SET v_events = (SELECT COUNT(*) FROM {staged});",
             f"SET v_late = (SELECT COUNTIF(late) FROM {staged});",
             f"SET v_new_wm = (SELECT TIMESTAMP_SUB(LEAST(MAX(created_at), @now), INTERVAL @delay MICROSECOND) "
             f"FROM {staged});",
-            # the new rows: not in events within the batch's created_at range (its day partitions)
+            # the new rows: not in events within the batch's created_at range, widened by the
+            # dedup horizon (the day partitions it touches)
             f"""CREATE OR REPLACE TEMP TABLE {new} AS
 SELECT * FROM {staged}
 WHERE event_id NOT IN (SELECT event_id FROM `{ds}.events` WHERE created_at BETWEEN v_lo AND v_hi);""",
@@ -628,6 +634,7 @@ class BigQuerySink(Sink):
         pipeline: str = "",
         commit_retries: int = 5,
         max_load_jobs: int = 4,
+        dedup_horizon_s: float = 3600,
     ) -> None:
         self.project = project
         self.dataset = dataset
@@ -638,6 +645,7 @@ class BigQuerySink(Sink):
         # load jobs per batch for the events (dead letters: one): BigQuery allows 100,000 load jobs
         # per project per day, and a 5 s trigger makes 17,280 batches a day
         self.max_load_jobs = max(1, max_load_jobs)
+        self.dedup_horizon_s = dedup_horizon_s
         self._client = client
         self._staged: dict[tuple[str, int], list[dict]] = {}
 
@@ -793,7 +801,12 @@ class BigQuerySink(Sink):
         event_tables = sorted(r["table"] for r in staged if r["kind"] == "e")
         dead_tables = sorted(r["table"] for r in staged if r["kind"] == "d")
         script = commit_script(
-            self.ds, _suffix(info.query_id, info.batch_id), event_tables, dead_tables, info.offsets
+            self.ds,
+            _suffix(info.query_id, info.batch_id),
+            event_tables,
+            dead_tables,
+            info.offsets,
+            self.dedup_horizon_s,
         )
         offsets = {t: {str(p): int(o) for p, o in parts.items()} for t, parts in (info.offsets or {}).items()}
         params = {
