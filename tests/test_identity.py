@@ -205,7 +205,7 @@ def test_bigquery_migration_rewrites_existing_ids(bigquery_emulator, monkeypatch
     assert ids("events") == ["api:http:0", "api:http:1", "api:http:2"]
     assert ids("event_scores") == ids("events")
     versions = [r[0] for r in client.query(f"SELECT version FROM `{ds}.schema_migrations`").result()]
-    assert versions == [4]
+    assert versions == [4, 5]  # 5: aggregate sums (#14)
     again = _batch_from([_Msg(v, 10 + k) for k, v in enumerate(_events(3, "api"))], 1)
     assert sink.write(again) is True
     assert ids("events") == ["api:http:0", "api:http:1", "api:http:2"]

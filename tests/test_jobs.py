@@ -732,7 +732,11 @@ def test_backfill_rescores_a_time_range_tagged_with_the_model_version(
     # the same model on the same texts gives the same emotion
     assert pg_count(postgres, pg_schema, "SELECT count(*) FROM v_model_comparison WHERE same_emotion") == 30
     # from Kafka (events no sink has) too, and running again replaces rather than duplicates
-    again = run_backfill(p, start, end, model=model_server.url, source="kafka", spark=spark)
+    # published now, months after they were created: the Kafka read must reach that far past --to
+    lag = (datetime.now(UTC) - end).total_seconds() + 3600
+    again = run_backfill(
+        p, start, end, model=model_server.url, source="kafka", spark=spark, kafka_after_s=lag
+    )
     assert again.events == 30
     assert pg_count(postgres, pg_schema, "SELECT count(*) FROM event_scores") == 30
 

@@ -52,10 +52,17 @@ def backfill_cmd(
     source: str = typer.Option("sink", help="Where events are re-read: sink (events table) or kafka."),
     name: str | None = typer.Option(None, help="Pipeline name, when the file holds several."),
     master: str = typer.Option("local[*]", help="Spark master."),
+    kafka_lag: str | None = typer.Option(
+        None,
+        "--kafka-lag",
+        help="With --source kafka: how long after --to an event of the range may have been published "
+        "(a duration: 30m, 2h). Default: the pipeline's processing.watermark.",
+    ),
 ) -> None:
     """Re-classify a time range and write the scores tagged with the model version (event_scores)."""
     from streamotion.api.validate import load_pipeline
     from streamotion_jobs.backfill import parse_time, run_backfill
+    from streamotion_jobs.config import parse_duration
 
     result = run_backfill(
         load_pipeline(pipeline, name),
@@ -65,6 +72,7 @@ def backfill_cmd(
         source=source,
         master=master,
         log=lambda m: typer.echo(m, err=True),
+        kafka_after_s=None if kafka_lag is None else parse_duration(kafka_lag),
     )
     typer.echo(json.dumps(result.as_dict()))
 

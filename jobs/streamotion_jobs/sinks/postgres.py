@@ -605,3 +605,144 @@ def _watermark_after(
         return previous_us
     candidate = min(latest_us, now_us) - int(watermark_s * US)
     return candidate if previous_us is None else max(previous_us, candidate)
+
+
+# ---------------------------------------------------------------------------- backfill at scale (#14)
+# Re-scoring writes from the executors: each Spark partition replaces its own rows of the run in
+# event_scores_staging (DELETE + COPY in one transaction, so a retried task never doubles them);
+# the driver then upserts the run into event_scores in one transaction (a re-run REPLACES scores).
+SCORES_STAGING_DDL = """CREATE UNLOGGED TABLE IF NOT EXISTS event_scores_staging (
+    run_id          text NOT NULL,
+    part            int NOT NULL,
+    event_id        text NOT NULL,
+    model_version   text NOT NULL,
+    created_at      timestamptz NOT NULL,
+    source          text NOT NULL,
+    emotion         text NOT NULL,
+    score           double precision NOT NULL,
+    scores          jsonb NOT NULL,
+    sentiment       text NOT NULL,
+    sentiment_index double precision NOT NULL,
+    labels          text[] NOT NULL DEFAULT '{}'
+)"""
+SCORE_COLUMNS = (
+    "event_id, model_version, created_at, source, emotion, score, scores, sentiment, sentiment_index, labels"
+)
+SCORES_STAGED = "part int, rows long"
+
+
+def scores_stager(dsn: str, schema: str, run_id: str, connect_timeout: int = 10):
+    """The ``mapInPandas`` function of :func:`stage_scores` (executors): captures only the DSN
+    (credentials from the executor's PGUSER/PGPASSWORD), the schema and the run id."""
+
+    def stage_partition(frames):
+        import psycopg
+        from pyspark import TaskContext
+
+        ctx = TaskContext.get()
+        part = ctx.partitionId() if ctx is not None else 0
+        rows = [
+            (
+                r["event_id"],
+                r["model_version"],
+                _ts(r["created_at_us"]),
+                r["source"],
+                r["emotion"],
+                float(r["score"]),
+                r["scores"],
+                r["sentiment"],
+                float(r["sentiment_index"]),
+                _list(r.get("labels")),
+            )
+            for pdf in frames
+            for r in pdf.to_dict("records")
+        ]
+        with psycopg.connect(
+            dsn, connect_timeout=connect_timeout, options=f"-c search_path={schema}"
+        ) as conn:
+            conn.execute("DELETE FROM event_scores_staging WHERE run_id = %s AND part = %s", (run_id, part))
+            with conn.cursor().copy(
+                f"COPY event_scores_staging (run_id, part, {SCORE_COLUMNS}) FROM STDIN"
+            ) as copy:
+                for row in rows:
+                    copy.write_row((run_id, part, *row))
+        yield pd.DataFrame(
+            {"part": pd.Series([part], dtype="int32"), "rows": pd.Series([len(rows)], dtype="int64")}
+        )
+
+    return stage_partition
+
+
+def stage_scores(sink: PostgresSink, scored, run_id: str) -> dict[int, int]:
+    """Backfill results (a Spark DataFrame, ``transform.CLASSIFIED_SCHEMA``) into the staging table,
+    from the executors; returns rows per partition (the driver keeps only these counts)."""
+    sink._connection().execute(SCORES_STAGING_DDL)
+    report = scored.mapInPandas(
+        scores_stager(sink.dsn, sink.schema, run_id, sink.connect_timeout), SCORES_STAGED
+    ).collect()
+    staged = {int(r["part"]): int(r["rows"]) for r in report}
+    sink.__dict__.setdefault("_scores_staged", {})[run_id] = staged
+    return staged
+
+
+def commit_scores(sink: PostgresSink, run_id: str) -> int:
+    """One transaction: the run's staged scores upserted into event_scores (an (event_id,
+    model_version) already there is UPDATED: a re-run replaces), the run's staging removed. The
+    staged counts must match what the partitions reported."""
+    staged = sink.__dict__.get("_scores_staged", {}).pop(run_id, None)
+    conn = sink._connection()
+    conn.execute(SCORES_STAGING_DDL)
+    with conn.transaction():
+        have = dict(
+            conn.execute(
+                "SELECT part, count(*) FROM event_scores_staging WHERE run_id = %s GROUP BY part", (run_id,)
+            ).fetchall()
+        )
+        if staged is not None:
+            expected = {p: n for p, n in staged.items() if n}
+            if {int(p): int(n) for p, n in have.items()} != expected:
+                raise RuntimeError(
+                    f"run {run_id}: staged scores {have} differ from the partitions' {expected}"
+                )
+        cur = conn.execute(
+            f"""INSERT INTO event_scores ({SCORE_COLUMNS})
+                SELECT DISTINCT ON (event_id, model_version) {SCORE_COLUMNS}
+                FROM event_scores_staging WHERE run_id = %s ORDER BY event_id, model_version, part
+                ON CONFLICT (event_id, model_version) DO UPDATE
+                SET created_at = excluded.created_at, source = excluded.source, emotion = excluded.emotion,
+                    score = excluded.score, scores = excluded.scores, sentiment = excluded.sentiment,
+                    sentiment_index = excluded.sentiment_index, labels = excluded.labels, scored_at = now()""",
+            (run_id,),
+        )
+        written = cur.rowcount
+        conn.execute("DELETE FROM event_scores_staging WHERE run_id = %s", (run_id,))
+    return written
+
+
+EVENTS_READ_SQL = """SELECT event_id, id, source, platform, channel, author, text, clean_text, lang,
+       (extract(epoch FROM created_at) * 1000000)::bigint AS created_at_us,
+       (extract(epoch FROM ingested_at) * 1000000)::bigint AS ingested_at_us,
+       url, hashtags, terms, text_length, kafka_topic, kafka_partition, kafka_offset
+FROM events WHERE created_at >= %s AND created_at < %s"""
+
+
+def events_reader(dsn: str, schema: str, connect_timeout: int = 10):
+    """``mapInPandas`` function over (lo_us, hi_us) time slices: each task reads the events of its
+    slices (an index range scan on created_at) on the executor, not through the driver."""
+
+    def read(slices):
+        import psycopg
+
+        from streamotion_jobs.sinks.bigquery import event_frame
+
+        with psycopg.connect(
+            dsn, connect_timeout=connect_timeout, options=f"-c search_path={schema}"
+        ) as conn:
+            for pdf in slices:
+                for lo, hi in zip(pdf["lo_us"], pdf["hi_us"], strict=True):
+                    cur = conn.execute(EVENTS_READ_SQL, (_ts(lo), _ts(hi)))
+                    names = [d.name for d in cur.description]
+                    while batch := cur.fetchmany(5000):
+                        yield event_frame(pd.DataFrame(batch, columns=names))
+
+    return read
