@@ -183,7 +183,6 @@ def run(
             **os.environ,
             "STREAMOTION_KAFKA_NAMESPACE": "kafka",
             "STREAMOTION_RESYNC_SECONDS": str(resync),
-            "MALLOC_ARENA_MAX": "2",  # as operator/Dockerfile sets it
         }
         argv = [
             sys.executable, "-m", "streamotion", "operator", "--kubeconfig", str(cp.kubeconfig_path),
