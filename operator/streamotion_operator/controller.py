@@ -412,6 +412,13 @@ class Controller:
     ) -> None:
         self._written.setdefault((namespace, name), {})[k] = (before, obj, time.monotonic())
 
+    def delivered(self, namespace: str, name: str, k: tuple[str, str, str]) -> None:
+        """The watches delivered child ``k`` of pipeline ``namespace/name`` (called by the index):
+        a creation this controller remembers is in the view from now on, even if deleted later."""
+        mem = self._written.get((namespace, name))
+        if mem and (mem.get(k) or (None, None, 0))[0] is None:
+            mem.pop(k, None)
+
     def _overlay(self, p: StreamPipeline, live: dict[tuple[str, str, str], dict[str, Any]]) -> None:
         """Put this controller's own writes the watches have not delivered yet over ``live``."""
         mem = self._written.get((p.namespace, p.name))
@@ -421,8 +428,8 @@ class Controller:
         for k, (before, obj, when) in list(mem.items()):
             have = live.get(k)
             rv = have["metadata"].get("resourceVersion") if have is not None else None
-            if rv != before or now_ - when > max(60.0, 2 * self.cfg.resync_seconds):
-                del mem[k]  # delivered (or superseded)
+            if rv != before or now_ - when > max(30.0, 2 * self.cfg.resync_seconds):
+                mem.pop(k, None)  # delivered (or superseded)
             elif obj is None:
                 live.pop(k, None)
             else:

@@ -218,6 +218,7 @@ def make_registry(rt: Runtime) -> kopf.OperatorRegistry:
             if not owner[0] or not owner[1]:
                 return {}
             obj = slim({**body, "kind": kind.kind, "apiVersion": kind.api_version})
+            rt.controller.delivered(owner[0], owner[1], builders.key(obj))
             return {owner: (builders.key(obj), pack(obj))}
 
         kopf.index(kind.group, kind.version, kind.plural, registry=registry, id=child_index(kind.kind))(
