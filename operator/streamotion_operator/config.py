@@ -52,6 +52,14 @@ class OperatorConfig:
     Kafka topic, then removes its finalizer) before it gives up, reports what is left and lets go."""
     cleanup_poll_seconds: float = 5.0
     """How often a pipeline being deleted checks whether its topics and dashboards are gone."""
+    rollout_max_rewrites: int = 10
+    """Upgrades: most SparkApplications (and, apart, RayServices) rewritten per rollout period when a
+    new operator version or configuration changes them (each restarts a job or starts a second Ray
+    cluster); the others report RolloutPending. 0: no limit. A pipeline's own spec change is never paced."""
+    rollout_period_seconds: float = 60.0
+    """Upgrades: the period of rollout_max_rewrites."""
+    secret_check_seconds: float = 300.0
+    """Secrets a pipeline references are read again this often once found (a missing one: every reconcile)."""
     metrics_port: int = 9108
     health_port: int = 8080
     model_node_selector: dict[str, str] = field(default_factory=dict)

@@ -2,7 +2,10 @@
 
 Synchronous and independent of kopf, so the kopf handlers, the tests and the benchmark all drive
 the same code. A reconcile with nothing to change makes no write (children keep their
-resourceVersion), so it can run as often as needed to repair drift.
+resourceVersion), so it can run as often as needed to repair drift. Given a :class:`View` (what
+the operator's watches delivered, see ``cache``) it makes no read either: a resync of an unchanged
+pipeline makes no request at all. Rewrites of SparkApplications and RayServices that come from the
+operator (a new version or configuration), not from the pipeline's spec, are paced (``pacing``).
 """
 
 from __future__ import annotations
@@ -22,12 +25,15 @@ from streamotion import naming
 from streamotion.api.models import API_VERSION, KIND, PLURAL, StreamPipeline
 from streamotion_operator import builders, tenancy
 from streamotion_operator.builders import KINDS, Kind
+from streamotion_operator.cache import View, slim, unpack
 from streamotion_operator.config import OperatorConfig
 from streamotion_operator.kube import ApiError, Kube
 from streamotion_operator.metrics import Metrics
+from streamotion_operator.pacing import GENERATION_ANNOTATION, PACED, Pacer
 from streamotion_operator.status import (
     CHILD_CONFLICT,
     CHILD_TERMINATING,
+    ROLLOUT_PENDING,
     TOPIC_RECREATED,
     TRANSIENT_REASONS,
     Problem,
@@ -151,6 +157,8 @@ class Outcome:
     gone: bool = False
     spark_applied: dict[str, Any] | None = None
     topic_ids: dict[str, str] | None = None
+    retry_after: float | None = None
+    """Reconcile again after this many seconds (a paced rewrite waits for its slot)."""
 
 
 class Controller:
@@ -172,6 +180,14 @@ class Controller:
         self.own_versions: dict[tuple[str, str, str], str] = {}
         self._locks: dict[tuple[str, str], threading.Lock] = {}
         self._locks_lock = threading.Lock()
+        self.pacer = Pacer(self.cfg.rollout_max_rewrites, self.cfg.rollout_period_seconds)
+        # What this controller wrote that the watches may not have delivered yet, per pipeline:
+        # key -> (resourceVersion before the write or None, the object written or None: deleted, when).
+        self._written: dict[tuple[str, str], dict[tuple[str, str, str], tuple[str | None, Any, float]]] = {}
+        # pipeline -> (resourceVersion before, after our last status write, the status written)
+        self._status_written: dict[tuple[str, str], tuple[str, str, dict[str, Any]]] = {}
+        # Secrets found, by (namespace, name): (when checked, their keys); missing ones are not kept
+        self._secrets: dict[tuple[str, str], tuple[float, set[str]]] = {}
 
     def close(self) -> None:
         self._io.shutdown(wait=False, cancel_futures=True)
@@ -182,11 +198,12 @@ class Controller:
             return self._locks.setdefault((namespace, name), threading.Lock())
 
     # ---------------------------------------------------------------------------- reconcile
-    def reconcile(self, namespace: str, name: str) -> Outcome:
+    def reconcile(self, namespace: str, name: str, view: View | None = None) -> Outcome:
+        """Reconcile one pipeline; ``view``: what the watches delivered (None: read from the API)."""
         started = time.perf_counter()
         try:
             with self.lock(namespace, name):
-                out = self._reconcile(namespace, name)
+                out = self._reconcile(namespace, name, view)
         except Exception as exc:
             self.metrics.reconciles.labels("error").inc()
             self.metrics.errors.labels(type(exc).__name__).inc()
@@ -198,12 +215,14 @@ class Controller:
         ).inc()
         return out
 
-    def _reconcile(self, namespace: str, name: str) -> Outcome:
+    def _reconcile(self, namespace: str, name: str, view: View | None) -> Outcome:
         out = Outcome()
-        body = self.kube.get(PIPELINE_KIND, namespace, name)
+        body = self._pipeline(namespace, name, view)
         if body is None or body["metadata"].get("deletionTimestamp"):
             out.gone = True
             self.metrics.observe(namespace, name, None, False)
+            self._written.pop((namespace, name), None)
+            self._status_written.pop((namespace, name), None)
             return out
         generation = body["metadata"].get("generation")
         old_status = body.get("status") or {}
@@ -250,7 +269,7 @@ class Controller:
             "controller": True,
             "blockOwnerDeletion": True,
         }
-        live = self._live(p, out)
+        live = self._live(p, view)
         uid = body["metadata"]["uid"]
         wanted_keys = set()
         conflicts: dict[tuple[str, str, str], str] = {}
@@ -259,7 +278,7 @@ class Controller:
         for obj in desired:
             kind = KINDS[obj["kind"]]
             cond = builders.COMPONENT_CONDITION[builders.component_of(obj)]
-            if not self.kube.installed(kind):
+            if not self._installed(kind, view):
                 self._missing_crd(kind, cond, out)
                 continue
             cross_namespace = obj["metadata"]["namespace"] != namespace
@@ -316,11 +335,15 @@ class Controller:
                 continue
             if obj["kind"] == "KafkaTopic" and have:
                 self._guard_partitions(obj, have, out)
+            if obj["kind"] in PACED:
+                obj["metadata"].setdefault("annotations", {})[GENERATION_ANNOTATION] = str(generation)
             obj["metadata"].setdefault("annotations", {})[APPLIED_HASH_ANNOTATION] = builders.spec_hash(obj)
             if cross_namespace:
                 obj["metadata"]["annotations"][PIPELINE_UID_ANNOTATION] = uid
-            if have is not None and is_subset(obj, have):
-                current[k] = have
+            if have is not None and (
+                is_subset(slim(obj), slim(have)) or self._defer(obj, have, cond, generation, out)
+            ):
+                current[k] = have  # nothing to write, or a rewrite waiting for its slot
             else:
                 to_apply.append((obj, have, cond))
 
@@ -339,6 +362,8 @@ class Controller:
             self.own_versions[builders.key(obj)] = result.get("metadata", {}).get("resourceVersion", "")
             if obj["kind"] == "SparkApplication":
                 out.spark_applied = _spec_applied(result, have)
+            before = have["metadata"].get("resourceVersion") if have is not None else None
+            self._remember(namespace, name, builders.key(obj), before, slim(result))
             label = f"{obj['kind']} {obj['metadata']['namespace']}/{obj['metadata']['name']}"
             (out.updated if have is not None else out.created).append(label)
             self.metrics.applied.labels(obj["kind"], "update" if have is not None else "create").inc()
@@ -349,6 +374,7 @@ class Controller:
                 if self.kube.delete(KINDS[k[0]], k[1], k[2]):
                     out.deleted.append(f"{k[0]} {k[1]}/{k[2]}")
                     self.metrics.applied.labels(k[0], "delete").inc()
+                self._remember(namespace, name, k, obj["metadata"].get("resourceVersion"), None)
             except ApiError as exc:
                 log.warning("deleting %s %s/%s failed: %s", *k, exc)
         self._check_secrets(p, out)
@@ -359,7 +385,61 @@ class Controller:
         return out
 
     # -------------------------------------------------------------------------------- reads
-    def _live(self, p: StreamPipeline, out: Outcome) -> dict[tuple[str, str, str], dict[str, Any]]:
+    def _pipeline(self, namespace: str, name: str, view: View | None) -> dict[str, Any] | None:
+        """The pipeline from the view (with the status this controller last wrote, when the watch
+        has not delivered that write yet), else from the API server."""
+        if view is None:
+            return self.kube.get(PIPELINE_KIND, namespace, name)
+        if view.pipeline is None:
+            return None
+        body = {**view.pipeline, "metadata": dict(view.pipeline["metadata"])}
+        mem = self._status_written.get((namespace, name))
+        if mem is not None:
+            if body["metadata"].get("resourceVersion") == mem[0]:
+                body["status"] = mem[2]
+                body["metadata"]["resourceVersion"] = mem[1]
+            else:
+                self._status_written.pop((namespace, name), None)
+        return body
+
+    def _installed(self, kind: Kind, view: View | None) -> bool:
+        if view is None or kind.crd is None:  # built-in kinds are always served
+            return self.kube.installed(kind)
+        return (kind.api_version, kind.plural) in view.installed
+
+    def _remember(
+        self, namespace: str, name: str, k: tuple[str, str, str], before: str | None, obj: Any
+    ) -> None:
+        self._written.setdefault((namespace, name), {})[k] = (before, obj, time.monotonic())
+
+    def delivered(self, namespace: str, name: str, k: tuple[str, str, str]) -> None:
+        """The watches delivered child ``k`` of pipeline ``namespace/name`` (called by the index):
+        a creation this controller remembers is in the view from now on, even if deleted later."""
+        mem = self._written.get((namespace, name))
+        if mem and (mem.get(k) or (None, None, 0))[0] is None:
+            mem.pop(k, None)
+
+    def _overlay(self, p: StreamPipeline, live: dict[tuple[str, str, str], dict[str, Any]]) -> None:
+        """Put this controller's own writes the watches have not delivered yet over ``live``."""
+        mem = self._written.get((p.namespace, p.name))
+        if not mem:
+            return
+        now_ = time.monotonic()
+        for k, (before, obj, when) in list(mem.items()):
+            have = live.get(k)
+            rv = have["metadata"].get("resourceVersion") if have is not None else None
+            if rv != before or now_ - when > max(30.0, 2 * self.cfg.resync_seconds):
+                mem.pop(k, None)  # delivered (or superseded)
+            elif obj is None:
+                live.pop(k, None)
+            else:
+                live[k] = obj
+
+    def _live(self, p: StreamPipeline, view: View | None) -> dict[tuple[str, str, str], dict[str, Any]]:
+        if view is not None:
+            live = {k: unpack(v) for k, v in view.children.items()}
+            self._overlay(p, live)
+            return live
         sel = {naming.PIPELINE_LABEL: p.name, naming.PIPELINE_NS_LABEL: p.namespace}
         live = {}
         kinds = [kind for kind in KINDS.values() if self.kube.installed(kind)]
@@ -439,23 +519,72 @@ class Controller:
             ids[role] = now_id
         return ids
 
+    def _secret_keys(self, namespace: str, name: str) -> set[str] | None:
+        """The keys of a Secret (None: not found). A Secret found is read again only after
+        ``secret_check_seconds`` (the operator never watches Secrets); a missing one every time."""
+        hit = self._secrets.get((namespace, name))
+        if hit and time.monotonic() - hit[0] < self.cfg.secret_check_seconds:
+            return hit[1]
+        secret = self.kube.get(Kind("v1", "Secret", "secrets"), namespace, name)
+        if secret is None:
+            self._secrets.pop((namespace, name), None)
+            return None
+        keys = set(secret.get("data") or {}) | set(secret.get("stringData") or {})
+        self._secrets[(namespace, name)] = (time.monotonic(), keys)
+        return keys
+
     def _check_secrets(self, p: StreamPipeline, out: Outcome) -> None:
-        core_secret = Kind("v1", "Secret", "secrets")
-        cache: dict[str, dict[str, Any] | None] = {}
+        cache: dict[str, set[str] | None] = {}
         for ref in builders.secret_refs(p):
             if ref.name not in cache:
-                cache[ref.name] = self.kube.get(core_secret, p.namespace, ref.name)
-            secret = cache[ref.name]
+                cache[ref.name] = self._secret_keys(p.namespace, ref.name)
+            keys = cache[ref.name]
             cond = "SourcesReady" if ref.component.startswith("source:") else "SinksReady"
-            if secret is None:
+            if keys is None:
                 msg = f"Secret {p.namespace}/{ref.name} ({ref.what}) not found"
                 out.problems.append(Problem(cond, "SecretMissing", msg))
                 continue
-            keys = set(secret.get("data") or {}) | set(secret.get("stringData") or {})
             missing = [k for k in ref.keys if k not in keys]
             if missing:
+                self._secrets.pop((p.namespace, ref.name), None)  # read again next time
                 msg = f"Secret {p.namespace}/{ref.name} ({ref.what}) lacks key(s) {', '.join(missing)}"
                 out.problems.append(Problem(cond, "SecretMissing", msg))
+
+    # ------------------------------------------------------------------------------- pacing
+    def _defer(
+        self, obj: dict[str, Any], have: dict[str, Any], cond: str, generation: int | None, out: Outcome
+    ) -> bool:
+        """Whether the rewrite of ``have`` into ``obj`` waits for a slot of the rollout pace.
+
+        Only SparkApplications and RayServices whose spec would change (spark-operator restarts the
+        job, KubeRay starts a second cluster) for the same pipeline generation: a change that comes
+        from the operator (new version or configuration): not from the user's spec (generation
+        annotation), nor drift (the live object carries the applied hash the operator wants now)."""
+        if obj["kind"] not in PACED or is_subset(obj.get("spec"), have.get("spec")):
+            return False
+        annotations = have["metadata"].get("annotations") or {}
+        if annotations.get(GENERATION_ANNOTATION, str(generation)) != str(generation):
+            return False  # the pipeline's spec changed: applied at once
+        if (
+            annotations.get(APPLIED_HASH_ANNOTATION)
+            == obj["metadata"]["annotations"][APPLIED_HASH_ANNOTATION]
+        ):
+            return False  # what the operator wants did not change: drift, repaired at once
+        m = obj["metadata"]
+        who = (m["namespace"], m["name"])
+        if self.pacer.acquire(obj["kind"], who):
+            return False
+        wait = self.pacer.wait(obj["kind"])
+        out.retry_after = wait if out.retry_after is None else min(out.retry_after, wait)
+        out.problems.append(
+            Problem(
+                cond,
+                ROLLOUT_PENDING,
+                f"{obj['kind']} {m['namespace']}/{m['name']} runs the previous operator's spec: its "
+                f"rewrite is queued ({self.pacer.describe(obj['kind'])}; next slot in about {wait:.0f}s)",
+            )
+        )
+        return True
 
     # ------------------------------------------------------------------------------- status
     def _status(
@@ -482,6 +611,12 @@ class Controller:
         try:
             written = self.kube.patch_status(PIPELINE_KIND, m["namespace"], m["name"], patch)
             self.own_versions[(KIND, m["namespace"], m["name"])] = written["metadata"]["resourceVersion"]
+            self._status_written[(m["namespace"], m["name"])] = (
+                m.get("resourceVersion", ""),
+                written["metadata"]["resourceVersion"],
+                written.get("status") or {},
+            )
+            m["resourceVersion"] = written["metadata"]["resourceVersion"]
         except ApiError as exc:
             if exc.status != 404:
                 raise
@@ -500,6 +635,12 @@ class Controller:
             self.event(body, type_, new.get("phase") or "Unknown", ready.get("message", ""))
         old_reasons = {c["type"]: c.get("reason") for c in old.get("conditions") or []}
         for c in new.get("conditions", []):
+            if (
+                c["reason"] == ROLLOUT_PENDING
+                and c["type"] != "Ready"
+                and old_reasons.get(c["type"]) != c["reason"]
+            ):
+                self.event(body, "Normal", ROLLOUT_PENDING, f"{c['type']}: {c['message']}")
             if (
                 c["status"] == "False"
                 and c["reason"] in TRANSIENT_REASONS | {"ApplyFailed"}

@@ -1,7 +1,12 @@
 """kopf wiring: one daemon per StreamPipeline drives the Controller; child events wake it up.
 
 * a daemon per pipeline reconciles on start, whenever the pipeline or one of its watched
-  children changes, and at least every ``resync_seconds`` (drift repair, readiness);
+  children changes, and at least every ``resync_seconds`` (drift repair, readiness), from what
+  the watches delivered (kopf indexes of the pipelines, of every child kind and of the installed
+  CRDs; see ``cache``): a resync of an unchanged pipeline makes no API request;
+* every watch on children carries the server-side label selector
+  ``app.kubernetes.io/managed-by=streamotion-operator`` (kopf ``settings.watching.label_selectors``),
+  so the rest of the cluster's objects never reach the operator;
 * a delete handler (behind the ``streamotion.io/cleanup`` finalizer) removes the children in
   other namespaces and waits, for a bounded and reported time, until they are gone (Strimzi's own
   finalizer on KafkaTopics); the namespaced ones go with the garbage collector (ownerReferences);
@@ -24,7 +29,9 @@ import kopf
 
 from streamotion import naming
 from streamotion.api.models import GROUP, KIND, PLURAL, VERSION
+from streamotion_operator import builders
 from streamotion_operator.builders import KINDS
+from streamotion_operator.cache import MANAGED_SELECTOR, View, pack, slim
 from streamotion_operator.config import OperatorConfig
 from streamotion_operator.controller import PIPELINE_KIND, Controller
 from streamotion_operator.kube import Kube
@@ -32,6 +39,29 @@ from streamotion_operator.metrics import Metrics
 
 # Children whose changes should wake their pipeline's daemon at once (status, deletion).
 WATCHED_CHILDREN = ("Deployment", "KafkaTopic", "SparkApplication", "RayService")
+PIPELINE_INDEX = "streamotion_pipelines"
+CRD_INDEX = "streamotion_crds"
+
+
+def child_index(kind_name: str) -> str:
+    """The kopf index (and handler kwarg) of one child kind."""
+    return f"streamotion_children_{kind_name.lower()}"
+
+
+def view(indices: dict[str, Any], namespace: str, name: str) -> View:
+    """One pipeline's :class:`View` from the kopf indexes (call it on the operator's event loop)."""
+    key = (namespace, name)
+    pipelines = indices[PIPELINE_INDEX]
+    body = next(iter(pipelines[key]), None) if key in pipelines else None
+    children: dict[tuple[str, str, str], bytes] = {}
+    for kind_name in KINDS:
+        index = indices.get(child_index(kind_name))
+        if index is not None and key in index:
+            for child_key, packed in index[key]:
+                children[child_key] = packed
+    crds = indices[CRD_INDEX]
+    installed = frozenset(x for served in crds.get("served", ()) for x in served)
+    return View(body, children, installed)
 
 
 class Runtime:
@@ -134,6 +164,13 @@ def make_settings(
     settings.watching.reconnect_backoff = 0.2 if fast else 1.0
     settings.queueing.idle_timeout = 1.0 if fast else 5.0
     settings.background.cancellation_polling = 1 if fast else 10
+    # Server-side filtering: the API server sends the operator its own children only.
+    # kopf 1.45.2 kopf/_cogs/configs/configuration.py (WatchingSettings.label_selectors), applied as
+    # labelSelector to the initial list (kopf/_cogs/clients/fetching.py) and the watch
+    # (kopf/_cogs/clients/watching.py); a handler's own ``labels=`` filter is client-side only
+    # (kopf/_core/intents/registries.py _matches_labels).
+    for kind in KINDS.values():
+        settings.watching.label_selectors[kind.group, kind.version, kind.plural] = MANAGED_SELECTOR
     if peering:
         settings.peering.name = peering
         settings.peering.standalone = False
@@ -154,8 +191,42 @@ def make_registry(rt: Runtime) -> kopf.OperatorRegistry:
         if rt.controller.own_versions.get((KIND, namespace, name)) != meta.get("resourceVersion"):
             rt.wakeup(namespace, name)
 
+    # kopf indexes: filled from the watches before any daemon starts (kopf waits for every
+    # index to be populated from its initial list: kopf/_core/reactor/processing.py).
+    @kopf.index(GROUP, VERSION, PLURAL, registry=registry, id=PIPELINE_INDEX)
+    def index_pipeline(body, name: str, namespace: str, **_: Any) -> dict[Any, Any]:
+        meta = {k: v for k, v in body["metadata"].items() if k != "managedFields"}  # unused, large
+        kept = {k: body[k] for k in ("spec", "status") if k in body}
+        return {
+            (namespace, name): {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "metadata": meta, **kept}
+        }
+
+    @kopf.index("apiextensions.k8s.io", "v1", "customresourcedefinitions", registry=registry, id=CRD_INDEX)
+    def index_crd(spec, **_: Any) -> dict[Any, Any]:
+        plural = (spec.get("names") or {}).get("plural")
+        served = [
+            (f"{spec.get('group')}/{v['name']}", plural)
+            for v in spec.get("versions") or []
+            if v.get("served")
+        ]
+        return {"served": served}
+
+    for kind in KINDS.values():
+
+        def index_child(body, labels, kind=kind, **_: Any) -> dict[Any, Any]:
+            owner = (labels.get(naming.PIPELINE_NS_LABEL), labels.get(naming.PIPELINE_LABEL))
+            if not owner[0] or not owner[1]:
+                return {}
+            obj = slim({**body, "kind": kind.kind, "apiVersion": kind.api_version})
+            rt.controller.delivered(owner[0], owner[1], builders.key(obj))
+            return {owner: (builders.key(obj), pack(obj))}
+
+        kopf.index(kind.group, kind.version, kind.plural, registry=registry, id=child_index(kind.kind))(
+            index_child
+        )
+
     @kopf.daemon(GROUP, VERSION, PLURAL, registry=registry, cancellation_timeout=10)
-    async def pipeline_daemon(stopped, name: str, namespace: str, logger, **_: Any) -> None:
+    async def pipeline_daemon(stopped, name: str, namespace: str, logger, **kwargs: Any) -> None:
         key = (namespace, name)
         wake = rt.wakeups.setdefault(key, asyncio.Event())
         loop = asyncio.get_running_loop()
@@ -165,8 +236,13 @@ def make_registry(rt: Runtime) -> kopf.OperatorRegistry:
                 wake.clear()
                 delay = rt.cfg.resync_seconds
                 try:
-                    out = await loop.run_in_executor(rt.pool, rt.controller.reconcile, namespace, name)
+                    snapshot = view(kwargs, namespace, name)
+                    out = await loop.run_in_executor(
+                        rt.pool, rt.controller.reconcile, namespace, name, snapshot
+                    )
                     failures = 0
+                    if out.retry_after is not None:
+                        delay = max(rt.cfg.min_interval_seconds, min(delay, out.retry_after))
                     if out.created or out.updated or out.deleted:
                         logger.info(
                             f"applied: created {out.created or '-'}; updated {out.updated or '-'}; "

@@ -18,6 +18,8 @@ CHILD_CONFLICT = "ChildConflict"
 CHILD_TERMINATING = "ChildTerminating"
 TOPIC_RECREATED = "TopicRecreated"
 SINK_FAILING = "SinkFailing"
+ROLLOUT_PENDING = "RolloutPending"
+"""A SparkApplication or RayService still runs the previous operator's spec, its rewrite queued (pacing)."""
 TRANSIENT_REASONS = {
     TOPIC_RECREATED,
     CHILD_TERMINATING,
@@ -67,6 +69,12 @@ def pipeline_status(
     applied or read back, ``found`` the problems this reconcile met, ``spark_applied`` the
     SparkApplication's generation and the API server's time when this reconcile changed its spec."""
     old = body.get("status") or {}
+    # paced rewrites: the component runs (the previous operator's spec), its rewrite is queued
+    pending: dict[str, list[str]] = {}
+    for pr in found:
+        if pr.reason == ROLLOUT_PENDING:
+            pending.setdefault(pr.condition, []).append(pr.message)
+    found = [pr for pr in found if pr.reason != ROLLOUT_PENDING]
     # observedGeneration: the generation the children were applied for; kept at the last one
     # while some child of this generation could not be applied (the spec is not in effect)
     if p is None or any(pr.reason in NOT_APPLIED for pr in found):
@@ -91,9 +99,11 @@ def pipeline_status(
         elif suspended and c in ("SourcesReady", "ProcessingReady", "ModelReady"):
             conds[c] = ("False", "Suspended", "spec.suspend is true")
         elif waiting[c]:
-            conds[c] = ("False", "NotReady", "; ".join(waiting[c]))
+            conds[c] = ("False", "NotReady", "; ".join(waiting[c] + pending.get(c, [])))
         elif c == "DashboardsReady" and not p.spec.dashboards.enabled:
             conds[c] = ("True", "Disabled", "spec.dashboards.enabled is false")
+        elif c in pending:
+            conds[c] = ("True", ROLLOUT_PENDING, "; ".join(pending[c]))
         else:
             conds[c] = ("True", "Ready", "ready")
     not_ready = [c for c in COMPONENT_CONDITIONS if conds[c][0] != "True"]
@@ -104,6 +114,11 @@ def pipeline_status(
     elif not_ready:
         msg = "; ".join(f"{c}: {conds[c][2]}" for c in not_ready)
         conds["Ready"] = ("False", conds[not_ready[0]][1], msg[:4000])
+    elif any(c in pending for c in COMPONENT_CONDITIONS):
+        msg = "all components are ready; " + "; ".join(
+            m for c in COMPONENT_CONDITIONS for m in pending.get(c, [])
+        )
+        conds["Ready"] = ("True", ROLLOUT_PENDING, msg[:4000])
     else:
         conds["Ready"] = ("True", "Ready", "all components are ready")
 

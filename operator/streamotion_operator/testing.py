@@ -239,3 +239,42 @@ def make_pods_ready(kube: Kube, namespace: str, selector: dict[str, str]) -> int
             if exc.status != 404:
                 raise
     return n
+
+
+# Requests the API server served (its own metric apiserver_request_total), by verb and resource.
+# WATCH and CONNECT are long-running (counted when they end); leases are the API server's own
+# heartbeats (kube-apiserver identity leases), not a client's.
+LONG_RUNNING = frozenset({"WATCH", "WATCHLIST", "CONNECT"})
+
+
+def api_requests(kube: Kube) -> dict[tuple[str, str, str], float]:
+    """``apiserver_request_total`` summed by (verb, resource, subresource), long-running verbs and
+    leases left out. Reading it is itself a request (a GET of no resource, counted in the next read)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    m, url, h, _, _ = kube.api.param_serialize("GET", "/metrics", auth_settings=["BearerToken"])
+    resp = kube.api.call_api(m, url, header_params=h, _request_timeout=(10, 60))
+    text = (resp.read() if hasattr(resp, "read") else resp.data).decode()
+    out: dict[tuple[str, str, str], float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name != "apiserver_request":
+            continue
+        for s in family.samples:
+            if not s.name.endswith("_total"):
+                continue
+            verb, resource = s.labels.get("verb", ""), s.labels.get("resource", "")
+            if verb in LONG_RUNNING or resource == "leases":
+                continue
+            k = (verb, resource, s.labels.get("subresource", ""))
+            out[k] = out.get(k, 0.0) + s.value
+    return out
+
+
+def requests_between(before: dict[tuple[str, str, str], float], after: dict[tuple[str, str, str], float]):
+    """The requests served between two :func:`api_requests` reads (the first read itself left out)."""
+    delta = {k: v - before.get(k, 0.0) for k, v in after.items() if v - before.get(k, 0.0) > 0}
+    if delta.get(("GET", "", "")):
+        delta[("GET", "", "")] -= 1  # the first read of /metrics
+        if not delta[("GET", "", "")]:
+            del delta[("GET", "", "")]
+    return delta
