@@ -374,6 +374,97 @@ def test_model_client_isolates_refused_texts_by_bisecting():
         server.shutdown()
 
 
+class _Gated(BaseHTTPRequestHandler):
+    """Holds the FIRST request until ``gate`` is set (at most 3 s); records every request's texts."""
+
+    texts: list[list[str]] = []
+    held = threading.Event()  # the first request is waiting for the gate
+    answered = threading.Event()  # ... and has been answered
+    gate = threading.Event()
+
+    def do_POST(self):
+        texts = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["texts"]
+        cls = type(self)
+        first = not cls.texts
+        cls.texts.append(texts)
+        if first:
+            cls.held.set()
+            cls.gate.wait(3)
+        results = [{"label": "joy", "score": 1.0, "scores": {"joy": 1.0}, "model_version": t} for t in texts]
+        data = json.dumps({"results": results}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+        if first:
+            cls.answered.set()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def gated_server():
+    _Gated.texts = []
+    for e in (_Gated.held, _Gated.answered, _Gated.gate):
+        e.clear()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Gated)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_processor_parses_the_next_arrow_batch_while_the_model_classifies_this_one(gated_server):
+    """Within a partition, batch k's model call is in flight while batch k+1 is read and parsed
+    (ModelClient.submit); the output stays in input order."""
+    from streamotion_jobs.transform import processor
+
+    seen: dict[str, bool] = {}
+
+    def batches():
+        yield _raw(*(_event(id=f"a{i}", text=f"first {i}").to_json() for i in range(3)))
+        # asked for batch 1: batch 0's request must be at the service and not answered yet
+        seen["overlap"] = _Gated.held.wait(3) and not _Gated.answered.is_set()
+        _Gated.gate.set()
+        yield _raw(b"oops", *(_event(id=f"b{i}", text=f"second {i}").to_json() for i in range(2)))
+
+    out = pd.concat(list(processor(gated_server, 0.15, batch_size=64)(batches())), ignore_index=True)
+    assert seen["overlap"] is True
+    assert out["id"].tolist() == ["a0", "a1", "a2", "b0", "b1", None]  # batch by batch, in order
+    assert out["model_version"].tolist()[:5] == ["first 0", "first 1", "first 2", "second 0", "second 1"]
+    assert out["error"].tolist()[5].startswith("not JSON")
+    assert _Gated.texts == [["first 0", "first 1", "first 2"], ["second 0", "second 1"]]
+
+
+def test_the_model_client_cuts_texts_to_the_pipelines_max_length(gated_server, tmp_path):
+    """spec.model.maxLength reaches the job's model client: a long text is cut on the client
+    (streamotion.model_api.truncate_text: at most 16 * maxLength + 256 characters)."""
+    from streamotion_jobs.transform import processor
+
+    from streamotion.api.validate import parse
+
+    body = {
+        "apiVersion": "streamotion.io/v1alpha1",
+        "kind": "StreamPipeline",
+        "metadata": {"name": "short", "namespace": "ns1"},
+        "spec": {
+            "sources": [{"name": "a", "type": "http", "http": {"tokenSecret": "t"}}],
+            "sinks": [{"type": "postgres", "postgres": {"host": "pg", "credentialsSecret": "c"}}],
+            "model": {"maxLength": 16},
+        },
+    }
+    cfg = JobConfig.from_pipeline(parse(body), checkpoint=str(tmp_path / "ckpt"))
+    assert cfg.model_max_length == 16
+    _Gated.gate.set()
+    long_text = " ".join(f"word{i}" for i in range(2000))  # ~17,000 characters
+    fn = processor(gated_server, 0.15, max_length=cfg.model_max_length)
+    out = pd.concat(list(fn(iter([_raw(_event(text=long_text).to_json())]))))
+    assert out["error"].isna().all() and out["text"].tolist() == [long_text]  # stored whole
+    (sent,) = _Gated.texts
+    assert long_text.startswith(sent[0]) and 16 <= len(sent[0]) <= 16 * 16 + 256
+
+
 # ------------------------------------------------------------------------------------- sinks
 def _batch(batch_id: int, ids: range, minutes: float = 0, dead: int = 0, query: str = "q1") -> Batch:
     events = [

@@ -170,6 +170,7 @@ class StreamingJob:
             deadline_s=cfg.model_deadline_s,
             per_row=self.per_row_model_calls,
             max_future_skew_s=cfg.max_future_skew_s,
+            max_length=cfg.model_max_length,
         )
         processed = df.mapInPandas(fn, PROCESSED_SCHEMA).persist(StorageLevel.MEMORY_AND_DISK)
         try:
