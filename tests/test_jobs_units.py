@@ -732,3 +732,111 @@ def test_job_metrics_port_and_host_defaults(monkeypatch):
     args = parse_args([])
     assert (args.metrics_port, args.metrics_host) == (9200, "0.0.0.0")
     assert parse_args(["--metrics-port", "0"]).metrics_port == 0
+
+
+# ------------------------------------------------------------------------- the job's report
+class _Scripted:
+    """A sink whose open() / commit() fail as many times as told (ConnectionRefusedError / OSError)."""
+
+    def __init__(self, name: str, open_failures: int = 0, commit_failures: int = 0):
+        self.name, self.open_failures, self.commit_failures = name, open_failures, commit_failures
+
+    def open(self):
+        if self.open_failures:
+            self.open_failures -= 1
+            raise ConnectionRefusedError(f"{self.name}:5432 refused")
+
+    def stage(self, events, dead, info):
+        pass
+
+    def commit(self, info):
+        if self.commit_failures:
+            self.commit_failures -= 1
+            raise OSError("quota exceeded\nstack...")
+        return {}
+
+    def close(self):
+        pass
+
+
+def _reported(written: list[dict]) -> list[list[tuple]]:
+    from streamotion import naming
+
+    return [
+        [(e["index"], e["type"], e["ok"], e["message"]) for e in json.loads(d[naming.JOB_REPORT_KEY])]
+        for d in written
+    ]
+
+
+def test_the_job_reports_each_sink_by_index_when_it_opens_and_commits(tmp_path):
+    """What the operator's SinksReady reads (streamotion_jobs.report, <pipeline>-job-report): the job
+    says, per sink index, when open() or a batch's stage+commit starts and stops failing."""
+    from streamotion_jobs.job import StreamingJob
+    from streamotion_jobs.sinks import BatchInfo
+
+    pg, bq = _Scripted("postgres", open_failures=1), _Scripted("bigquery", commit_failures=1)
+    job = StreamingJob(_job_cfg(tmp_path), None, sinks=[pg, bq], log=lambda *_: None, lag_interval_s=None)
+    assert job.report.write is None  # outside a pod: nowhere to report
+    written: list[dict] = []
+    job.report.write = written.append
+    job.open_sinks(backoff_max_s=1)
+    refused = (0, "postgres", False, "ConnectionRefusedError: postgres:5432 refused")
+    assert _reported(written) == [
+        [refused],
+        [(0, "postgres", True, "")],
+        [(0, "postgres", True, ""), (1, "bigquery", True, "")],
+    ]
+    info = BatchInfo("ns1/metrics", "q1", 0, 60.0, 60.0, 0)
+    assert job._write(pg, None, None, info) is True  # no change: nothing written
+    with pytest.raises(OSError):
+        job._write(bq, None, None, info)
+    assert job._write(bq, None, None, info) is True
+    assert _reported(written)[3:] == [
+        [(0, "postgres", True, ""), (1, "bigquery", False, "OSError: quota exceeded")],
+        [(0, "postgres", True, ""), (1, "bigquery", True, "")],
+    ]
+
+
+def test_the_job_reports_a_query_failing_on_a_recreated_topic_until_it_progresses(tmp_path):
+    """run(): a StreamingQueryException saying a partition's offset went back (the topic was created
+    again) is reported for TopicRecreated; a restarted query that reads rows again clears it."""
+    from pyspark.errors import StreamingQueryException
+    from streamotion_jobs.job import StreamingJob
+
+    from streamotion import naming
+
+    stop = threading.Event()
+
+    class Query:
+        id, isActive, lastProgress = "q", False, None
+
+        def __init__(self, error=None):
+            self.error, self.waits = error, 0
+
+        def awaitTermination(self, timeout):
+            self.waits += 1
+            if self.error is not None:
+                raise self.error
+            self.lastProgress = {"numInputRows": 5}
+            if self.waits > 1:
+                stop.set()
+            return False
+
+        def stop(self):
+            pass
+
+    error = StreamingQueryException(
+        message="[STREAM_FAILED] Query [id = 1] terminated with exception: [KAFKA_DATA_LOSS."
+        "PARTITION_OFFSET_CHANGED] ... Reason: Partition raw-0 offset was changed from 1234 to 0."
+    )
+    queries = [Query(error), Query()]
+    job = StreamingJob(
+        _job_cfg(tmp_path), None, sinks=[_Scripted("postgres")], log=lambda *_: None, lag_interval_s=None
+    )
+    written: list[dict] = []
+    job.report.write = written.append
+    job.start = lambda available_now=False: queries.pop(0)
+    assert job.run(stop) == 1
+    states = [json.loads(d[naming.JOB_QUERY_KEY]) for d in written]
+    assert [s.get("topicRecreated", False) for s in states] == [False, True, False]
+    assert states[1]["message"] == "Partition raw-0 offset was changed from 1234 to 0"

@@ -24,6 +24,7 @@ import pandas as pd
 from streamotion.events import DeadLetter
 from streamotion_jobs.config import JobConfig
 from streamotion_jobs.metrics import JobMetrics, LagMonitor
+from streamotion_jobs.report import SinkReport
 from streamotion_jobs.sinks import BatchInfo, Sink
 from streamotion_jobs.transform import CLASSIFIED_SCHEMA, PROCESSED_SCHEMA, now_us, processor
 
@@ -88,6 +89,9 @@ class StreamingJob:
         # streamotion_job_* (served by main.py); counted here whether served or not
         self.metrics = metrics or JobMetrics(cfg.pipeline.namespace, cfg.pipeline.name, log=log)
         self.metrics.sink_names(sink.name for sink in self.sinks)
+        # the sinks' state for the operator's SinksReady, by index in spec.sinks (build_sinks' order);
+        # written to the <pipeline>-job-report ConfigMap in a pod, a no-op elsewhere
+        self.report = SinkReport.for_pipeline(cfg.pipeline, [sink.name for sink in self.sinks])
         self.lag_interval_s = lag_interval_s
         self._lag: LagMonitor | None = None
         self.query = None
@@ -222,11 +226,26 @@ class StreamingJob:
         try:
             sink.stage(events, dead, info)
             done = sink.commit(info) is not None
-        except Exception:
+        except Exception as exc:
             self.metrics.sink_write(sink.name, time.monotonic() - started, ok=False)
+            self._report_sink(sink, exc)
             raise
         self.metrics.sink_write(sink.name, time.monotonic() - started, ok=True)
+        self._report_sink(sink)
         return done
+
+    def _report_sink(self, sink: Sink, error: BaseException | None = None) -> None:
+        """Tell the operator whether ``sink`` works (by its index; never raises)."""
+        index = next((i for i, s in enumerate(self.sinks) if s is sink), None)
+        if index is None:
+            return
+        try:
+            if error is None:
+                self.report.ok(index)
+            else:
+                self.report.failing(index, error)
+        except Exception as exc:  # the job never stops for its report
+            self.log(f"sinks report not updated: {type(exc).__name__}: {exc}")
 
     def _progress(self) -> dict | None:
         query = self.query
@@ -239,7 +258,12 @@ class StreamingJob:
         while True:
             try:
                 for sink in self.sinks:
-                    sink.open()
+                    try:
+                        sink.open()
+                    except Exception as exc:
+                        self._report_sink(sink, exc)
+                        raise
+                    self._report_sink(sink)
                 return
             except Exception as exc:
                 if stop is not None and stop.is_set():
@@ -294,6 +318,7 @@ class StreamingJob:
                         break
                     if query.lastProgress and query.lastProgress.get("numInputRows"):
                         delay = 1.0  # progress: the next failure starts a fresh backoff
+                        self.report.query_progressing()  # clears a reported topic problem
                 if stop.is_set():
                     query.stop()
                     break
@@ -302,6 +327,10 @@ class StreamingJob:
             except StreamingQueryException as exc:
                 failures += 1
                 reason = str(exc).strip().splitlines()[0][:500] if str(exc).strip() else repr(exc)
+                try:  # "Partition X's offset was changed from A to B": the operator says TopicRecreated
+                    self.report.query_failed(exc)
+                except Exception as err:
+                    self.log(f"query report not updated: {type(err).__name__}: {err}")
                 self.log(f"micro-batch failed, restarting from the checkpoint in {delay:.0f}s: {reason}")
                 if max_failures is not None and failures > max_failures:
                     self.close()
