@@ -840,3 +840,27 @@ def test_the_job_reports_a_query_failing_on_a_recreated_topic_until_it_progresse
     states = [json.loads(d[naming.JOB_QUERY_KEY]) for d in written]
     assert [s.get("topicRecreated", False) for s in states] == [False, True, False]
     assert states[1]["message"] == "Partition raw-0 offset was changed from 1234 to 0"
+
+
+def test_build_sinks_follows_spec_sinks_order_and_scopes_the_bigquery_ledger(tmp_path):
+    """The job's report is by index in spec.sinks, so the sinks are built in that order; BigQuery's
+    ledger offsets are read for this pipeline only (BigQuerySink(pipeline="<namespace>/<name>"))."""
+    from streamotion_jobs.job import build_sinks
+
+    from streamotion.api.validate import parse
+
+    body = {
+        "apiVersion": "streamotion.io/v1alpha1",
+        "kind": "StreamPipeline",
+        "metadata": {"name": "two", "namespace": "ns1"},
+        "spec": {
+            "sources": [{"name": "a", "type": "http", "http": {"tokenSecret": "t"}}],
+            "sinks": [
+                {"type": "bigquery", "bigquery": {"project": "p", "dataset": "d"}},
+                {"type": "postgres", "postgres": {"host": "pg", "credentialsSecret": "c"}},
+            ],
+        },
+    }
+    sinks = build_sinks(JobConfig.from_pipeline(parse(body), checkpoint=str(tmp_path)), log=lambda *_: None)
+    assert [s.name for s in sinks] == ["bigquery", "postgres"]
+    assert sinks[0].pipeline == "ns1/two" and sinks[0].dataset == "d"

@@ -30,17 +30,23 @@ from streamotion_jobs.transform import CLASSIFIED_SCHEMA, PROCESSED_SCHEMA, now_
 
 
 def build_sinks(cfg: JobConfig, log=print) -> list[Sink]:
+    """The pipeline's sinks in ``spec.sinks`` order (the job's report to the operator is by index)."""
     from streamotion_jobs.config import postgres_dsn
 
+    pipeline = f"{cfg.pipeline.namespace}/{cfg.pipeline.name}"
     sinks: list[Sink] = []
-    for pg in cfg.postgres_sinks:
-        from streamotion_jobs.sinks.postgres import PostgresSink
+    for spec in cfg.pipeline.spec.sinks:
+        if spec.postgres is not None:
+            from streamotion_jobs.sinks.postgres import PostgresSink
 
-        sinks.append(PostgresSink(postgres_dsn(pg), schema=pg.schema_, log=log))
-    for bq in cfg.bigquery_sinks:
-        from streamotion_jobs.sinks.bigquery import BigQuerySink
+            pg = spec.postgres
+            sinks.append(PostgresSink(postgres_dsn(pg), schema=pg.schema_, log=log))
+        elif spec.bigquery is not None:
+            from streamotion_jobs.sinks.bigquery import BigQuerySink
 
-        sinks.append(BigQuerySink(bq.project, bq.dataset, bq.location, log=log))
+            bq = spec.bigquery
+            # the ledger's offsets scoped to this pipeline (a dataset may hold several pipelines')
+            sinks.append(BigQuerySink(bq.project, bq.dataset, bq.location, log=log, pipeline=pipeline))
     return sinks
 
 
