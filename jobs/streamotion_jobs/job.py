@@ -130,7 +130,7 @@ class StreamingJob:
         ledgers = [o for o in (sink.resume_offsets(topic) for sink in self.sinks) if o]
         if not ledgers:
             return self.cfg.starting_offsets
-        doc = resume_position(ledgers, topic_partitions(self.cfg.bootstrap, topic))
+        doc = resume_position(ledgers, topic_end_offsets(self.cfg.bootstrap, topic), log=self.log)
         self.log(
             f"starting offsets of a new query from the ledger (unused when the checkpoint has offsets): {doc}"
         )
@@ -501,26 +501,53 @@ def publish_dead_letters(dead, bootstrap: str, topic: str) -> None:
     dead.foreachPartition(dead_letter_publisher(bootstrap, topic))
 
 
-def topic_partitions(bootstrap: str, topic: str) -> list[int]:
-    """The partitions of ``topic`` (Kafka metadata)."""
-    from confluent_kafka.admin import AdminClient
+def topic_end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+    """Every partition of ``topic`` and its end offset (the next offset to be written)."""
+    from confluent_kafka import TopicPartition
+    from confluent_kafka.admin import AdminClient, OffsetSpec
 
-    meta = AdminClient({"bootstrap.servers": bootstrap}).list_topics(topic, timeout=15).topics.get(topic)
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    meta = admin.list_topics(topic, timeout=15).topics.get(topic)
     if meta is None or meta.error is not None:
         raise RuntimeError(f"topic {topic}: {meta.error if meta else 'not found'}")
-    return sorted(meta.partitions)
+    wanted = {TopicPartition(topic, p): OffsetSpec.latest() for p in meta.partitions}
+    futures = admin.list_offsets(wanted, request_timeout=15)
+    return {tp.partition: int(f.result(timeout=30).offset) for tp, f in futures.items()}
 
 
-def resume_position(ledgers: list[dict[int, int]], partitions: list[int]) -> dict[str, int]:
+def resume_position(
+    ledgers: list[dict[int, int]],
+    partitions: list[int] | dict[int, int],
+    log: Callable[[str], None] | None = None,
+) -> dict[str, int]:
     """Spark's ``startingOffsets`` for one topic from the sinks' ledgers: per partition the LOWEST end
     offset any sink recorded (a sink behind the others misses nothing; the others skip what they have
     by event id); a partition no ledger knows (added since) from its earliest offset (-2). Spark wants
     every partition of the topic in specific offsets (apache/spark v4.0.0 connector/kafka-0-10-sql
     KafkaOffsetReaderAdmin.fetchSpecificOffsets asserts "If startingOffsets contains specific offsets,
-    you must specify all TopicPartitions. Use -1 for latest, -2 for earliest")."""
+    you must specify all TopicPartitions. Use -1 for latest, -2 for earliest").
+
+    With ``partitions`` as {partition: end offset}: a partition where any ledger's offset lies past
+    the topic's end offset belongs to an older topic of the same name (a topic created again starts
+    at offset 0; a topic's end offset never goes back otherwise): it is read from its earliest offset
+    (-2), and ``log`` says so; the sinks skip by event id whatever they already have. Started at the
+    ledger's offset instead, the query's first micro-batch would fail: Spark reports data loss when a
+    partition's end is below its start (KafkaOffsetReaderAdmin.getOffsetRangesFromResolvedOffsets,
+    "Partition <tp>'s offset was changed from <from> to <until>", KAFKA_DATA_LOSS.PARTITION_OFFSET_CHANGED
+    with failOnDataLoss on, its default). A recreated topic that has already grown past the ledger's
+    offsets is not seen here: the operator's topic-id check (TopicRecreated) is what tells."""
+    ends = partitions if isinstance(partitions, dict) else {}
     out: dict[str, int] = {}
     for p in sorted(partitions):
         known = [ledger[p] for ledger in ledgers if p in ledger]
+        if known and p in ends and max(known) > ends[p]:
+            if log is not None:
+                log(
+                    f"partition {p}: the ledger's offset {max(known)} lies past the topic's end offset "
+                    f"{ends[p]} (the topic was created again): reading it from its earliest offset"
+                )
+            out[str(p)] = -2
+            continue
         out[str(p)] = min(known) if known else -2
     return out
 
