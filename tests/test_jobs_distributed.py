@@ -7,6 +7,7 @@ Real Kafka, Spark (local and local-cluster), PostgreSQL and the model service, a
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -80,6 +81,65 @@ def test_resume_position_is_the_lowest_ledger_offset_and_earliest_for_unknown_pa
     for p in partitions:
         known = [ledger[p] for ledger in ledgers if p in ledger]
         assert doc[str(p)] == (min(known) if known else -2)
+
+
+@settings(deadline=None)
+@given(
+    st.lists(st.dictionaries(st.integers(0, 3), st.integers(0, 100), max_size=4), min_size=1, max_size=3),
+    st.dictionaries(st.integers(0, 3), st.integers(0, 100), min_size=1),
+)
+def test_resume_position_reads_a_partition_whose_ledger_is_past_the_topics_end_from_earliest(ledgers, ends):
+    """A ledger offset past the topic's end offset belongs to an older topic of the same name (the
+    topic was created again): that partition starts from earliest (-2), and the job says so. Left at
+    the ledger's offset, Spark would fail the first batch (apache/spark v4.0.0 connector/kafka-0-10-sql
+    KafkaOffsetReaderAdmin.getOffsetRangesFromResolvedOffsets: until < from reports data loss,
+    KafkaExceptions.partitionOffsetChanged)."""
+    from streamotion_jobs.job import resume_position
+
+    logged: list[str] = []
+    doc = resume_position(ledgers, ends, log=logged.append)
+    assert set(doc) == {str(p) for p in ends}
+    reset = set()
+    for p, end in ends.items():
+        known = [ledger[p] for ledger in ledgers if p in ledger]
+        if known and max(known) > end:
+            reset.add(p)
+            assert doc[str(p)] == -2
+        else:
+            assert doc[str(p)] == (min(known) if known else -2) and doc[str(p)] <= end
+    assert len(logged) == len(reset)
+    assert all("created again" in line for line in logged)
+
+
+def test_a_new_query_on_a_recreated_topic_starts_where_the_new_topic_begins(kafka, tmp_path):
+    """starting_offsets() against a real broker: partition 0's ledger offset (10) lies past the new
+    topic's end (3), so it starts from earliest; partition 1's (2) is within the topic (4 records)."""
+    from confluent_kafka import Producer
+    from streamotion_jobs.job import StreamingJob
+
+    from tests.test_jobs_units import _job_cfg
+
+    topic = "recreated." + uuid.uuid4().hex[:8]
+    kafka.create_topic(topic, partitions=2)
+    producer = Producer({"bootstrap.servers": kafka.bootstrap})
+    for partition, n in ((0, 3), (1, 4)):
+        for _ in range(n):
+            producer.produce(topic, value=b"x", partition=partition)
+    assert producer.flush(30) == 0
+
+    class Ledger:
+        name = "postgres"
+
+        def resume_offsets(self, t):
+            return {0: 10, 1: 2} if t == topic else None
+
+    cfg = _job_cfg(tmp_path)
+    cfg.bootstrap, cfg.topics = kafka.bootstrap, {**cfg.topics, "raw": topic}
+    logged: list[str] = []
+    job = StreamingJob(cfg, None, sinks=[Ledger()], log=logged.append, lag_interval_s=None)
+    job.checkpoint_has_offsets = lambda: False
+    assert json.loads(job.starting_offsets()) == {topic: {"0": -2, "1": 2}}
+    assert any("partition 0" in line and "end offset 3" in line for line in logged)
 
 
 offsets_maps = st.dictionaries(

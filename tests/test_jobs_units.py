@@ -374,6 +374,97 @@ def test_model_client_isolates_refused_texts_by_bisecting():
         server.shutdown()
 
 
+class _Gated(BaseHTTPRequestHandler):
+    """Holds the FIRST request until ``gate`` is set (at most 3 s); records every request's texts."""
+
+    texts: list[list[str]] = []
+    held = threading.Event()  # the first request is waiting for the gate
+    answered = threading.Event()  # ... and has been answered
+    gate = threading.Event()
+
+    def do_POST(self):
+        texts = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["texts"]
+        cls = type(self)
+        first = not cls.texts
+        cls.texts.append(texts)
+        if first:
+            cls.held.set()
+            cls.gate.wait(3)
+        results = [{"label": "joy", "score": 1.0, "scores": {"joy": 1.0}, "model_version": t} for t in texts]
+        data = json.dumps({"results": results}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+        if first:
+            cls.answered.set()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def gated_server():
+    _Gated.texts = []
+    for e in (_Gated.held, _Gated.answered, _Gated.gate):
+        e.clear()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Gated)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_processor_parses_the_next_arrow_batch_while_the_model_classifies_this_one(gated_server):
+    """Within a partition, batch k's model call is in flight while batch k+1 is read and parsed
+    (ModelClient.submit); the output stays in input order."""
+    from streamotion_jobs.transform import processor
+
+    seen: dict[str, bool] = {}
+
+    def batches():
+        yield _raw(*(_event(id=f"a{i}", text=f"first {i}").to_json() for i in range(3)))
+        # asked for batch 1: batch 0's request must be at the service and not answered yet
+        seen["overlap"] = _Gated.held.wait(3) and not _Gated.answered.is_set()
+        _Gated.gate.set()
+        yield _raw(b"oops", *(_event(id=f"b{i}", text=f"second {i}").to_json() for i in range(2)))
+
+    out = pd.concat(list(processor(gated_server, 0.15, batch_size=64)(batches())), ignore_index=True)
+    assert seen["overlap"] is True
+    assert out["id"].tolist() == ["a0", "a1", "a2", "b0", "b1", None]  # batch by batch, in order
+    assert out["model_version"].tolist()[:5] == ["first 0", "first 1", "first 2", "second 0", "second 1"]
+    assert out["error"].tolist()[5].startswith("not JSON")
+    assert _Gated.texts == [["first 0", "first 1", "first 2"], ["second 0", "second 1"]]
+
+
+def test_the_model_client_cuts_texts_to_the_pipelines_max_length(gated_server, tmp_path):
+    """spec.model.maxLength reaches the job's model client: a long text is cut on the client
+    (streamotion.model_api.truncate_text: at most 16 * maxLength + 256 characters)."""
+    from streamotion_jobs.transform import processor
+
+    from streamotion.api.validate import parse
+
+    body = {
+        "apiVersion": "streamotion.io/v1alpha1",
+        "kind": "StreamPipeline",
+        "metadata": {"name": "short", "namespace": "ns1"},
+        "spec": {
+            "sources": [{"name": "a", "type": "http", "http": {"tokenSecret": "t"}}],
+            "sinks": [{"type": "postgres", "postgres": {"host": "pg", "credentialsSecret": "c"}}],
+            "model": {"maxLength": 16},
+        },
+    }
+    cfg = JobConfig.from_pipeline(parse(body), checkpoint=str(tmp_path / "ckpt"))
+    assert cfg.model_max_length == 16
+    _Gated.gate.set()
+    long_text = " ".join(f"word{i}" for i in range(2000))  # ~17,000 characters
+    fn = processor(gated_server, 0.15, max_length=cfg.model_max_length)
+    out = pd.concat(list(fn(iter([_raw(_event(text=long_text).to_json())]))))
+    assert out["error"].isna().all() and out["text"].tolist() == [long_text]  # stored whole
+    (sent,) = _Gated.texts
+    assert long_text.startswith(sent[0]) and 16 <= len(sent[0]) <= 16 * 16 + 256
+
+
 # ------------------------------------------------------------------------------------- sinks
 def _batch(batch_id: int, ids: range, minutes: float = 0, dead: int = 0, query: str = "q1") -> Batch:
     events = [
@@ -641,3 +732,135 @@ def test_job_metrics_port_and_host_defaults(monkeypatch):
     args = parse_args([])
     assert (args.metrics_port, args.metrics_host) == (9200, "0.0.0.0")
     assert parse_args(["--metrics-port", "0"]).metrics_port == 0
+
+
+# ------------------------------------------------------------------------- the job's report
+class _Scripted:
+    """A sink whose open() / commit() fail as many times as told (ConnectionRefusedError / OSError)."""
+
+    def __init__(self, name: str, open_failures: int = 0, commit_failures: int = 0):
+        self.name, self.open_failures, self.commit_failures = name, open_failures, commit_failures
+
+    def open(self):
+        if self.open_failures:
+            self.open_failures -= 1
+            raise ConnectionRefusedError(f"{self.name}:5432 refused")
+
+    def stage(self, events, dead, info):
+        pass
+
+    def commit(self, info):
+        if self.commit_failures:
+            self.commit_failures -= 1
+            raise OSError("quota exceeded\nstack...")
+        return {}
+
+    def close(self):
+        pass
+
+
+def _reported(written: list[dict]) -> list[list[tuple]]:
+    from streamotion import naming
+
+    return [
+        [(e["index"], e["type"], e["ok"], e["message"]) for e in json.loads(d[naming.JOB_REPORT_KEY])]
+        for d in written
+    ]
+
+
+def test_the_job_reports_each_sink_by_index_when_it_opens_and_commits(tmp_path):
+    """What the operator's SinksReady reads (streamotion_jobs.report, <pipeline>-job-report): the job
+    says, per sink index, when open() or a batch's stage+commit starts and stops failing."""
+    from streamotion_jobs.job import StreamingJob
+    from streamotion_jobs.sinks import BatchInfo
+
+    pg, bq = _Scripted("postgres", open_failures=1), _Scripted("bigquery", commit_failures=1)
+    job = StreamingJob(_job_cfg(tmp_path), None, sinks=[pg, bq], log=lambda *_: None, lag_interval_s=None)
+    assert job.report.write is None  # outside a pod: nowhere to report
+    written: list[dict] = []
+    job.report.write = written.append
+    job.open_sinks(backoff_max_s=1)
+    refused = (0, "postgres", False, "ConnectionRefusedError: postgres:5432 refused")
+    assert _reported(written) == [
+        [refused],
+        [(0, "postgres", True, "")],
+        [(0, "postgres", True, ""), (1, "bigquery", True, "")],
+    ]
+    info = BatchInfo("ns1/metrics", "q1", 0, 60.0, 60.0, 0)
+    assert job._write(pg, None, None, info) is True  # no change: nothing written
+    with pytest.raises(OSError):
+        job._write(bq, None, None, info)
+    assert job._write(bq, None, None, info) is True
+    assert _reported(written)[3:] == [
+        [(0, "postgres", True, ""), (1, "bigquery", False, "OSError: quota exceeded")],
+        [(0, "postgres", True, ""), (1, "bigquery", True, "")],
+    ]
+
+
+def test_the_job_reports_a_query_failing_on_a_recreated_topic_until_it_progresses(tmp_path):
+    """run(): a StreamingQueryException saying a partition's offset went back (the topic was created
+    again) is reported for TopicRecreated; a restarted query that reads rows again clears it."""
+    from pyspark.errors import StreamingQueryException
+    from streamotion_jobs.job import StreamingJob
+
+    from streamotion import naming
+
+    stop = threading.Event()
+
+    class Query:
+        id, isActive, lastProgress = "q", False, None
+
+        def __init__(self, error=None):
+            self.error, self.waits = error, 0
+
+        def awaitTermination(self, timeout):
+            self.waits += 1
+            if self.error is not None:
+                raise self.error
+            self.lastProgress = {"numInputRows": 5}
+            if self.waits > 1:
+                stop.set()
+            return False
+
+        def stop(self):
+            pass
+
+    error = StreamingQueryException(
+        message="[STREAM_FAILED] Query [id = 1] terminated with exception: [KAFKA_DATA_LOSS."
+        "PARTITION_OFFSET_CHANGED] ... Reason: Partition raw-0 offset was changed from 1234 to 0."
+    )
+    queries = [Query(error), Query()]
+    job = StreamingJob(
+        _job_cfg(tmp_path), None, sinks=[_Scripted("postgres")], log=lambda *_: None, lag_interval_s=None
+    )
+    written: list[dict] = []
+    job.report.write = written.append
+    job.start = lambda available_now=False: queries.pop(0)
+    assert job.run(stop) == 1
+    states = [json.loads(d[naming.JOB_QUERY_KEY]) for d in written]
+    assert [s.get("topicRecreated", False) for s in states] == [False, True, False]
+    assert states[1]["message"] == "Partition raw-0 offset was changed from 1234 to 0"
+
+
+def test_build_sinks_follows_spec_sinks_order_and_scopes_the_bigquery_ledger(tmp_path):
+    """The job's report is by index in spec.sinks, so the sinks are built in that order; BigQuery's
+    ledger offsets are read for this pipeline only (BigQuerySink(pipeline="<namespace>/<name>"))."""
+    from streamotion_jobs.job import build_sinks
+
+    from streamotion.api.validate import parse
+
+    body = {
+        "apiVersion": "streamotion.io/v1alpha1",
+        "kind": "StreamPipeline",
+        "metadata": {"name": "two", "namespace": "ns1"},
+        "spec": {
+            "sources": [{"name": "a", "type": "http", "http": {"tokenSecret": "t"}}],
+            "sinks": [
+                {"type": "bigquery", "bigquery": {"project": "p", "dataset": "d"}},
+                {"type": "postgres", "postgres": {"host": "pg", "credentialsSecret": "c"}},
+            ],
+        },
+    }
+    sinks = build_sinks(JobConfig.from_pipeline(parse(body), checkpoint=str(tmp_path)), log=lambda *_: None)
+    assert [s.name for s in sinks] == ["bigquery", "postgres"]
+    assert sinks[0].pipeline == "ns1/two" and sinks[0].dataset == "d"

@@ -222,7 +222,12 @@ def run_backfill(
         scored = (
             events.repartition(parallelism)
             .mapInPandas(
-                classifier(model_url, cfg.sentiment_threshold, batch_size=cfg.model_batch_size),
+                classifier(
+                    model_url,
+                    cfg.sentiment_threshold,
+                    batch_size=cfg.model_batch_size,
+                    max_length=cfg.model_max_length,
+                ),
                 CLASSIFIED_SCHEMA,
             )
             .persist(StorageLevel.MEMORY_AND_DISK)

@@ -93,6 +93,7 @@ class JobConfig:
     topics: dict[str, str] = field(default_factory=dict)
     model_batch_size: int = 256
     model_deadline_s: float = 120.0
+    model_max_length: int = 128  # spec.model.maxLength: the client cuts texts to what the model reads
     max_future_skew_s: float = 600.0
 
     @classmethod
@@ -118,6 +119,7 @@ class JobConfig:
             sentiment_threshold=proc.sentiment_threshold,
             topics=naming.topic_names(p),
             model_batch_size=max(p.spec.model.max_batch_size * 4, 64),
+            model_max_length=p.spec.model.max_length,
         )
         for key, value in overrides.items():
             if value is not None:

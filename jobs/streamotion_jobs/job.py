@@ -24,22 +24,29 @@ import pandas as pd
 from streamotion.events import DeadLetter
 from streamotion_jobs.config import JobConfig
 from streamotion_jobs.metrics import JobMetrics, LagMonitor
+from streamotion_jobs.report import SinkReport
 from streamotion_jobs.sinks import BatchInfo, Sink
 from streamotion_jobs.transform import CLASSIFIED_SCHEMA, PROCESSED_SCHEMA, now_us, processor
 
 
 def build_sinks(cfg: JobConfig, log=print) -> list[Sink]:
+    """The pipeline's sinks in ``spec.sinks`` order (the job's report to the operator is by index)."""
     from streamotion_jobs.config import postgres_dsn
 
+    pipeline = f"{cfg.pipeline.namespace}/{cfg.pipeline.name}"
     sinks: list[Sink] = []
-    for pg in cfg.postgres_sinks:
-        from streamotion_jobs.sinks.postgres import PostgresSink
+    for spec in cfg.pipeline.spec.sinks:
+        if spec.postgres is not None:
+            from streamotion_jobs.sinks.postgres import PostgresSink
 
-        sinks.append(PostgresSink(postgres_dsn(pg), schema=pg.schema_, log=log))
-    for bq in cfg.bigquery_sinks:
-        from streamotion_jobs.sinks.bigquery import BigQuerySink
+            pg = spec.postgres
+            sinks.append(PostgresSink(postgres_dsn(pg), schema=pg.schema_, log=log))
+        elif spec.bigquery is not None:
+            from streamotion_jobs.sinks.bigquery import BigQuerySink
 
-        sinks.append(BigQuerySink(bq.project, bq.dataset, bq.location, log=log))
+            bq = spec.bigquery
+            # the ledger's offsets scoped to this pipeline (a dataset may hold several pipelines')
+            sinks.append(BigQuerySink(bq.project, bq.dataset, bq.location, log=log, pipeline=pipeline))
     return sinks
 
 
@@ -88,6 +95,9 @@ class StreamingJob:
         # streamotion_job_* (served by main.py); counted here whether served or not
         self.metrics = metrics or JobMetrics(cfg.pipeline.namespace, cfg.pipeline.name, log=log)
         self.metrics.sink_names(sink.name for sink in self.sinks)
+        # the sinks' state for the operator's SinksReady, by index in spec.sinks (build_sinks' order);
+        # written to the <pipeline>-job-report ConfigMap in a pod, a no-op elsewhere
+        self.report = SinkReport.for_pipeline(cfg.pipeline, [sink.name for sink in self.sinks])
         self.lag_interval_s = lag_interval_s
         self._lag: LagMonitor | None = None
         self.query = None
@@ -120,7 +130,7 @@ class StreamingJob:
         ledgers = [o for o in (sink.resume_offsets(topic) for sink in self.sinks) if o]
         if not ledgers:
             return self.cfg.starting_offsets
-        doc = resume_position(ledgers, topic_partitions(self.cfg.bootstrap, topic))
+        doc = resume_position(ledgers, topic_end_offsets(self.cfg.bootstrap, topic), log=self.log)
         self.log(
             f"starting offsets of a new query from the ledger (unused when the checkpoint has offsets): {doc}"
         )
@@ -170,6 +180,7 @@ class StreamingJob:
             deadline_s=cfg.model_deadline_s,
             per_row=self.per_row_model_calls,
             max_future_skew_s=cfg.max_future_skew_s,
+            max_length=cfg.model_max_length,
         )
         processed = df.mapInPandas(fn, PROCESSED_SCHEMA).persist(StorageLevel.MEMORY_AND_DISK)
         try:
@@ -221,11 +232,26 @@ class StreamingJob:
         try:
             sink.stage(events, dead, info)
             done = sink.commit(info) is not None
-        except Exception:
+        except Exception as exc:
             self.metrics.sink_write(sink.name, time.monotonic() - started, ok=False)
+            self._report_sink(sink, exc)
             raise
         self.metrics.sink_write(sink.name, time.monotonic() - started, ok=True)
+        self._report_sink(sink)
         return done
+
+    def _report_sink(self, sink: Sink, error: BaseException | None = None) -> None:
+        """Tell the operator whether ``sink`` works (by its index; never raises)."""
+        index = next((i for i, s in enumerate(self.sinks) if s is sink), None)
+        if index is None:
+            return
+        try:
+            if error is None:
+                self.report.ok(index)
+            else:
+                self.report.failing(index, error)
+        except Exception as exc:  # the job never stops for its report
+            self.log(f"sinks report not updated: {type(exc).__name__}: {exc}")
 
     def _progress(self) -> dict | None:
         query = self.query
@@ -238,7 +264,12 @@ class StreamingJob:
         while True:
             try:
                 for sink in self.sinks:
-                    sink.open()
+                    try:
+                        sink.open()
+                    except Exception as exc:
+                        self._report_sink(sink, exc)
+                        raise
+                    self._report_sink(sink)
                 return
             except Exception as exc:
                 if stop is not None and stop.is_set():
@@ -293,6 +324,7 @@ class StreamingJob:
                         break
                     if query.lastProgress and query.lastProgress.get("numInputRows"):
                         delay = 1.0  # progress: the next failure starts a fresh backoff
+                        self.report.query_progressing()  # clears a reported topic problem
                 if stop.is_set():
                     query.stop()
                     break
@@ -301,6 +333,10 @@ class StreamingJob:
             except StreamingQueryException as exc:
                 failures += 1
                 reason = str(exc).strip().splitlines()[0][:500] if str(exc).strip() else repr(exc)
+                try:  # "Partition X's offset was changed from A to B": the operator says TopicRecreated
+                    self.report.query_failed(exc)
+                except Exception as err:
+                    self.log(f"query report not updated: {type(err).__name__}: {err}")
                 self.log(f"micro-batch failed, restarting from the checkpoint in {delay:.0f}s: {reason}")
                 if max_failures is not None and failures > max_failures:
                     self.close()
@@ -465,26 +501,53 @@ def publish_dead_letters(dead, bootstrap: str, topic: str) -> None:
     dead.foreachPartition(dead_letter_publisher(bootstrap, topic))
 
 
-def topic_partitions(bootstrap: str, topic: str) -> list[int]:
-    """The partitions of ``topic`` (Kafka metadata)."""
-    from confluent_kafka.admin import AdminClient
+def topic_end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+    """Every partition of ``topic`` and its end offset (the next offset to be written)."""
+    from confluent_kafka import TopicPartition
+    from confluent_kafka.admin import AdminClient, OffsetSpec
 
-    meta = AdminClient({"bootstrap.servers": bootstrap}).list_topics(topic, timeout=15).topics.get(topic)
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    meta = admin.list_topics(topic, timeout=15).topics.get(topic)
     if meta is None or meta.error is not None:
         raise RuntimeError(f"topic {topic}: {meta.error if meta else 'not found'}")
-    return sorted(meta.partitions)
+    wanted = {TopicPartition(topic, p): OffsetSpec.latest() for p in meta.partitions}
+    futures = admin.list_offsets(wanted, request_timeout=15)
+    return {tp.partition: int(f.result(timeout=30).offset) for tp, f in futures.items()}
 
 
-def resume_position(ledgers: list[dict[int, int]], partitions: list[int]) -> dict[str, int]:
+def resume_position(
+    ledgers: list[dict[int, int]],
+    partitions: list[int] | dict[int, int],
+    log: Callable[[str], None] | None = None,
+) -> dict[str, int]:
     """Spark's ``startingOffsets`` for one topic from the sinks' ledgers: per partition the LOWEST end
     offset any sink recorded (a sink behind the others misses nothing; the others skip what they have
     by event id); a partition no ledger knows (added since) from its earliest offset (-2). Spark wants
     every partition of the topic in specific offsets (apache/spark v4.0.0 connector/kafka-0-10-sql
     KafkaOffsetReaderAdmin.fetchSpecificOffsets asserts "If startingOffsets contains specific offsets,
-    you must specify all TopicPartitions. Use -1 for latest, -2 for earliest")."""
+    you must specify all TopicPartitions. Use -1 for latest, -2 for earliest").
+
+    With ``partitions`` as {partition: end offset}: a partition where any ledger's offset lies past
+    the topic's end offset belongs to an older topic of the same name (a topic created again starts
+    at offset 0; a topic's end offset never goes back otherwise): it is read from its earliest offset
+    (-2), and ``log`` says so; the sinks skip by event id whatever they already have. Started at the
+    ledger's offset instead, the query's first micro-batch would fail: Spark reports data loss when a
+    partition's end is below its start (KafkaOffsetReaderAdmin.getOffsetRangesFromResolvedOffsets,
+    "Partition <tp>'s offset was changed from <from> to <until>", KAFKA_DATA_LOSS.PARTITION_OFFSET_CHANGED
+    with failOnDataLoss on, its default). A recreated topic that has already grown past the ledger's
+    offsets is not seen here: the operator's topic-id check (TopicRecreated) is what tells."""
+    ends = partitions if isinstance(partitions, dict) else {}
     out: dict[str, int] = {}
     for p in sorted(partitions):
         known = [ledger[p] for ledger in ledgers if p in ledger]
+        if known and p in ends and max(known) > ends[p]:
+            if log is not None:
+                log(
+                    f"partition {p}: the ledger's offset {max(known)} lies past the topic's end offset "
+                    f"{ends[p]} (the topic was created again): reading it from its earliest offset"
+                )
+            out[str(p)] = -2
+            continue
         out[str(p)] = min(known) if known else -2
     return out
 

@@ -244,20 +244,30 @@ def enrich(pdf: pd.DataFrame, results: list[dict], threshold: float) -> pd.DataF
 
 
 def classifier(
-    model_url: str, threshold: float, batch_size: int = 256, deadline_s: float = 120.0
+    model_url: str,
+    threshold: float,
+    batch_size: int = 256,
+    deadline_s: float = 120.0,
+    max_length: int = 128,
 ) -> Callable:
-    """A ``mapInPandas`` function: each Arrow batch of a partition becomes one or a few model calls."""
+    """A ``mapInPandas`` function: each Arrow batch of a partition becomes one or a few model calls;
+    batch k+1 is sent before batch k's results are enriched (output in input order)."""
 
     def classify_events(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         from streamotion_jobs.classify import ModelClient
 
-        client = ModelClient(model_url, batch_size=batch_size, deadline_s=deadline_s)
+        client = ModelClient(model_url, batch_size=batch_size, deadline_s=deadline_s, max_length=max_length)
         try:
+            pending = None
             for pdf in batches:
                 if pdf.empty:
                     continue
-                results = client.classify(pdf["clean_text"].tolist())
-                yield enrich(pdf, results, threshold)
+                call = client.submit(pdf["clean_text"].tolist())
+                if pending is not None:
+                    yield enrich(pending[0], pending[1].result(), threshold)
+                pending = (pdf, call)
+            if pending is not None:
+                yield enrich(pending[0], pending[1].result(), threshold)
         finally:
             client.close()
 
@@ -290,55 +300,85 @@ def processor(
     deadline_s: float = 120.0,
     per_row: bool = False,
     max_future_skew_s: float | None = None,
+    max_length: int = 128,
 ) -> Callable:
     """A ``mapInPandas`` function: Kafka records -> classified events and dead letters.
+
+    Each Arrow batch's texts are sent to the model (:meth:`ModelClient.submit`) before the previous
+    batch's results are awaited, so batch k is classified while batch k+1 is parsed; the output keeps
+    the input's order. Texts are cut on the client to the model's ``max_length`` tokens.
 
     A text the model service refuses on its own (a 400/413/422, isolated by bisecting the request)
     becomes a dead letter with the service's message; the rest of the batch carries on. The service
     being down or failing (5xx, timeouts) still fails the micro-batch, which is retried."""
 
     def process(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        from streamotion_jobs.classify import ModelClient, Refusal
+        from streamotion_jobs.classify import ModelClient
 
-        client = ModelClient(model_url, batch_size=1 if per_row else batch_size, deadline_s=deadline_s)
+        client = ModelClient(
+            model_url,
+            batch_size=1 if per_row else batch_size,
+            deadline_s=deadline_s,
+            max_length=max_length,
+        )
         try:
+            pending = None
             for raw in batches:
                 parsed = parse_frame(raw, max_future_skew_s)  # one row per record, in order
                 ok = parsed[parsed["error"].isna()]
-                classified = None
+                call = None
                 if len(ok):
                     texts = ok["clean_text"].tolist()
                     # per_row: the ancestors' pattern (benchmark only), one HTTP call per row
                     if per_row:
-                        results = [client.classify([t], isolate=True)[0] for t in texts]
+                        call = [client.classify([t], isolate=True)[0] for t in texts]
                     else:
-                        results = client.classify(texts, isolate=True)
-                    refused = [k for k, r in enumerate(results) if isinstance(r, Refusal)]
-                    if refused:
-                        rows = ok.index[refused]
-                        parsed.loc[rows, "error"] = [results[k].reason for k in refused]
-                        parsed.loc[rows, "payload"] = [_payload(raw["value"].iloc[i]) for i in rows]
-                        ok = ok.drop(index=rows)
-                        results = [r for r in results if not isinstance(r, Refusal)]
-                    if len(ok):
-                        ok = ok.reset_index(drop=True)
-                        classified = enrich(ok, results, threshold)
-                        classified["error"] = None
-                        classified["payload"] = None
-                        classified["dropped_fields"] = ok["dropped_fields"].tolist()
-                bad = parsed[parsed["error"].notna()].reset_index(drop=True)
-                if len(bad):
-                    for col in _CLASSIFIED_ONLY:
-                        bad[col] = None
-                    bad["dropped_fields"] = [[] for _ in range(len(bad))]
-                parts = [f for f in (classified, bad) if f is not None and len(f)]
-                if parts:
-                    out = pd.concat(parts, ignore_index=True)
-                    yield arrow_safe(out[PROCESSED_COLUMNS])
+                        call = client.submit(texts, isolate=True)
+                if pending is not None:
+                    out = _processed(*pending, threshold)
+                    if out is not None:
+                        yield out
+                pending = (raw, parsed, ok, call)
+            if pending is not None:
+                out = _processed(*pending, threshold)
+                if out is not None:
+                    yield out
         finally:
             client.close()
 
     return process
+
+
+def _processed(raw: pd.DataFrame, parsed: pd.DataFrame, ok: pd.DataFrame, call, threshold: float):
+    """One Arrow batch's output once its model call (a ``Pending`` or the results) is back: refused
+    texts become dead letters, the rest classified events; None when the batch has no row."""
+    from streamotion_jobs.classify import Refusal
+
+    classified = None
+    if len(ok):
+        results = call if isinstance(call, list) else call.result()
+        refused = [k for k, r in enumerate(results) if isinstance(r, Refusal)]
+        if refused:
+            rows = ok.index[refused]
+            parsed.loc[rows, "error"] = [results[k].reason for k in refused]
+            parsed.loc[rows, "payload"] = [_payload(raw["value"].iloc[i]) for i in rows]
+            ok = ok.drop(index=rows)
+            results = [r for r in results if not isinstance(r, Refusal)]
+        if len(ok):
+            ok = ok.reset_index(drop=True)
+            classified = enrich(ok, results, threshold)
+            classified["error"] = None
+            classified["payload"] = None
+            classified["dropped_fields"] = ok["dropped_fields"].tolist()
+    bad = parsed[parsed["error"].notna()].reset_index(drop=True)
+    if len(bad):
+        for col in _CLASSIFIED_ONLY:
+            bad[col] = None
+        bad["dropped_fields"] = [[] for _ in range(len(bad))]
+    parts = [f for f in (classified, bad) if f is not None and len(f)]
+    if not parts:
+        return None
+    return arrow_safe(pd.concat(parts, ignore_index=True)[PROCESSED_COLUMNS])
 
 
 PROCESSED_COLUMNS = [*EVENT_COLUMNS, *_CLASSIFIED_ONLY, "error", "payload", "dropped_fields"]
