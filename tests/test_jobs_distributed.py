@@ -448,8 +448,11 @@ def test_local_cluster_writes_what_local_writes_and_no_event_row_reaches_the_dri
     local_p = pipeline(topics.name, [pg_sink(other)], maxEventsPerTrigger=1000)
     names = topics(cluster_p)
     os.environ["STREAMOTION_PG_DSN"] = postgres.dsn
-    events = make_events(300)
-    long = [e.model_copy(update={"text": (e.text + " ") * (2600 // len(e.text))}) for e in events]
+    events = make_events(400)
+    # 1,900 characters: under the test model service's MODEL_MAX_TEXT_CHARS (2,000), so none is refused
+    long = [
+        e.model_copy(update={"text": ((e.text + " ") * (1 + 1900 // len(e.text)))[:1900]}) for e in events
+    ]
     produce(kafka, names["raw"], long + long[:25], MALFORMED[:3])  # 25 sent twice
     assert sum(len(e.text) for e in long) * 2 > 1.4 * 2**20  # text and clean text: > 1.4 MiB of rows
 
