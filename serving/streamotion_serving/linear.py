@@ -82,19 +82,12 @@ def train_linear(cfg: LinearTrainConfig, progress: bool = True) -> dict[str, Any
     from rich.console import Console
     from sklearn.linear_model import LogisticRegression
 
-    from streamotion_serving.data import DataError, read_labels, read_tsv
+    from streamotion_serving.data import read_labels, read_tsv
     from streamotion_serving.evaluate import gold_matrix
-    from streamotion_serving.train import SERVING_MAX_LENGTH, calibrate, dev_file
+    from streamotion_serving.train import SERVING_MAX_LENGTH, calibrate, checked_data_dir, dev_file
 
     console = Console(stderr=True, quiet=not progress)
-    if cfg.taxonomy not in TAXONOMIES:
-        raise ValueError(f"taxonomy must be one of {sorted(TAXONOMIES)}")
-    data_dir = Path(cfg.data_dir)
-    for name in ("train.tsv", "dev.tsv", "labels.txt"):
-        if not (data_dir / name).is_file():
-            raise DataError(
-                f"{data_dir / name} not found (a GoEmotions-format folder has train.tsv, dev.tsv, labels.txt)"
-            )
+    data_dir = checked_data_dir(cfg)
     data_labels = read_labels(data_dir / "labels.txt")
     rows = read_tsv(data_dir / "train.tsv", len(data_labels), limit=cfg.limit)
     labels = list(TAXONOMIES[cfg.taxonomy])

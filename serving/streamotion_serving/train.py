@@ -78,6 +78,20 @@ def _batches(lengths: list[int], batch_size: int, rng: random.Random) -> list[li
     return batches
 
 
+def checked_data_dir(cfg) -> Path:
+    """The GoEmotions-format folder of ``cfg`` (train.tsv, dev.tsv, labels.txt) and a known taxonomy,
+    or a clear error naming what is missing."""
+    if cfg.taxonomy not in TAXONOMIES:
+        raise ValueError(f"taxonomy must be one of {sorted(TAXONOMIES)}")
+    data_dir = Path(cfg.data_dir)
+    for name in ("train.tsv", "dev.tsv", "labels.txt"):
+        if not (data_dir / name).is_file():
+            raise DataError(
+                f"{data_dir / name} not found (a GoEmotions-format folder has train.tsv, dev.tsv, labels.txt)"
+            )
+    return data_dir
+
+
 def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     import torch
     from rich.console import Console
@@ -89,14 +103,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     )
 
     console = Console(stderr=True, quiet=not progress)
-    if cfg.taxonomy not in TAXONOMIES:
-        raise ValueError(f"taxonomy must be one of {sorted(TAXONOMIES)}")
-    data_dir = Path(cfg.data_dir)
-    for name in ("train.tsv", "dev.tsv", "labels.txt"):
-        if not (data_dir / name).is_file():
-            raise DataError(
-                f"{data_dir / name} not found (a GoEmotions-format folder has train.tsv, dev.tsv, labels.txt)"
-            )
+    data_dir = checked_data_dir(cfg)
     data_labels = read_labels(data_dir / "labels.txt")
     train_rows = read_tsv(data_dir / "train.tsv", len(data_labels), limit=cfg.limit)
     dev_rows = read_tsv(data_dir / "dev.tsv", len(data_labels), limit=cfg.dev_limit)

@@ -550,21 +550,7 @@ class PostgresSink(Sink):
     def write_scores(self, scored: pd.DataFrame) -> int:
         """Backfill results: one row per (event_id, model_version), replaced when run again."""
         conn = self._connection()
-        rows = [
-            (
-                r["event_id"],
-                r["model_version"],
-                _ts(r["created_at_us"]),
-                r["source"],
-                r["emotion"],
-                float(r["score"]),
-                r["scores"],
-                r["sentiment"],
-                float(r["sentiment_index"]),
-                _list(r.get("labels")),
-            )
-            for r in scored.to_dict("records")
-        ]
+        rows = [score_row(r) for r in scored.to_dict("records")]
         with conn.transaction():
             conn.cursor().executemany(
                 """INSERT INTO event_scores (event_id, model_version, created_at, source, emotion, score, scores,
@@ -591,6 +577,22 @@ class PostgresSink(Sink):
         )
         names = [d.name for d in cur.description]
         return pd.DataFrame(cur.fetchall(), columns=names)
+
+
+def score_row(r: dict) -> tuple:
+    """One backfill result as the event_scores columns (``SCORE_COLUMNS`` order)."""
+    return (
+        r["event_id"],
+        r["model_version"],
+        _ts(r["created_at_us"]),
+        r["source"],
+        r["emotion"],
+        float(r["score"]),
+        r["scores"],
+        r["sentiment"],
+        float(r["sentiment_index"]),
+        _list(r.get("labels")),
+    )
 
 
 def dumps(obj: Any) -> str:
@@ -641,22 +643,7 @@ def scores_stager(dsn: str, schema: str, run_id: str, connect_timeout: int = 10)
 
         ctx = TaskContext.get()
         part = ctx.partitionId() if ctx is not None else 0
-        rows = [
-            (
-                r["event_id"],
-                r["model_version"],
-                _ts(r["created_at_us"]),
-                r["source"],
-                r["emotion"],
-                float(r["score"]),
-                r["scores"],
-                r["sentiment"],
-                float(r["sentiment_index"]),
-                _list(r.get("labels")),
-            )
-            for pdf in frames
-            for r in pdf.to_dict("records")
-        ]
+        rows = [score_row(r) for pdf in frames for r in pdf.to_dict("records")]
         with psycopg.connect(
             dsn, connect_timeout=connect_timeout, options=f"-c search_path={schema}"
         ) as conn:
