@@ -154,7 +154,7 @@ def ready_condition(**extra: Any) -> dict[str, Any]:
 
 
 def make_ready(kube: Kube, namespace: str, name: str, *, topics: bool = True, pods: bool = True,
-               job: bool = True, model: bool = True) -> None:  # fmt: skip
+               job: bool = True, model: bool = True, pods_timeout: float = 90) -> None:  # fmt: skip
     """Report every child Ready the way its controller would (Strimzi, kubelet, spark-operator, KubeRay)."""
     kids = children(kube, namespace, name)
     for (kind, ns, n), obj in kids.items():
@@ -178,9 +178,22 @@ def make_ready(kube: Kube, namespace: str, name: str, *, topics: bool = True, po
         elif kind == "ConfigMap" and n == f"{name}-job-report" and job:
             report_sinks(kube, namespace, name)
     if pods:
-        make_pods_ready(
-            kube, namespace, {naming.PIPELINE_LABEL: name, "app.kubernetes.io/component": "producer"}
+        selector = {naming.PIPELINE_LABEL: name, "app.kubernetes.io/component": "producer"}
+        # The controller-manager creates the producers' pods some time after their Deployments;
+        # under load that can be after this call, so wait (bounded) for every replica's pod.
+        want = sum(
+            int(obj.get("spec", {}).get("replicas", 1))
+            for (kind, _, _), obj in kids.items()
+            if kind == "Deployment"
+            and obj["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "producer"
         )
+        wait_for(
+            lambda: len(kube.list(POD, namespace, selector)) >= want,
+            pods_timeout,
+            interval=0.5,
+            what=f"{want} producer pods of {namespace}/{name}",
+        )
+        make_pods_ready(kube, namespace, selector)
 
 
 def report_sinks(kube: Kube, namespace: str, name: str, failing: dict[int, str] | None = None) -> None:
