@@ -327,6 +327,19 @@ COMMANDS: list[tuple[str, Ran | NotHere]] = [
         ),
     ),
     (
+        r"streamotion bench chaos --short",
+        Ran(
+            "tests/test_chaos.py::test_a_short_chaos_run_of_every_fault_loses_and_duplicates_nothing",
+            "with --rate 100 and a work directory of the test's own",
+        ),
+    ),
+    (
+        r"streamotion bench chaos( --fault \w+)*( --rate \d+)?",
+        NotHere(
+            "the full run takes about ten minutes of full load: a benchmark for a quiet machine; the short run (every fault, same code) is tested"
+        ),
+    ),
+    (
         r"streamotion model train --arch linear --multi-label( --taxonomy original)?",
         Ran(
             "tests/test_linear_model.py::test_training_writes_a_linear_model_dir_without_pickle",

@@ -81,7 +81,9 @@ def register(app: typer.Typer) -> None:
     from streamotion.cli.bench import app as bench_app
     from streamotion.cli.run import app as run_app
     from streamotion_jobs.bench import bench_pipeline
+    from streamotion_jobs.chaos import bench_chaos
 
     app.command("job")(job_cmd)
     run_app.command("backfill")(backfill_cmd)
     bench_app.command("pipeline")(bench_pipeline)
+    bench_app.command("chaos")(bench_chaos)

@@ -104,8 +104,15 @@ class PostgresServer(Server):
     remove_workdir = True
 
     def __init__(
-        self, database: str = "streamotion", user: str = "streamotion", workdir: str | Path | None = None
+        self,
+        database: str = "streamotion",
+        user: str = "streamotion",
+        workdir: str | Path | None = None,
+        durable: bool = False,
     ) -> None:
+        # durable: commits survive a crash of the server process (synchronous_commit on); the
+        # default trades that for speed (an acknowledged commit can be lost if postgres is killed)
+        self.durable = durable
         self.database = database
         self.user = user
         self.bin_dir, self.source = binaries()
@@ -188,7 +195,7 @@ class PostgresServer(Server):
                     "-c",
                     "fsync=off",
                     "-c",
-                    "synchronous_commit=off",
+                    f"synchronous_commit={'on' if self.durable else 'off'}",
                     "-c",
                     "full_page_writes=off",
                     "-c",
