@@ -33,6 +33,7 @@ from streamotion_operator.pacing import GENERATION_ANNOTATION, PACED, Pacer
 from streamotion_operator.status import (
     CHILD_CONFLICT,
     CHILD_TERMINATING,
+    CREDENTIALS_PENDING,
     ROLLOUT_PENDING,
     TOPIC_RECREATED,
     TRANSIENT_REASONS,
@@ -56,7 +57,15 @@ STRIMZI_TOPIC_FINALIZER = "strimzi.io/topic-operator"
 ACCEPTED_TOPIC_IDS = "streamotion.io/accepted-topic-ids"
 # Kinds whose children are deleted when the spec no longer asks for them. Never topics nor the
 # checkpoint claim (data): those go only with the pipeline (the claim through its ownerReference).
-PRUNABLE = ("Deployment", "Service", "PodMonitor", "PrometheusRule", "ConfigMap")
+PRUNABLE = (
+    "Deployment",
+    "Service",
+    "PodMonitor",
+    "PrometheusRule",
+    "ConfigMap",
+    "NetworkPolicy",
+    "KafkaUser",
+)
 # Children that use other children by name (mount the pipeline ConfigMap or the checkpoint claim,
 # run as or grant a role to the Spark ServiceAccount): not applied while one of those is someone
 # else's object (it would run with, write into or grant rights to that object).
@@ -188,6 +197,10 @@ class Controller:
         self._status_written: dict[tuple[str, str], tuple[str, str, dict[str, Any]]] = {}
         # Secrets found, by (namespace, name): (when checked, their keys); missing ones are not kept
         self._secrets: dict[tuple[str, str], tuple[float, set[str]]] = {}
+        # Kafka credentials to copy, by (namespace, name): (when read, {metadata, data})
+        self._sources: dict[tuple[str, str], tuple[float, dict[str, Any]]] = {}
+        # Copies (Secrets are not watched): key -> (hash of what was applied, when it was read back)
+        self._copies: dict[tuple[str, str, str], tuple[str, float]] = {}
 
     def close(self) -> None:
         self._io.shutdown(wait=False, cancel_futures=True)
@@ -260,7 +273,9 @@ class Controller:
             self._write_status(body, pending, old_status)
             self.event(body, "Normal", "Pending", "creating the pipeline's children")
             old_status = body["status"] = pending
-        desired = builders.build(p, self.cfg)
+        kafka_secrets = self._kafka_secrets(p, view)
+        desired = builders.build(p, self.cfg, kafka_secrets)
+        self._credentials_pending(p, kafka_secrets, out)
         owner = {
             "apiVersion": API_VERSION,
             "kind": KIND,
@@ -275,6 +290,7 @@ class Controller:
         conflicts: dict[tuple[str, str, str], str] = {}
         current: dict[tuple[str, str, str], dict[str, Any]] = {}
         to_apply: list[tuple[dict[str, Any], dict[str, Any] | None, str]] = []
+        copy_hashes: dict[tuple[str, str, str], str] = {}  # children of unwatched kinds (Secrets)
         for obj in desired:
             kind = KINDS[obj["kind"]]
             cond = builders.COMPONENT_CONDITION[builders.component_of(obj)]
@@ -286,6 +302,16 @@ class Controller:
                 obj["metadata"]["ownerReferences"] = [owner]
             k = builders.key(obj)
             wanted_keys.add(k)
+            if not kind.watched:
+                copy_hashes[k] = builders.spec_hash(obj)
+                copied = self._copies.get(k)
+                if (
+                    copied
+                    and copied[0] == copy_hashes[k]
+                    and (time.monotonic() - copied[1] < self.cfg.secret_check_seconds)
+                ):
+                    current[k] = obj  # applied as it is now, recently: no read
+                    continue
             have = live.get(k)
             if have is None:
                 # not among the pipeline's labelled children: an object of that name may still
@@ -344,6 +370,8 @@ class Controller:
                 is_subset(slim(obj), slim(have)) or self._defer(obj, have, cond, generation, out)
             ):
                 current[k] = have  # nothing to write, or a rewrite waiting for its slot
+                if k in copy_hashes:
+                    self._copies[k] = (copy_hashes[k], time.monotonic())
             else:
                 to_apply.append((obj, have, cond))
 
@@ -359,6 +387,8 @@ class Controller:
                 out.problems.append(self._apply_problem(obj, cond, result, p))
                 continue
             current[builders.key(obj)] = result
+            if builders.key(obj) in copy_hashes:
+                self._copies[builders.key(obj)] = (copy_hashes[builders.key(obj)], time.monotonic())
             self.own_versions[builders.key(obj)] = result.get("metadata", {}).get("resourceVersion", "")
             if obj["kind"] == "SparkApplication":
                 out.spark_applied = _spec_applied(result, have)
@@ -442,7 +472,7 @@ class Controller:
             return live
         sel = {naming.PIPELINE_LABEL: p.name, naming.PIPELINE_NS_LABEL: p.namespace}
         live = {}
-        kinds = [kind for kind in KINDS.values() if self.kube.installed(kind)]
+        kinds = [kind for kind in KINDS.values() if kind.watched and self.kube.installed(kind)]
         for kind, items in zip(
             kinds, self._io.map(lambda k: self.kube.list(k, None, sel), kinds), strict=True
         ):
@@ -532,6 +562,62 @@ class Controller:
         keys = set(secret.get("data") or {}) | set(secret.get("stringData") or {})
         self._secrets[(namespace, name)] = (time.monotonic(), keys)
         return keys
+
+    def _kafka_secrets(self, p: StreamPipeline, view: View | None) -> dict[tuple[str, str], Any]:
+        """The source Secrets of the pipeline's Kafka credential copies, by (namespace, name), None
+        where missing. Read by name (the operator never lists nor watches Secrets), again after
+        ``secret_check_seconds`` (Strimzi renews certificates well before the old ones expire: its
+        renewal period is days), a missing one at every reconcile."""
+        out: dict[tuple[str, str], Any] = {}
+        for c in builders.credential_copies(p, self.cfg):
+            hit = self._sources.get(c.source)
+            if hit and time.monotonic() - hit[0] < self.cfg.secret_check_seconds:
+                out[c.source] = hit[1]
+                continue
+            secret = self.kube.get(KINDS["Secret"], *c.source)
+            if secret is None:
+                self._sources.pop(c.source, None)
+                out[c.source] = None
+                continue
+            kept = {
+                "metadata": {"name": c.source[1], "namespace": c.source[0]},
+                "data": secret.get("data") or {},
+            }
+            self._sources[c.source] = (time.monotonic(), kept)
+            out[c.source] = kept
+        return out
+
+    def _credentials_pending(
+        self, p: StreamPipeline, sources: dict[tuple[str, str], Any], out: Outcome
+    ) -> None:
+        """CredentialsPending on the conditions of the components whose credentials are not there
+        yet (Strimzi's User Operator writes them once it has reconciled the KafkaUser)."""
+        for c in builders.credential_copies(p, self.cfg):
+            src = sources.get(c.source)
+            keys = set((src or {}).get("data") or {})
+            if src is not None and (c.keys is None or set(c.keys) <= keys):
+                continue
+            what = (
+                f"the cluster CA certificate Secret {c.source[0]}/{c.source[1]} (label "
+                f"{builders.CREDENTIALS_LABEL}=cluster-ca, set by the Kafka's "
+                "spec.kafka.template.clusterCaCert)"
+                if c.component == "config"
+                else f"Secret {c.source[0]}/{c.source[1]} of KafkaUser {c.source[1]} (written by Strimzi's "
+                "User Operator)"
+            )
+            conds = (
+                ("SourcesReady", "ProcessingReady")
+                if c.component == "config"
+                else (builders.COMPONENT_CONDITION[c.component],)
+            )
+            for cond in conds:
+                out.problems.append(
+                    Problem(
+                        cond,
+                        CREDENTIALS_PENDING,
+                        f"waiting for {what}; copied to {p.namespace}/{c.name} once there",
+                    )
+                )
 
     def _check_secrets(self, p: StreamPipeline, out: Outcome) -> None:
         cache: dict[str, set[str] | None] = {}
@@ -661,7 +747,7 @@ class Controller:
     def _cleanup(self, namespace: str, name: str, uid: str | None) -> Cleanup:
         sel = {naming.PIPELINE_LABEL: name, naming.PIPELINE_NS_LABEL: namespace}
         done = Cleanup()
-        for kind in (KINDS["KafkaTopic"], KINDS["ConfigMap"]):
+        for kind in (KINDS["KafkaTopic"], KINDS["KafkaUser"], KINDS["ConfigMap"]):
             if not self.kube.installed(kind, ttl=0):
                 continue
             for item in self.kube.list(kind, None, sel):

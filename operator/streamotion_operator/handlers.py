@@ -38,7 +38,9 @@ from streamotion_operator.kube import Kube
 from streamotion_operator.metrics import Metrics
 
 # Children whose changes should wake their pipeline's daemon at once (status, deletion).
-WATCHED_CHILDREN = ("Deployment", "KafkaTopic", "SparkApplication", "RayService")
+# (KafkaUser: Strimzi's User Operator marks it Ready once it has written the user's credentials,
+# which the operator then copies.)
+WATCHED_CHILDREN = ("Deployment", "KafkaTopic", "KafkaUser", "SparkApplication", "RayService")
 PIPELINE_INDEX = "streamotion_pipelines"
 CRD_INDEX = "streamotion_crds"
 
@@ -170,7 +172,8 @@ def make_settings(
     # (kopf/_cogs/clients/watching.py); a handler's own ``labels=`` filter is client-side only
     # (kopf/_core/intents/registries.py _matches_labels).
     for kind in KINDS.values():
-        settings.watching.label_selectors[kind.group, kind.version, kind.plural] = MANAGED_SELECTOR
+        if kind.watched:
+            settings.watching.label_selectors[kind.group, kind.version, kind.plural] = MANAGED_SELECTOR
     if peering:
         settings.peering.name = peering
         settings.peering.standalone = False
@@ -211,7 +214,7 @@ def make_registry(rt: Runtime) -> kopf.OperatorRegistry:
         ]
         return {"served": served}
 
-    for kind in KINDS.values():
+    for kind in (k for k in KINDS.values() if k.watched):
 
         def index_child(body, labels, kind=kind, **_: Any) -> dict[Any, Any]:
             owner = (labels.get(naming.PIPELINE_NS_LABEL), labels.get(naming.PIPELINE_LABEL))

@@ -47,14 +47,19 @@ def rules(cfg: OperatorConfig | None = None) -> list[dict[str, Any]]:
             "verbs": ["get", "list", "watch", "patch"],
         },
         {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
-        # Referenced Secrets are checked for existence and keys, never copied.
-        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
     ]
+    # Secrets: referenced ones are read by name for their keys, Kafka credentials (Strimzi's user
+    # Secrets, the cluster CA certificate) read by name and copied into pipeline namespaces; never
+    # listed nor watched (so the operator cannot enumerate the cluster's Secrets).
     by_group: dict[str, list[str]] = {}
     for kind in KINDS.values():
-        by_group.setdefault(kind.group, []).append(kind.plural)
+        if kind.verbs is None:
+            by_group.setdefault(kind.group, []).append(kind.plural)
     for group in sorted(by_group):
         out.append({"apiGroups": [group], "resources": sorted(by_group[group]), "verbs": list(MANAGE)})
+    for kind in KINDS.values():
+        if kind.verbs is not None:
+            out.append({"apiGroups": [kind.group], "resources": [kind.plural], "verbs": list(kind.verbs)})
     # The Spark driver's RoleBinding may only point at this one ClusterRole.
     out.append(
         {

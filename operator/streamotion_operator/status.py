@@ -18,6 +18,8 @@ CHILD_CONFLICT = "ChildConflict"
 CHILD_TERMINATING = "ChildTerminating"
 TOPIC_RECREATED = "TopicRecreated"
 SINK_FAILING = "SinkFailing"
+CREDENTIALS_PENDING = "CredentialsPending"
+"""A component's Kafka credentials (its KafkaUser's Secret, the cluster CA) are not there yet to copy."""
 ROLLOUT_PENDING = "RolloutPending"
 """A SparkApplication or RayService still runs the previous operator's spec, its rewrite queued (pacing)."""
 TRANSIENT_REASONS = {

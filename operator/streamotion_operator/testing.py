@@ -105,7 +105,11 @@ def condition(body: dict[str, Any] | None, ctype: str) -> dict[str, Any]:
 
 def children(kube: Kube, namespace: str, name: str) -> dict[tuple[str, str, str], dict[str, Any]]:
     """Every live child of the pipeline, by (kind, namespace, name)."""
-    sel = {naming.PIPELINE_LABEL: name, naming.PIPELINE_NS_LABEL: namespace}
+    sel = {
+        naming.PIPELINE_LABEL: name,
+        naming.PIPELINE_NS_LABEL: namespace,
+        "app.kubernetes.io/managed-by": naming.MANAGED_BY,  # not Strimzi's user Secrets (same pipeline labels)
+    }
     out = {}
     for kind in KINDS.values():
         if not kube.installed(kind, ttl=0):
@@ -157,6 +161,8 @@ def make_ready(kube: Kube, namespace: str, name: str, *, topics: bool = True, po
                job: bool = True, model: bool = True, pods_timeout: float = 90) -> None:  # fmt: skip
     """Report every child Ready the way its controller would (Strimzi, kubelet, spark-operator, KubeRay)."""
     kids = children(kube, namespace, name)
+    if any(k[0] == "KafkaUser" for k in kids):
+        strimzi_credentials(kube, namespace, name)
     for (kind, ns, n), obj in kids.items():
         gen = obj["metadata"].get("generation", 1)
         if kind == "KafkaTopic" and topics:
@@ -194,6 +200,83 @@ def make_ready(kube: Kube, namespace: str, name: str, *, topics: bool = True, po
             what=f"{want} producer pods of {namespace}/{name}",
         )
         make_pods_ready(kube, namespace, selector)
+
+
+def _b64(text: str) -> str:
+    import base64
+
+    return base64.b64encode(text.encode()).decode()
+
+
+def write_secret(kube: Kube, namespace: str, name: str, labels: dict[str, str], data: dict[str, str]) -> None:
+    """Create or replace a Secret (``data`` in clear text), as an upstream operator writes one."""
+    body = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "type": "Opaque",
+        "data": {k: _b64(v) for k, v in data.items()},
+    }
+    kube.request(
+        "PATCH",
+        SECRET.path(namespace, name),
+        body=body,
+        query={"fieldManager": "strimzi-simulated", "force": "true"},
+        content_type="application/apply-patch+yaml",
+    )
+
+
+def strimzi_credentials(kube: Kube, namespace: str, name: str, generation: int = 0) -> list[str]:
+    """What Strimzi writes for the pipeline's KafkaUsers (strimzi 1.2.0 user-operator
+    KafkaUserModel: a Secret named like the user in its namespace, the KafkaUser's labels but
+    app.kubernetes.io/* (Labels.fromResource), managed-by strimzi-user-operator; keys user.crt,
+    user.key, ca.crt, user.p12, user.password for tls, password and sasl.jaas.config for
+    scram-sha-512) and the cluster CA certificate Secret <cluster>-cluster-ca-cert (key ca.crt),
+    then the KafkaUser's Ready condition. ``generation``: a different one rotates the contents.
+    Returns the Secrets written, as namespace/name."""
+    written = []
+    for (kind, ns, n), obj in children(kube, namespace, name).items():
+        if kind != "KafkaUser":
+            continue
+        own = obj["metadata"]["labels"]
+        labels = {k: v for k, v in own.items() if not k.startswith("app.kubernetes.io/")}
+        labels.update(
+            {
+                "app.kubernetes.io/managed-by": "strimzi-user-operator",
+                "app.kubernetes.io/name": "strimzi-user-operator",
+                "app.kubernetes.io/instance": n,
+                "strimzi.io/kind": "KafkaUser",
+            }
+        )
+        if obj["spec"]["authentication"]["type"] == "tls":
+            data = {
+                "user.crt": f"CERT {n} {generation}",
+                "user.key": f"KEY {n} {generation}",
+                "ca.crt": f"CLIENTS CA {generation}",
+                "user.p12": f"P12 {n} {generation}",
+                "user.password": f"P12 PASSWORD {generation}",
+            }
+        else:
+            data = {
+                "password": f"password-{n}-{generation}",
+                "sasl.jaas.config": "org.apache.kafka.common.security.scram.ScramLoginModule required "
+                f'username="{n}" password="password-{n}-{generation}";',
+            }
+        write_secret(kube, ns, n, labels, data)
+        written.append(f"{ns}/{n}")
+        _status(kube, KINDS[kind], ns, n, {"conditions": [ready_condition()], "username": f"CN={n}"})
+        cluster = own.get("strimzi.io/cluster", "streamotion")
+        ca = f"{cluster}-cluster-ca-cert"
+        if f"{ns}/{ca}" not in written:
+            write_secret(
+                kube,
+                ns,
+                ca,
+                {"strimzi.io/cluster": cluster, "strimzi.io/kind": "Kafka"},
+                {"ca.crt": f"CLUSTER CA {generation}", "ca.p12": "P12", "ca.password": "x"},
+            )
+            written.append(f"{ns}/{ca}")
+    return written
 
 
 def report_sinks(kube: Kube, namespace: str, name: str, failing: dict[int, str] | None = None) -> None:

@@ -3,6 +3,7 @@ keys the controller tracks children by."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from streamotion.api.models import StreamPipeline
@@ -14,13 +15,22 @@ from .kafka import kafka_topics
 from .monitoring import pod_monitors, prometheus_rule
 from .producers import producer
 from .ray import ray_service
+from .security import credential_secrets, kafka_users, network_policies
 from .spark import checkpoint_claim, job_report, spark_application, spark_service_account
 
 
-def build(p: StreamPipeline, cfg: OperatorConfig) -> list[dict[str, Any]]:
-    """Every child of ``p``, in apply order (configuration first)."""
+def build(
+    p: StreamPipeline,
+    cfg: OperatorConfig,
+    kafka_secrets: Mapping[tuple[str, str], dict[str, Any] | None] | None = None,
+) -> list[dict[str, Any]]:
+    """Every child of ``p``, in apply order (configuration first). ``kafka_secrets``: the Kafka
+    credentials to copy, by (namespace, name) (None: the copies without their data, as rendered)."""
     out: list[dict[str, Any]] = [pipeline_config_map(p)]
     out += kafka_topics(p, cfg)
+    out += kafka_users(p, cfg)
+    out += credential_secrets(p, cfg, kafka_secrets)
+    out += network_policies(p, cfg)
     for s in p.spec.sources:
         out += producer(p, s, cfg)
     out += spark_service_account(p, cfg)

@@ -18,7 +18,9 @@ def kafka_namespace(p: StreamPipeline, cfg: OperatorConfig) -> str:
 
 def kafka_bootstrap(p: StreamPipeline, cfg: OperatorConfig) -> str:
     k = p.spec.kafka
-    return k.bootstrap_servers or f"{k.cluster}-kafka-bootstrap.{kafka_namespace(p, cfg)}.svc:9092"
+    # the chart's listeners: plain 9092, tls 9093 (mutual TLS), scram 9094 (SCRAM-SHA-512 over TLS)
+    port = {"none": 9092, "tls": 9093, "scram-sha-512": 9094}[k.authentication]
+    return k.bootstrap_servers or f"{k.cluster}-kafka-bootstrap.{kafka_namespace(p, cfg)}.svc:{port}"
 
 
 def topic_replicas(p: StreamPipeline, cfg: OperatorConfig) -> int:

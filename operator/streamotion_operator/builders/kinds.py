@@ -15,6 +15,10 @@ class Kind:
     plural: str
     namespaced: bool = True
     crd: str | None = None
+    watched: bool = True
+    """False: never listed nor watched (Secrets: the operator reads the few it needs by name)."""
+    verbs: tuple[str, ...] | None = None
+    """The operator's RBAC verbs on this kind (None: all it uses to manage children)."""
 
     @property
     def group(self) -> str:
@@ -42,9 +46,14 @@ KINDS: dict[str, Kind] = {
         Kind("v1", "Service", "services"),
         Kind("v1", "ServiceAccount", "serviceaccounts"),
         Kind("v1", "PersistentVolumeClaim", "persistentvolumeclaims"),
+        # copies of Kafka credentials; read by name (referenced Secrets, Strimzi's user Secrets and
+        # cluster CA certificate), never listed or watched
+        Kind("v1", "Secret", "secrets", watched=False, verbs=("get", "create", "patch")),
+        Kind("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies"),
         Kind("apps/v1", "Deployment", "deployments"),
         Kind("rbac.authorization.k8s.io/v1", "RoleBinding", "rolebindings"),
         Kind("kafka.strimzi.io/v1", "KafkaTopic", "kafkatopics", crd="Strimzi"),
+        Kind("kafka.strimzi.io/v1", "KafkaUser", "kafkausers", crd="Strimzi"),
         Kind("sparkoperator.k8s.io/v1beta2", "SparkApplication", "sparkapplications", crd="spark-operator"),
         Kind("ray.io/v1", "RayService", "rayservices", crd="KubeRay"),
         Kind("monitoring.coreos.com/v1", "PodMonitor", "podmonitors", crd="prometheus-operator"),

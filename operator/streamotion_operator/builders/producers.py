@@ -23,6 +23,7 @@ from .common import (
     spec_hash,
 )
 from .kafka import kafka_bootstrap
+from .security import kafka_client, producer_identity
 
 SOURCE_LABEL = "streamotion.io/source"
 
@@ -49,6 +50,8 @@ def producer(p: StreamPipeline, s: Source, cfg: OperatorConfig) -> list[dict[str
         {"name": "STREAMOTION_KAFKA_BOOTSTRAP", "value": kafka_bootstrap(p, cfg)},
         {"name": "STREAMOTION_METRICS_PORT", "value": str(naming.METRICS_PORT)},
     ]
+    kafka_env, kafka_volumes, kafka_mounts = kafka_client(p, producer_identity(p, s))
+    env += kafka_env
     secret = source_secret(s)
     if secret:
         for env_name, key in env_from_secret().get(s.type, {}).items():
@@ -58,7 +61,11 @@ def producer(p: StreamPipeline, s: Source, cfg: OperatorConfig) -> list[dict[str
         ports.insert(0, {"name": "http", "containerPort": s.http.port, "protocol": "TCP"})
     # Restart producers only when what they read changes (their source, Kafka), not on any spec edit.
     config_hash = spec_hash(
-        {"source": s.model_dump(mode="json", by_alias=True), "kafka": kafka_bootstrap(p, cfg)}
+        {
+            "source": s.model_dump(mode="json", by_alias=True),
+            "kafka": kafka_bootstrap(p, cfg),
+            "authentication": p.spec.kafka.authentication,
+        }
     )
     probe: dict[str, Any] = {"periodSeconds": 10, "timeoutSeconds": 5}
     # Ready while Kafka is reachable (/healthz of http sources, /readyz of the others); alive while
@@ -100,10 +107,14 @@ def producer(p: StreamPipeline, s: Source, cfg: OperatorConfig) -> list[dict[str
                             "readinessProbe": probe,
                             "livenessProbe": {**alive, "initialDelaySeconds": 10, "failureThreshold": 6},
                             "securityContext": CONTAINER_SECURITY,
-                            "volumeMounts": [_PIPELINE_MOUNT, {"name": "tmp", "mountPath": "/tmp"}],
+                            "volumeMounts": [
+                                _PIPELINE_MOUNT,
+                                {"name": "tmp", "mountPath": "/tmp"},
+                                *kafka_mounts,
+                            ],
                         }
                     ],
-                    "volumes": [_pipeline_volume(p), {"name": "tmp", "emptyDir": {}}],
+                    "volumes": [_pipeline_volume(p), {"name": "tmp", "emptyDir": {}}, *kafka_volumes],
                 },
             },
         },

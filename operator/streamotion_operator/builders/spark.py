@@ -21,6 +21,7 @@ from .common import (
 )
 from .kafka import kafka_bootstrap
 from .ray import model_url
+from .security import job_identity, kafka_client
 
 CHECKPOINT_MOUNT = "/checkpoint"  # streamotion_jobs.config.CHECKPOINT_MOUNT
 BIGQUERY_KEY_DIR = "/var/run/secrets/streamotion/bigquery"
@@ -103,6 +104,11 @@ def spark_application(p: StreamPipeline, cfg: OperatorConfig) -> dict[str, Any]:
     ]
     volumes: list[dict[str, Any]] = [_pipeline_volume(p), {"name": "tmp", "emptyDir": {}}]
     mounts: list[dict[str, Any]] = [_PIPELINE_MOUNT, {"name": "tmp", "mountPath": "/tmp"}]
+    # the job's Kafka identity, on the driver and the executors (both read and write Kafka)
+    kafka_env, kafka_volumes, kafka_mounts = kafka_client(p, job_identity(p))
+    env += kafka_env
+    volumes += kafka_volumes
+    mounts += kafka_mounts
     # Executors parse, classify and write the sinks' staging tables themselves (streamotion_jobs.job:
     # no event row on the driver), so they get the sink credentials too; the checkpoint (a
     # ReadWriteOnce claim: executors on other nodes could not attach it) stays the driver's only.

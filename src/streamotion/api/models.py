@@ -134,7 +134,14 @@ class KafkaSpec(ApiModel):
     retention_hours: int = Field(168, ge=1, le=87600)
     """How long raw events and dead letters are kept, in hours (the window for backfills)."""
     bootstrap_servers: str | None = Field(None, max_length=1024)
-    """Bootstrap address override (host:port,...). Defaults to the Strimzi cluster's plain listener."""
+    """Bootstrap address override (host:port,...). Defaults to the Strimzi cluster's listener that
+    matches authentication (9093 tls, 9094 scram-sha-512, 9092 none)."""
+    authentication: Literal["tls", "scram-sha-512", "none"] = "tls"
+    """How the pipeline's components prove who they are to Kafka. tls: mutual TLS, a client
+    certificate per component; scram-sha-512: a password per component, over TLS. With either, the
+    operator creates a Strimzi KafkaUser per component (each producer, the job) whose ACLs allow only
+    its own pipeline's topics, and copies its credentials into this namespace. none: the plaintext
+    listener, no identity and no ACLs (a demo on a cluster whose chart value kafka.plainListener is on)."""
 
 
 # -------------------------------------------------------------------------------------- sources
@@ -190,6 +197,30 @@ class XSource(ApiModel):
     """Secret with key bearer_token."""
 
 
+class AllowedSource(ApiModel):
+    """Who may call an HTTP ingest service (a NetworkPolicy peer): pods of a namespace, or addresses."""
+
+    cel_rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="has(self.__namespace__) != has(self.cidr)",
+            message="set exactly one of namespace or cidr",
+            check=lambda o: ("namespace" in o) != ("cidr" in o),
+        ),
+        Rule(
+            cel="!has(self.podLabels) || has(self.__namespace__)",
+            message="podLabels narrows a namespace: it needs namespace",
+            field_path=".podLabels",
+            check=lambda o: "podLabels" not in o or "namespace" in o,
+        ),
+    )
+    namespace: str | None = Field(None, min_length=1, max_length=63, pattern=DNS1123_LABEL)
+    """Pods of this namespace (for example your ingress controller's)."""
+    pod_labels: dict[str, str] | None = Field(None, max_length=20)
+    """Only the pods of that namespace with these labels."""
+    cidr: str | None = Field(None, max_length=43, pattern=r"^[0-9a-fA-F.:]+/[0-9]{1,3}$")
+    """Addresses in this CIDR (0.0.0.0/0: anywhere, for a LoadBalancer or NodePort service)."""
+
+
 class HttpSource(ApiModel):
     """An HTTP ingest endpoint (POST /v1/events) for your own applications."""
 
@@ -199,6 +230,14 @@ class HttpSource(ApiModel):
     """Secret with key token: clients send it as a bearer token."""
     max_batch_size: int = Field(1000, ge=1, le=1000)
     """Most events one request may carry."""
+    allowed_sources: list[AllowedSource] = Field(
+        default_factory=lambda: [AllowedSource(namespace="ingress-nginx")],
+        min_length=1,
+        max_length=20,
+        json_schema_extra={"default": [{"namespace": "ingress-nginx"}]},
+    )
+    """Who may reach the ingest port (the pipeline's NetworkPolicy); everything else is refused.
+    Default: the ingress-nginx namespace."""
 
 
 class ReplaySource(ApiModel):
@@ -545,7 +584,7 @@ class StreamPipeline(BaseModel):
 def all_rules() -> dict[str, Rule]:
     """Every cross-field rule, by its CEL expression."""
     out: dict[str, Rule] = {}
-    for model in (MastodonSource, Source, ProcessingSpec, ModelReplicas, ModelSpec, Sink):
+    for model in (MastodonSource, AllowedSource, Source, ProcessingSpec, ModelReplicas, ModelSpec, Sink):
         for rule in model.cel_rules:
             out[rule.cel] = rule
     return out
