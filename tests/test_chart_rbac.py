@@ -130,9 +130,11 @@ def test_operator_runs_with_the_chart_service_account(
 ):
     sa_ns, sa = chart_rbac["namespace"], chart_rbac["serviceAccount"]
     wait_for(lambda: can_i(control_plane, sa_ns, sa, "watch", "streampipelines.streamotion.io", None), 30)
-    # Not cluster-admin: the ServiceAccount cannot, for example, read pods or write Secrets.
+    # Not cluster-admin: the ServiceAccount cannot, for example, read pods or list or watch Secrets
+    # (it reads the ones it needs by name and writes only the Kafka credentials' copies).
     assert not can_i(control_plane, sa_ns, sa, "list", "pods", namespace)
-    assert not can_i(control_plane, sa_ns, sa, "create", "secrets", namespace)
+    assert not can_i(control_plane, sa_ns, sa, "list", "secrets", namespace)
+    assert not can_i(control_plane, sa_ns, sa, "watch", "secrets", KAFKA_NS)
     kubeconfig = token_kubeconfig(control_plane, sa_ns, sa, tmp_path / "sa.kubeconfig")
     create_secrets(admin, namespace)
     op = OperatorThread(kubeconfig, op_config).start()
@@ -140,6 +142,7 @@ def test_operator_runs_with_the_chart_service_account(
         apply_pipeline(admin, pipeline("rbac", namespace))
         kinds = {"ConfigMap", "KafkaTopic", "Deployment", "SparkApplication", "RayService", "ServiceAccount"}
         kinds |= {"RoleBinding", "PersistentVolumeClaim", "PodMonitor", "PrometheusRule"}
+        kinds |= {"KafkaUser", "NetworkPolicy"}
         wait_for(
             lambda: kinds <= {k[0] for k in children(admin, namespace, "rbac")},
             90,
@@ -158,6 +161,8 @@ def test_operator_runs_with_the_chart_service_account(
             return (get_pipeline(admin, namespace, "rbac").get("status") or {}).get("phase") == "Running"
 
         wait_for(running, 90, interval=1, what="phase Running")
+        # the Kafka credentials Strimzi wrote (make_ready) were copied under the chart's rules
+        assert {k[0] for k in children(admin, namespace, "rbac") if k[1] == namespace} >= {"Secret"}
         # Deletion: the finalizer's cleanup removes the children in other namespaces, then the pipeline goes.
         admin.request("DELETE", f"/apis/streamotion.io/v1alpha1/namespaces/{namespace}/streampipelines/rbac")
         wait_for(lambda: get_pipeline(admin, namespace, "rbac") is None, 60, what="pipeline deleted")

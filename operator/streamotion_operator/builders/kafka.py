@@ -12,14 +12,18 @@ from streamotion_operator.config import OperatorConfig
 from .common import _meta
 
 
+# The chart's Kafka listeners (charts/streamotion/templates/kafka.yaml), by spec.kafka.authentication:
+# plain (off unless kafka.plainListener), tls (mutual TLS), scram (SCRAM-SHA-512 over TLS).
+LISTENER_PORTS = {"none": 9092, "tls": 9093, "scram-sha-512": 9094}
+
+
 def kafka_namespace(p: StreamPipeline, cfg: OperatorConfig) -> str:
     return p.spec.kafka.namespace or cfg.kafka_namespace
 
 
 def kafka_bootstrap(p: StreamPipeline, cfg: OperatorConfig) -> str:
     k = p.spec.kafka
-    # the chart's listeners: plain 9092, tls 9093 (mutual TLS), scram 9094 (SCRAM-SHA-512 over TLS)
-    port = {"none": 9092, "tls": 9093, "scram-sha-512": 9094}[k.authentication]
+    port = LISTENER_PORTS[k.authentication]
     return k.bootstrap_servers or f"{k.cluster}-kafka-bootstrap.{kafka_namespace(p, cfg)}.svc:{port}"
 
 

@@ -24,7 +24,7 @@ from streamotion.security.acls import Identity, component_identities, identity_o
 from streamotion_operator.config import OperatorConfig
 
 from .common import _meta, selector
-from .kafka import kafka_namespace
+from .kafka import LISTENER_PORTS, kafka_namespace
 
 CREDENTIALS_LABEL = "streamotion.io/kafka-credentials"
 """user: a Strimzi user Secret of a pipeline's KafkaUser; cluster-ca: a cluster CA certificate
@@ -40,8 +40,6 @@ CERT_ENV = "STREAMOTION_KAFKA_CERT"
 KEY_ENV = "STREAMOTION_KAFKA_KEY"
 USERNAME_ENV = "STREAMOTION_KAFKA_USERNAME"
 PASSWORD_ENV = "STREAMOTION_KAFKA_PASSWORD"
-# Listener ports of the chart's Kafka (charts/streamotion/templates/kafka.yaml)
-LISTENER_PORTS = {"none": 9092, "tls": 9093, "scram-sha-512": 9094}
 SECURITY_MODE = {"none": "plaintext", "tls": "tls", "scram-sha-512": "scram-sha-512"}
 
 
