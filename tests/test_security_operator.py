@@ -363,3 +363,15 @@ def test_chart_kafka_authenticates_and_authorizes(chart):
     from streamotion_operator.builders.kafka import LISTENER_PORTS
 
     assert LISTENER_PORTS == {"none": 9092, "tls": 9093, "scram-sha-512": 9094}
+
+
+def test_a_kafka_elsewhere_is_reached_on_its_ports():
+    """spec.kafka.bootstrapServers: egress to its ports at any address; a malformed value never
+    breaks the build (then any port)."""
+    body = pipeline("far", "team-a", spec())
+    body["spec"]["kafka"]["bootstrapServers"] = "k1.example:9095, k2.example:9096,oops:x"
+    egress = policy(builders.network_policies(model(body), OperatorConfig()), "far-src-demo")["egress"]
+    assert egress[1]["ports"] == [{"protocol": "TCP", "port": 9095}, {"protocol": "TCP", "port": 9096}]
+    body["spec"]["kafka"]["bootstrapServers"] = "garbage"
+    egress = policy(builders.network_policies(model(body), OperatorConfig()), "far-src-demo")["egress"]
+    assert "ports" not in egress[1] and egress[1]["to"]

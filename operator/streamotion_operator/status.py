@@ -85,11 +85,16 @@ def pipeline_status(
         observed = generation
     status: dict[str, Any] = {"observedGeneration": observed} if observed is not None else {}
     problems: dict[str, list[Problem]] = {}
-    for pr in found:
+    # credentials still to come are the least of a condition's problems: any other reason goes first
+    for pr in sorted(found, key=lambda pr: pr.reason == CREDENTIALS_PENDING):
         problems.setdefault(pr.condition, []).append(pr)
     waiting: dict[str, list[str]] = {c: [] for c in COMPONENT_CONDITIONS}
     if p is not None:
-        _component_status(p, cfg, current, status, waiting, problems, old, spark_applied, topic_ids)
+        # a component waiting only for its credentials still reports what else it waits for
+        hard = {c: prs for c, prs in problems.items() if any(x.reason != CREDENTIALS_PENDING for x in prs)}
+        _component_status(p, cfg, current, status, waiting, hard, old, spark_applied, topic_ids)
+        for c, prs in hard.items():
+            problems.setdefault(c, prs)
     suspended = bool(p and p.spec.suspend)
     conds: dict[str, tuple[str, str, str]] = {}
     for c in COMPONENT_CONDITIONS:
@@ -97,7 +102,9 @@ def pipeline_status(
             conds[c] = ("Unknown", "InvalidSpec", "the spec could not be read")
         elif c in problems:
             first = problems[c][0]
-            conds[c] = ("False", first.reason, "; ".join(x.message for x in problems[c]))
+            # waiting for credentials: what else the component waits for, too
+            also = waiting[c] if first.reason == CREDENTIALS_PENDING else []
+            conds[c] = ("False", first.reason, "; ".join([*also, *(x.message for x in problems[c])]))
         elif suspended and c in ("SourcesReady", "ProcessingReady", "ModelReady"):
             conds[c] = ("False", "Suspended", "spec.suspend is true")
         elif waiting[c]:

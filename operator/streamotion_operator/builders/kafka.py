@@ -11,7 +11,6 @@ from streamotion_operator.config import OperatorConfig
 
 from .common import _meta
 
-
 # The chart's Kafka listeners (charts/streamotion/templates/kafka.yaml), by spec.kafka.authentication:
 # plain (off unless kafka.plainListener), tls (mutual TLS), scram (SCRAM-SHA-512 over TLS).
 LISTENER_PORTS = {"none": 9092, "tls": 9093, "scram-sha-512": 9094}

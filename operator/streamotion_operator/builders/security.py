@@ -202,7 +202,8 @@ INTERNET_SOURCES = ("reddit", "mastodon", "bluesky", "x")
 def _kafka_egress(p: StreamPipeline, cfg: OperatorConfig) -> dict[str, Any]:
     k = p.spec.kafka
     if k.bootstrap_servers:  # a Kafka elsewhere: its ports, to any address
-        ports = sorted({int(h.rsplit(":", 1)[1]) for h in k.bootstrap_servers.split(",") if ":" in h})
+        given = (h.strip().rsplit(":", 1)[-1] for h in k.bootstrap_servers.split(",") if ":" in h)
+        ports = sorted({int(port) for port in given if port.isdigit() and 0 < int(port) < 65536})
         return {"ports": [{"protocol": "TCP", "port": port} for port in ports] or None, "to": INTERNET}
     return {
         "to": [
