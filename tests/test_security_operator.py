@@ -68,6 +68,7 @@ def test_kafka_users_credentials_and_rotation(kube, namespace):
                                                             "user_agent": "u"},
                                      "pg-app": {"username": "u", "password": "p"},
                                      "hooks-token": {"token": "t"}})  # fmt: skip
+    kube.delete(SECRET, KAFKA_NS, "streamotion-cluster-ca-cert")  # another test's Strimzi may have written it
     body = pipeline("sec", namespace, spec())
     apply_pipeline(kube, body)
     p = model(body)
