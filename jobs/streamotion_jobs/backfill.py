@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from streamotion.api.models import StreamPipeline
+from streamotion.security.acls import job_group_prefix
 from streamotion_jobs.config import JobConfig
 from streamotion_jobs.sinks import US
 from streamotion_jobs.transform import (
@@ -110,6 +111,7 @@ def events_from_kafka(spark, cfg: JobConfig, start: datetime, end: datetime, aft
         .option("endingOffsetsByTimestamp", ending)
         # no record at or after the start time in a partition: nothing to read there (not an error)
         .option("startingOffsetsByTimestampStrategy", "latest")
+        .option("groupIdPrefix", job_group_prefix(cfg.pipeline))  # the job's group ACL (security.acls)
         .load()
         .select("key", "value", "topic", "partition", "offset")
     )

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 import pandas as pd
 
 from streamotion.events import DeadLetter
+from streamotion.security.acls import job_group_prefix
 from streamotion_jobs.config import JobConfig
 from streamotion_jobs.metrics import JobMetrics, LagMonitor
 from streamotion_jobs.report import SinkReport
@@ -115,7 +116,7 @@ class StreamingJob:
             .option("subscribe", cfg.topics["raw"])
             .option("startingOffsets", self.starting_offsets())
             .option("maxOffsetsPerTrigger", str(cfg.max_events_per_trigger))
-            .option("groupIdPrefix", f"{cfg.topics['raw']}.job")
+            .option("groupIdPrefix", job_group_prefix(cfg.pipeline))  # the job's group ACL (security.acls)
             .option("minPartitions", str(max(1, self.spark.sparkContext.defaultParallelism)))
         )
         return reader.load().select("key", "value", "topic", "partition", "offset")

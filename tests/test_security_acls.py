@@ -1,0 +1,123 @@
+"""The Kafka identities and ACLs of a pipeline's components (streamotion.security.acls): exactly what
+each component needs, nothing of another pipeline's, within Strimzi's and Spark's rules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from streamotion import naming
+from streamotion.api.models import StreamPipeline
+from streamotion.security.acls import (
+    MAX_USER_NAME,
+    AclRule,
+    component_identities,
+    identity_of,
+    job_group_prefix,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def pipeline(name: str = "reviews", namespace: str = "team-a", sources=("replay", "hooks")) -> StreamPipeline:
+    types = {
+        "replay": {"type": "replay", "replay": {}},
+        "hooks": {"type": "http", "http": {"tokenSecret": "t"}},
+    }
+    return StreamPipeline.model_validate(
+        {
+            "apiVersion": "streamotion.io/v1alpha1",
+            "kind": "StreamPipeline",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {
+                "sources": [{"name": s, **types.get(s, types["replay"])} for s in sources],
+                "sinks": [{"type": "postgres", "postgres": {"host": "pg", "credentialsSecret": "pg"}}],
+            },
+        }
+    )
+
+
+def test_each_producer_writes_its_topics_and_the_job_reads_raw_and_writes_dead_letters():
+    p = pipeline()
+    raw, dlq = naming.topic_names(p)["raw"], naming.topic_names(p)["deadLetter"]
+    ids = component_identities(p)
+    assert [(i.component, i.source) for i in ids] == [
+        ("producer", "replay"),
+        ("producer", "hooks"),
+        ("job", None),
+    ]
+    for producer in ids[:2]:
+        assert producer.acls == (
+            AclRule("topic", raw, "literal", ("Write", "Describe")),
+            AclRule("topic", dlq, "literal", ("Write", "Describe")),
+            AclRule("cluster", None, "literal", ("IdempotentWrite",)),
+        )
+    assert identity_of(p, "job").acls == (
+        AclRule("topic", raw, "literal", ("Read", "Describe")),
+        AclRule("group", f"{raw}.job", "prefix", ("Read",)),
+        AclRule("topic", dlq, "literal", ("Write", "Describe")),
+    )
+    # nothing else: no prefix on topics, no wildcard, no Read for a producer, no Write on raw for the job
+    for ident in ids:
+        for rule in ident.acls:
+            assert rule.name is None or "*" not in rule.name
+            assert rule.resource_type != "topic" or rule.pattern_type == "literal"
+    assert not any("Read" in r.operations for r in ids[0].acls)
+    assert not any(r.name == raw and "Write" in r.operations for r in ids[2].acls)
+
+
+def test_strimzi_acl_entries_and_admin_api_bindings():
+    """strimzi/strimzi-kafka-operator@1.2.0 packaging/install/cluster-operator/044-Crd-kafkauser.yaml:
+    acls[].resource {type topic|group|cluster|transactionalId, name, patternType literal|prefix},
+    operations [Read, Write, Describe, IdempotentWrite, ...]; the cluster resource has no name."""
+    p = pipeline()
+    job = identity_of(p, "job")
+    assert job.acls[1].strimzi() == {
+        "resource": {"type": "group", "name": job_group_prefix(p), "patternType": "prefix"},
+        "operations": ["Read"],
+    }
+    cluster = identity_of(p, "producer", "replay").acls[2]
+    assert cluster.strimzi() == {"resource": {"type": "cluster"}, "operations": ["IdempotentWrite"]}
+    assert cluster.bindings() == [("CLUSTER", "kafka-cluster", "LITERAL", "IDEMPOTENT_WRITE")]
+    assert job.acls[1].bindings() == [("GROUP", job_group_prefix(p), "PREFIXED", "READ")]
+    # every operation name is one of the CRD's enum
+    crd = yaml.safe_load((ROOT.parent / "shared/crds/strimzi-1.2.0/044-Crd-kafkauser.yaml").read_text())
+    acl = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"][
+        "authorization"
+    ]["properties"]["acls"]["items"]["properties"]
+    for ident in component_identities(p):
+        for rule in ident.acls:
+            assert set(rule.operations) <= set(acl["operations"]["items"]["enum"])
+            assert rule.resource_type in acl["resource"]["properties"]["type"]["enum"]
+
+
+def test_principals_follow_strimzi_user_names():
+    """strimzi/strimzi-kafka-operator@1.2.0 user-operator/src/main/java/io/strimzi/operator/user/model/
+    KafkaUserModel.java: a TLS user's principal is CN=<KafkaUser name> (getTlsUserName), a SCRAM
+    user's is the name itself; a TLS user's name is at most 64 characters (validateTlsUsername)."""
+    job = identity_of(pipeline(), "job")
+    assert job.principal("tls") == f"User:CN={job.user}"
+    assert job.principal("scram-sha-512") == f"User:{job.user}"
+
+
+@pytest.mark.parametrize("ns", ["a", "n" * 63])
+def test_user_names_are_short_unique_and_dns_labels(ns):
+    longest = pipeline("p" * 30, ns, sources=("s" * 20, "replay"))
+    other_ns = pipeline("p" * 30, ns + "x" if len(ns) < 63 else "m" * 63, sources=("s" * 20, "replay"))
+    users = [i.user for i in component_identities(longest)]
+    assert all(len(u) <= MAX_USER_NAME for u in users)
+    assert len(set(users)) == len(users)
+    assert not set(users) & {i.user for i in component_identities(other_ns)}
+
+
+def test_the_job_uses_the_group_prefix_its_acl_allows():
+    """apache/spark v4.0.0 connector/kafka-0-10-sql/src/main/scala/org/apache/spark/sql/kafka010/
+    KafkaSourceProvider.scala: streamingUniqueGroupId / batchUniqueGroupId name the groups
+    <groupIdPrefix>-<uuid>[-<hash>] (default prefix spark-kafka-source / spark-kafka-relation, which
+    the job's ACL would refuse), so the streaming read and the backfill's batch read both set it."""
+    for path in ("jobs/streamotion_jobs/job.py", "jobs/streamotion_jobs/backfill.py"):
+        assert '.option("groupIdPrefix", job_group_prefix(cfg.pipeline))' in (ROOT / path).read_text()
+    p = pipeline()
+    assert f"{naming.topic_names(p)['raw']}.job-lag".startswith(job_group_prefix(p))  # LagMonitor's group
