@@ -432,7 +432,8 @@ class KafkaBroker(_Topics, Server):
         self._need_secure()
         bindings = [
             AclBinding(
-                ResourceType[rtype],
+                # confluent-kafka names Kafka's CLUSTER resource type (4) BROKER
+                ResourceType["BROKER" if rtype == "CLUSTER" else rtype],
                 name,
                 ResourcePatternType[pattern],
                 principal,

@@ -44,10 +44,12 @@ class KafkaCounter:
     def __init__(self, bootstrap: str, raw_topic: str, dlq_topic: str) -> None:
         from confluent_kafka import Consumer
 
+        from streamotion.security.clients import confluent_config
+
         self.raw_topic, self.dlq_topic = raw_topic, dlq_topic
         self._consumer = Consumer(
             {
-                "bootstrap.servers": bootstrap,
+                **confluent_config(bootstrap),
                 "group.id": "streamotion-local-stats",  # never subscribes nor commits
                 "enable.auto.commit": False,
                 "socket.timeout.ms": 5000,
