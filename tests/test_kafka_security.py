@@ -370,3 +370,36 @@ def spark_session():
     s = session("streamotion-security-tests", master="local[1]")
     yield s
     s.stop()
+
+
+def test_dev_kafka_secure_command_gives_each_component_an_identity(tmp_path, root):
+    """``streamotion dev kafka --secure --pipeline examples/demo.yaml``: the pipeline's topics, ACLs and
+    an env file per component; a component's env file is all a client needs."""
+    import signal
+    import subprocess
+    import sys
+
+    import yaml
+
+    demo = root / "examples" / "demo.yaml"
+    argv = [sys.executable, "-m", "streamotion", "dev", "kafka", "--secure", "--workdir", str(tmp_path)]
+    proc = subprocess.Popen(
+        [*argv, "--pipeline", str(demo)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    try:
+        bootstrap = proc.stdout.readline().strip()
+        assert bootstrap.startswith("127.0.0.1:"), bootstrap
+        p = parse(yaml.safe_load(demo.read_text()))
+        source = p.spec.sources[0].name
+        env_file = tmp_path / "env" / f"{identity_of(p, 'producer', source).user}.env"
+        env = dict(line.removeprefix("export ").split("=", 1) for line in env_file.read_text().splitlines())
+        assert env["STREAMOTION_KAFKA_BOOTSTRAP"] == bootstrap and env["STREAMOTION_KAFKA_SECURITY"] == "tls"
+        raw = topic_names(p)["raw"]
+        assert produce_one(confluent_config(None, env) | {"bootstrap.servers": bootstrap}, raw) is None
+        refused = produce_one({"bootstrap.servers": bootstrap, "socket.timeout.ms": 2000}, raw, timeout=5)
+        assert refused is not None  # plaintext: no such listener
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
