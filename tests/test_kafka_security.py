@@ -10,7 +10,7 @@ import time
 import uuid
 
 import pytest
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from streamotion.api.validate import parse
 from streamotion.dev.kafka import KafkaBroker
@@ -403,3 +403,11 @@ def test_dev_kafka_secure_command_gives_each_component_an_identity(tmp_path, roo
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_the_pinned_librdkafka_has_no_certificate_hot_reload():
+    """Why producers recreate their client on rotation: librdkafka 2.16 reads the PEM files once per
+    client (confluentinc/librdkafka src/rdkafka_ssl.c rd_kafka_ssl_ctx_init). A newer librdkafka with
+    ssl.certificate.refresh.interval.ms (file hot reload) makes this test fail: use it then."""
+    with pytest.raises(KafkaException, match="No such configuration property"):
+        Producer({"bootstrap.servers": "127.0.0.1:1", "ssl.certificate.refresh.interval.ms": 1000})
