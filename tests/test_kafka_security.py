@@ -411,3 +411,47 @@ def test_the_pinned_librdkafka_has_no_certificate_hot_reload():
     ssl.certificate.refresh.interval.ms (file hot reload) makes this test fail: use it then."""
     with pytest.raises(KafkaException, match="No such configuration property"):
         Producer({"bootstrap.servers": "127.0.0.1:1", "ssl.certificate.refresh.interval.ms": 1000})
+
+
+def test_credentials_caught_mid_rotation_keep_the_old_client_until_they_fit(
+    broker, pipes, monkeypatch, tmp_path
+):
+    """A key that does not match the certificate (files caught between two writes) is not switched to:
+    the producer goes on with its old client and switches once the pair is whole again."""
+    import shutil
+
+    from streamotion_ingest.publisher import make_event, now
+    from streamotion_ingest.run import make_publisher
+
+    a, _ = pipes
+    mine = broker.issue(a.producer_user)
+    files = tmp_path / "mounted"
+    files.mkdir()
+    for f in (mine.ca, mine.cert, mine.key):
+        shutil.copy(f, files / f.name)
+    env = broker.client_env(mine) | {
+        "STREAMOTION_KAFKA_CA": str(files / "ca.crt"),
+        "STREAMOTION_KAFKA_CERT": str(files / "user.crt"),
+        "STREAMOTION_KAFKA_KEY": str(files / "user.key"),
+    }
+    publisher = make_publisher(a.p, "replay", use(monkeypatch, env))
+    publisher._watch.interval = 0.1
+    try:
+        other = CertificateAuthority(tmp_path / "x").issue("x")
+        shutil.copy(other.key, files / "user.key")  # a key of another certificate
+        time.sleep(1.0)
+        assert publisher.rotations == 0
+        event = make_event(
+            None, id="mid-rotation", text="t", created_at=now(), platform="replay", source="replay"
+        )
+        publisher.publish(event, apply_filters=False)
+        assert publisher.flush(15) == 0 and publisher.metrics.failed._value.get() == 0
+        renewed = broker.issue(a.producer_user)
+        shutil.copy(renewed.key, files / "user.key")
+        shutil.copy(renewed.cert, files / "user.crt")
+        deadline = time.monotonic() + 15
+        while publisher.rotations == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert publisher.rotations == 1
+    finally:
+        assert publisher.close(30) == 0
