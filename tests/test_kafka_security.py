@@ -396,6 +396,12 @@ def test_dev_kafka_secure_command_gives_each_component_an_identity(tmp_path, roo
         assert env["STREAMOTION_KAFKA_BOOTSTRAP"] == bootstrap and env["STREAMOTION_KAFKA_SECURITY"] == "tls"
         raw = topic_names(p)["raw"]
         assert produce_one(confluent_config(None, env) | {"bootstrap.servers": bootstrap}, raw) is None
+        scram_file = env_file.with_name(env_file.stem + "-scram.env")
+        scram = dict(
+            line.removeprefix("export ").split("=", 1) for line in scram_file.read_text().splitlines()
+        )
+        assert scram["STREAMOTION_KAFKA_SECURITY"] == "scram-sha-512"
+        assert produce_one(confluent_config(scram["STREAMOTION_KAFKA_BOOTSTRAP"], scram), raw) is None
         refused = produce_one({"bootstrap.servers": bootstrap, "socket.timeout.ms": 2000}, raw, timeout=5)
         assert refused is not None  # plaintext: no such listener
         proc.send_signal(signal.SIGTERM)

@@ -108,7 +108,10 @@ def kafka(
 
 
 def _secure_identities(broker, pipelines: list[Path]) -> None:
-    """Env files (STREAMOTION_KAFKA_*) of the administrator and of each pipeline component."""
+    """Env files (STREAMOTION_KAFKA_*) of the administrator and of each pipeline component: its
+    certificate (``<user>.env``) and a SCRAM-SHA-512 user with a random password (``<user>-scram.env``)."""
+    import secrets
+
     import yaml
 
     from streamotion.api.validate import parse
@@ -131,8 +134,13 @@ def _secure_identities(broker, pipelines: list[Path]) -> None:
         topics = topic_names(p)
         broker.create_topic(topics["raw"], partitions=p.spec.kafka.partitions)
         broker.create_topic(topics["deadLetter"])
+        broker.apply_acls(p, "scram-sha-512")
         for ident in broker.apply_acls(p, "tls"):
             env = broker.client_env(broker.issue(ident.user))
+            password = secrets.token_urlsafe(24)
+            broker.add_scram_user(ident.user, password)
+            scram = write(f"{ident.user}-scram", broker.client_env(scram=(ident.user, password)))
             console.print(
-                f"  {p.name} {ident.component} {ident.source or ''}: source {write(ident.user, env)}"
+                f"  {p.name} {ident.component} {ident.source or ''}: source {write(ident.user, env)} "
+                f"(SCRAM: {scram.name})"
             )
