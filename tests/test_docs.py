@@ -293,6 +293,17 @@ COMMANDS: list[tuple[str, Ran | NotHere]] = [
         Ran("tests/test_kafka.py::test_dev_kafka_command_stops_cleanly_on_sigterm"),
     ),
     (
+        r"streamotion dev kafka --secure --workdir /tmp/kafka --pipeline examples/demo\.yaml",
+        Ran("tests/test_kafka_security.py::test_dev_kafka_secure_command_gives_each_component_an_identity"),
+    ),
+    (
+        r"streamotion run examples/local\.yaml --local --secure",
+        Ran(
+            "tests/test_local.py::test_local_run_writes_every_event_and_stops_cleanly",
+            "with --secure on a replay pipeline like examples/local.yaml (--tiny-model, its own data set)",
+        ),
+    ),
+    (
         r"export STREAMOTION_KAFKA_BOOTSTRAP=127\.0\.0\.1:PORT",
         Ran(
             "tests/test_ingest.py::test_produce_command_runs_replay_and_stops_on_sigterm",

@@ -52,7 +52,7 @@ def ingest(kafka, tmp_path_factory):
             }
         ],
     )
-    app, publisher = build(p, "api", kafka.bootstrap, token=TOKEN, ack_timeout=3, max_bytes=64 * 1024)
+    app, publisher = build(p, "api", kafka.bootstrap, token=TOKEN, ack_timeout=3, max_bytes=64 * 1024, rate=0)
     with (
         _Server(app) as url,
         httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}) as client,
@@ -174,3 +174,80 @@ def test_kafka_down_answers_503_and_loses_nothing_acknowledged(ingest, kafka):
     got = {e["id"] for e in values(read_all(kafka.bootstrap, topics["raw"])) if tag in e["id"]}
     assert set(acked) <= got
     assert 503 in codes
+
+
+@pytest.fixture(scope="module")
+def limited(kafka, tmp_path_factory):
+    """An ingest service with two tokens (two client applications) limited to 10 events/s each,
+    bursts of a full batch (50)."""
+    from streamotion_ingest.http import build
+
+    p, _, topics = make_pipeline(
+        kafka,
+        tmp_path_factory.mktemp("limited"),
+        [{"name": "api", "type": "http", "http": {"tokenSecret": "t", "maxBatchSize": 50}}],
+    )
+    tokens = ["app-one-" + uuid.uuid4().hex, "app-two-" + uuid.uuid4().hex]
+    now = [0.0]  # the rate limiter's clock: the test moves it (Kafka's acks take their own time)
+    token = f"{tokens[0]},\n{tokens[1]}\n"
+    app, _ = build(p, "api", kafka.bootstrap, token=token, rate=10, ack_timeout=5, clock=lambda: now[0])
+    with _Server(app) as url, httpx.Client(base_url=url) as client:
+        yield client, topics, tokens, now
+
+
+def test_each_token_has_its_own_rate_limit_with_retry_after(limited, kafka):
+    client, topics, (one, two), now = limited
+    tag = uuid.uuid4().hex[:6]
+
+    def post(token: str, batch: list) -> httpx.Response:
+        return client.post("/v1/events", json=batch, headers={"Authorization": f"Bearer {token}"})
+
+    assert post(one, [_ev(f"{tag}-a-{i}") for i in range(50)]).status_code == 202  # the whole burst
+    r = post(one, [_ev(f"{tag}-c")])  # an empty bucket: refused before the body is even read
+    assert r.status_code == 429 and "rate limit" in r.json()["detail"] and r.headers["retry-after"] == "1"
+    now[0] += 1.0  # 10 events fit again; 40 need 3 s more
+    r = post(one, [_ev(f"{tag}-b-{i}") for i in range(40)])
+    assert r.status_code == 429 and r.headers["retry-after"] == "3"
+    # the other application's token is not slowed down by the first one
+    assert post(two, [_ev(f"{tag}-d-{i}") for i in range(50)]).status_code == 202
+    assert post(two, [_ev(f"{tag}-e")]).status_code == 429
+    assert post(one, [_ev(f"{tag}-f-{i}") for i in range(10)]).status_code == 202
+    got = {e["id"] for e in values(read_all(kafka.bootstrap, topics["raw"])) if tag in e["id"]}
+    assert len(got) == 110 and not any(
+        f"{tag}-{x}" in i for i in got for x in "bce"
+    )  # refused: nothing published
+    assert post("nope", [_ev(f"{tag}-g")]).status_code == 401
+
+
+def test_every_token_is_compared_in_constant_time(limited, monkeypatch):
+    """hmac.compare_digest against every configured token on every request, the matching one
+    included, so the response time does not tell how many leading characters or which token matched."""
+    import hmac
+
+    client, _, (one, two), _ = limited
+    seen: list[tuple[bytes, bytes]] = []
+    real = hmac.compare_digest
+
+    def spy(a, b):
+        seen.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(hmac, "compare_digest", spy)
+    for auth in (f"Bearer {one}", f"Bearer {two}", "Bearer wrong", ""):
+        seen.clear()
+        client.post("/v1/events", json=_ev("ct"), headers={"Authorization": auth})
+        assert [b for _, b in seen] == [f"Bearer {one}".encode(), f"Bearer {two}".encode()]
+        assert all(a == auth.encode() for a, _ in seen)
+
+
+def test_token_bucket_refills_at_its_rate():
+    from streamotion_ingest.http import TokenBucket
+
+    now = [0.0]
+    bucket = TokenBucket(rate=100, burst=200, clock=lambda: now[0])
+    assert bucket.take(150) == 0 and bucket.level == 50
+    assert bucket.take(100) == pytest.approx(0.5)  # refused: nothing taken
+    now[0] = 0.5
+    assert bucket.take(100) == 0 and bucket.level == pytest.approx(0)
+    now[0] = 100.0
+    assert bucket.wait(200) == 0 and bucket.level == 200  # never above the burst

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from streamotion.api.validate import parse
 from streamotion.local.runner import leftover_pids
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,6 +60,9 @@ def dataset(tmp_path) -> Path:
 
 
 def test_local_run_writes_every_event_and_stops_cleanly(tmp_path, dataset, postgres, pg_schema):
+    """With --secure (the default path differs only in not handing out identities): the broker
+    enforces the pipeline's ACLs (streamotion.security.acls) and each producer and the job
+    work under their own certificate."""
     doc = pipeline_doc(
         "local-e2e",
         str(dataset),
@@ -71,7 +75,7 @@ def test_local_run_writes_every_event_and_stops_cleanly(tmp_path, dataset, postg
     workdir, summary_path, reports = tmp_path / "work", tmp_path / "summary.json", tmp_path / "reports"
     result = subprocess.run(
         cli(
-            str(file), "--local", "--tiny-model", "--plain", "--pg-dsn", postgres.dsn,
+            str(file), "--local", "--secure", "--tiny-model", "--plain", "--pg-dsn", postgres.dsn,
             "--workdir", str(workdir), "--summary-json", str(summary_path), "--reports", str(reports),
         ),
         capture_output=True, text=True, timeout=HANG_GUARD_S, cwd=tmp_path,
@@ -79,6 +83,14 @@ def test_local_run_writes_every_event_and_stops_cleanly(tmp_path, dataset, postg
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     summary = json.loads(summary_path.read_text())
+    from streamotion.security.acls import identity_of
+
+    p = parse(doc)
+    for component, ident in (
+        ("producer-replay", identity_of(p, "producer", "replay")),
+        ("job", identity_of(p, "job")),
+    ):
+        assert f"kafka: {component} is User:CN={ident.user}" in output
 
     # Kafka saw the valid events; the malformed lines went to the dead-letter topic.
     assert summary["events_in"] == GOOD_ROWS, output

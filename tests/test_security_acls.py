@@ -50,7 +50,7 @@ def test_each_producer_writes_its_topics_and_the_job_reads_raw_and_writes_dead_l
     ]
     for producer in ids[:2]:
         assert producer.acls == (
-            AclRule("topic", raw, "literal", ("Write", "Describe")),
+            AclRule("topic", raw, "literal", ("Write", "Describe", "Read")),  # Read: resume
             AclRule("topic", dlq, "literal", ("Write", "Describe")),
             AclRule("cluster", None, "literal", ("IdempotentWrite",)),
         )
@@ -59,12 +59,14 @@ def test_each_producer_writes_its_topics_and_the_job_reads_raw_and_writes_dead_l
         AclRule("group", f"{raw}.job", "prefix", ("Read",)),
         AclRule("topic", dlq, "literal", ("Write", "Describe")),
     )
-    # nothing else: no prefix on topics, no wildcard, no Read for a producer, no Write on raw for the job
+    # nothing else: no prefix on topics, no wildcard, a producer reads only its raw topic (resume) and
+    # joins no group, no Write on raw for the job
     for ident in ids:
         for rule in ident.acls:
             assert rule.name is None or "*" not in rule.name
             assert rule.resource_type != "topic" or rule.pattern_type == "literal"
-    assert not any("Read" in r.operations for r in ids[0].acls)
+    assert [r.name for r in ids[0].acls if "Read" in r.operations] == [raw]
+    assert not any(r.resource_type == "group" for r in ids[0].acls)
     assert not any(r.name == raw and "Write" in r.operations for r in ids[2].acls)
 
 

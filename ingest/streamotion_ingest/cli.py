@@ -52,7 +52,8 @@ def bench_ingest(
     http_seconds: float = typer.Option(10.0, help="Seconds of load per HTTP scenario."),
     concurrency: int = typer.Option(32, help="Concurrent HTTP connections of the load generator."),
 ) -> None:
-    """Events/s into a real Kafka: replay, HTTP batches of 100, single-event HTTP requests; p99 ack latency."""
+    """Events/s into a real Kafka: replay, HTTP batches of 100, single-event HTTP requests; p99 ack latency;
+    replay and HTTP batches again on a secure broker (mTLS, ACLs) and their ratio to plaintext."""
     from streamotion_ingest.bench import run
 
     run(events=events, http_seconds=http_seconds, concurrency=concurrency)

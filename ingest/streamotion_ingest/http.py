@@ -1,6 +1,11 @@
 """The HTTP ingest service: ``POST /v1/events`` for your own applications (FastAPI).
 
-- Bearer token (``INGEST_TOKEN``, from the source's Secret key ``token``); 401 without it.
+- Bearer token (``INGEST_TOKEN``, from the source's Secret key ``token``: one token, or several
+  separated by commas or new lines, one per client application); 401 without a valid one. Tokens
+  are compared in constant time (``hmac.compare_digest``, every token every time).
+- A rate limit per token (``STREAMOTION_INGEST_RATE`` events/s, default 5,000; 0 turns it off;
+  bursts up to ``STREAMOTION_INGEST_BURST``, default twice the rate and at least a full batch): over
+  it, 429 with ``Retry-After`` (seconds until the request's events fit), nothing published.
 - One event (a JSON object), or a batch: a JSON array or ``{"events": [...]}`` of up to
   ``maxBatchSize`` (1,000) events. Invalid JSON: 400; invalid events: 422 with field paths;
   bodies over the size limit or batches over the maximum: 413.
@@ -15,8 +20,11 @@ import asyncio
 import hmac
 import json
 import logging
+import math
 import os
+import re
 import threading
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,6 +41,43 @@ TOKEN_ENV = "INGEST_TOKEN"
 ACK_TIMEOUT_ENV = "STREAMOTION_INGEST_ACK_TIMEOUT"  # seconds to wait for Kafka before 503 (default 10)
 MAX_BYTES_ENV = "STREAMOTION_INGEST_MAX_BYTES"  # request body limit (default 8 MiB)
 DEFAULT_MAX_BYTES = 8 * 1024 * 1024
+RATE_ENV = "STREAMOTION_INGEST_RATE"  # events per second per token (default 5,000; 0: no limit)
+BURST_ENV = "STREAMOTION_INGEST_BURST"  # events a token may send at once (default 2 x rate)
+DEFAULT_RATE = 5000.0
+
+
+def parse_tokens(raw: str) -> list[str]:
+    """The tokens of INGEST_TOKEN: one, or several separated by commas or new lines."""
+    return [t.strip() for t in re.split(r"[,\n]", raw) if t.strip()]
+
+
+class TokenBucket:
+    """``rate`` events per second with bursts of up to ``burst`` (a token bucket; event-loop only)."""
+
+    def __init__(self, rate: float, burst: float, clock=time.monotonic) -> None:
+        self.rate, self.burst, self.clock = rate, burst, clock
+        self.level, self.at = burst, clock()
+
+    def _refill(self) -> None:
+        now = self.clock()
+        self.level = min(self.burst, self.level + (now - self.at) * self.rate)
+        self.at = now
+
+    def wait(self, n: int) -> float:
+        """Seconds until ``n`` events fit (0: they fit now); nothing is taken."""
+        self._refill()
+        return 0.0 if self.level >= n else (n - self.level) / self.rate
+
+    def take(self, n: int) -> float:
+        """Take ``n`` events if they fit now (returns 0), else the seconds until they would."""
+        wait = self.wait(n)
+        if wait == 0:
+            self.level -= n
+        return wait
+
+
+def _retry_after(seconds: float) -> dict[str, str]:
+    return {"Retry-After": str(max(1, math.ceil(seconds)))}
 
 
 class IngestEvent(BaseModel):
@@ -94,16 +139,32 @@ def _resolve(fut: asyncio.Future) -> None:
 def create_app(
     publisher: Publisher,
     *,
-    token: str,
+    token: str | list[str],
     source: str,
     max_batch_size: int = 1000,
     max_bytes: int = DEFAULT_MAX_BYTES,
     ack_timeout: float = 10.0,
     queue_max_messages: int = 100_000,
+    rate: float = 0.0,
+    burst: float | None = None,
+    clock=time.monotonic,
 ) -> FastAPI:
-    if not token:
+    tokens = parse_tokens(token) if isinstance(token, str) else [t for t in token if t]
+    if not tokens:
         raise ValueError(f"the ingest token is empty: set {TOKEN_ENV} (the Secret's key 'token')")
-    expected = f"Bearer {token}".encode()
+    expected = [f"Bearer {t}".encode() for t in tokens]
+    # one bucket per token; a batch always fits in a full bucket
+    size = max(burst if burst else 2 * rate, max_batch_size)
+    buckets = [TokenBucket(rate, size, clock) for _ in tokens] if rate > 0 else None
+
+    def caller(auth: bytes) -> int | None:
+        """Which token ``auth`` carries: every token compared in constant time, no early exit."""
+        found = None
+        for i, candidate in enumerate(expected):
+            if hmac.compare_digest(auth, candidate):
+                found = i
+        return found
+
     metrics = publisher.metrics
     by_code: dict[int, Any] = {}
 
@@ -167,7 +228,9 @@ def create_app(
             401: {"description": "Missing or wrong bearer token"},
             413: {"description": "Body or batch too large"},
             422: {"description": "Invalid events (field paths in detail)"},
-            429: {"description": "Producer queue full: retry after Retry-After seconds"},
+            429: {
+                "description": "Token's rate limit exceeded or producer queue full: retry after Retry-After seconds"
+            },
             503: {"description": "Kafka unavailable or slow: nothing acknowledged, retry"},
         },
         openapi_extra={
@@ -184,8 +247,12 @@ def create_app(
 
     async def _handle(request: Request) -> JSONResponse:
         auth = request.headers.get("authorization", "").encode()
-        if not hmac.compare_digest(auth, expected):
+        who = caller(auth)
+        if who is None:
             return _problem(401, "missing or invalid bearer token", {"WWW-Authenticate": "Bearer"})
+        bucket = buckets[who] if buckets else None
+        if bucket is not None and (wait := bucket.wait(1)) > 0:  # before reading the body
+            return _problem(429, "rate limit of this token exceeded; retry later", _retry_after(wait))
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > max_bytes:
             return _problem(413, f"request body over {max_bytes} bytes")
@@ -227,6 +294,12 @@ def create_app(
             return _problem(422, errs)
         if publisher.brokers_down:
             return _problem(503, "Kafka is unavailable; nothing was accepted", {"Retry-After": "5"})
+        if bucket is not None and (wait := bucket.take(len(events))) > 0:
+            return _problem(
+                429,
+                f"rate limit of this token exceeded ({len(events)} events); retry later",
+                _retry_after(wait),
+            )
         if len(publisher.producer) + len(events) > queue_max_messages:
             return _problem(429, "ingest queue is full; retry later", {"Retry-After": "1"})
 
@@ -320,6 +393,10 @@ def build(pipeline, source_name: str, bootstrap: str | None = None, **kw) -> tup
     ack_timeout = float(kw.pop("ack_timeout", None) or os.environ.get(ACK_TIMEOUT_ENV, "10"))
     max_bytes = int(kw.pop("max_bytes", None) or os.environ.get(MAX_BYTES_ENV, DEFAULT_MAX_BYTES))
     token = kw.pop("token", None) or os.environ.get(TOKEN_ENV, "")
+    rate = kw.pop("rate", None)
+    rate = float(os.environ.get(RATE_ENV, DEFAULT_RATE)) if rate is None else float(rate)
+    burst = kw.pop("burst", None) or float(os.environ.get(BURST_ENV, 0) or 0)
+    clock = kw.pop("clock", time.monotonic)
     if not token:
         raise ValueError(f"the ingest token is not set: {TOKEN_ENV} (from the Secret's key 'token')")
     queue_max = 100_000
@@ -339,6 +416,9 @@ def build(pipeline, source_name: str, bootstrap: str | None = None, **kw) -> tup
         max_bytes=max_bytes,
         ack_timeout=ack_timeout,
         queue_max_messages=queue_max,
+        rate=rate,
+        burst=burst or None,
+        clock=clock,
     )
     return app, publisher
 

@@ -19,6 +19,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from streamotion.events import DeadLetter, Event
+from streamotion.security.clients import CredentialWatch, confluent_config
 from streamotion_ingest import filters as f
 from streamotion_ingest.metrics import SourceMetrics
 
@@ -142,7 +143,7 @@ class Publisher:
         self._latencies: list[float] = []
         self._published = 0
         conf = {
-            "bootstrap.servers": bootstrap,
+            **confluent_config(bootstrap),  # the producer's own identity (STREAMOTION_KAFKA_*)
             "client.id": f"streamotion-{pipeline}-{source}",
             "enable.idempotence": True,
             "acks": "all",
@@ -159,6 +160,13 @@ class Publisher:
             **(extra_config or {}),
         }
         self.producer = Producer(conf)
+        self._conf = conf
+        # Rotated credentials (files mounted from Secrets change in place): librdkafka reads them only
+        # when a client is created, so the poll thread creates a new producer, delivers everything the
+        # old one holds, then swaps them (under _swap: nothing is produced into the old one meanwhile).
+        self._watch = CredentialWatch()
+        self._swap = threading.Lock()
+        self.rotations = 0
         self._stop = threading.Event()
         self._poller = threading.Thread(target=self._poll_loop, name="kafka-poll", daemon=True)
         self._poller.start()
@@ -168,6 +176,31 @@ class Publisher:
         while not self._stop.is_set():
             self.producer.poll(0.05)
             self._flush_metrics()
+            self._rotate_if_changed()
+
+    def _rotate_if_changed(self) -> None:
+        """A new producer with the credentials as the files now are, once the old one delivered all
+        it holds (nothing lost, order kept). A failure (files caught mid-rotation, Kafka unreachable
+        while flushing) keeps the old producer and is tried again at the next look."""
+        from confluent_kafka import KafkaException, Producer
+
+        digest = self._watch.changed(time.monotonic())
+        if digest is None:
+            return
+        try:
+            new = Producer({**self._conf, **confluent_config(self.bootstrap)})
+        except (KafkaException, ValueError, OSError) as exc:
+            log.warning("rotated Kafka credentials not usable yet", extra={"error": str(exc)})
+            return
+        with self._swap:
+            left = self.producer.flush(30)
+            if left:
+                log.warning("credentials rotated; old producer still delivering", extra={"count": left})
+                return
+            self.producer = new
+        self._watch.commit(digest)
+        self.rotations += 1
+        log.info("kafka credentials rotated: new producer", extra={"rotations": self.rotations})
 
     def _flush_metrics(self) -> None:
         """Move the callback counters into Prometheus (cheaper than one update per message)."""
@@ -219,10 +252,13 @@ class Publisher:
             if self.fatal is not None:
                 raise self.fatal
             try:
-                if headers:
-                    self.producer.produce(topic, value=value, key=key, on_delivery=callback, headers=headers)
-                else:
-                    self.producer.produce(topic, value=value, key=key, on_delivery=callback)
+                with self._swap:
+                    if headers:
+                        self.producer.produce(
+                            topic, value=value, key=key, on_delivery=callback, headers=headers
+                        )
+                    else:
+                        self.producer.produce(topic, value=value, key=key, on_delivery=callback)
                 return
             except BufferError:
                 if not block:

@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 
 from streamotion.api.models import StreamPipeline
 from streamotion.security.acls import job_group_prefix
+from streamotion.security.clients import confluent_config, spark_kafka_options
 from streamotion_jobs.config import JobConfig
 from streamotion_jobs.sinks import US
 from streamotion_jobs.transform import (
@@ -85,7 +86,7 @@ def kafka_time_bounds(
 def _partitions(bootstrap: str, topic: str) -> list[int]:
     from confluent_kafka.admin import AdminClient
 
-    meta = AdminClient({"bootstrap.servers": bootstrap}).list_topics(topic, timeout=30)
+    meta = AdminClient(confluent_config(bootstrap)).list_topics(topic, timeout=30)
     info = meta.topics.get(topic)
     if info is None or info.error is not None or not info.partitions:
         raise RuntimeError(f"topic {topic} not found on {bootstrap}: {getattr(info, 'error', None)}")
@@ -106,6 +107,7 @@ def events_from_kafka(spark, cfg: JobConfig, start: datetime, end: datetime, aft
     raw = (
         spark.read.format("kafka")
         .option("kafka.bootstrap.servers", cfg.bootstrap)
+        .options(**spark_kafka_options())  # the job's own identity (security.clients)
         .option("subscribe", topic)
         .option("startingOffsetsByTimestamp", starting)
         .option("endingOffsetsByTimestamp", ending)

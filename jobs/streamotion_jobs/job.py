@@ -23,6 +23,7 @@ import pandas as pd
 
 from streamotion.events import DeadLetter
 from streamotion.security.acls import job_group_prefix
+from streamotion.security.clients import confluent_config, spark_kafka_options
 from streamotion_jobs.config import JobConfig
 from streamotion_jobs.metrics import JobMetrics, LagMonitor
 from streamotion_jobs.report import SinkReport
@@ -113,6 +114,7 @@ class StreamingJob:
         reader = (
             self.spark.readStream.format("kafka")
             .option("kafka.bootstrap.servers", cfg.bootstrap)
+            .options(**spark_kafka_options())  # the job's own identity (security.clients)
             .option("subscribe", cfg.topics["raw"])
             .option("startingOffsets", self.starting_offsets())
             .option("maxOffsetsPerTrigger", str(cfg.max_events_per_trigger))
@@ -484,7 +486,7 @@ def dead_letter_publisher(bootstrap: str, topic: str):
 def _producer(bootstrap: str):
     from confluent_kafka import Producer
 
-    return Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5})
+    return Producer({**confluent_config(bootstrap), "enable.idempotence": True, "linger.ms": 5})
 
 
 def _produce(producer, topic: str, rows: list[dict], report) -> None:
@@ -507,7 +509,7 @@ def topic_end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
     from confluent_kafka import TopicPartition
     from confluent_kafka.admin import AdminClient, OffsetSpec
 
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient(confluent_config(bootstrap))
     meta = admin.list_topics(topic, timeout=15).topics.get(topic)
     if meta is None or meta.error is not None:
         raise RuntimeError(f"topic {topic}: {meta.error if meta else 'not found'}")

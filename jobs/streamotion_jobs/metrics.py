@@ -242,9 +242,11 @@ class LagMonitor:
         from confluent_kafka import Consumer, TopicPartition
 
         if self._consumer is None:
+            from streamotion.security.clients import confluent_config
+
             self._consumer = Consumer(
                 {
-                    "bootstrap.servers": self.bootstrap,
+                    **confluent_config(self.bootstrap),
                     "group.id": f"{self.topic}.job-lag",
                     "enable.auto.commit": False,
                 }

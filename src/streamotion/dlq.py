@@ -158,7 +158,9 @@ def republish(
 
     from confluent_kafka import Producer
 
-    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all"})
+    from streamotion.security.clients import confluent_config
+
+    producer = Producer({**confluent_config(bootstrap), "enable.idempotence": True, "acks": "all"})
     errors: list[str] = []
 
     for letter, value, key in records:

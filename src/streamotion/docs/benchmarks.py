@@ -14,7 +14,7 @@ timed tests. Compare figures only between runs on the same machine, ideally an i
 
 | benchmark | what it measures |
 |---|---|
-| `streamotion bench ingest` | replay and HTTP events/s into a real Kafka (batches of 100, single-event requests), p99 ack latency |
+| `streamotion bench ingest` | replay and HTTP events/s into a real Kafka (batches of 100, single-event requests), p99 ack latency; replay and HTTP batches again on a secure broker (mTLS, ACLs, the producer under its own identity) and their ratio to plaintext (target ≥ 0.8) |
 | `streamotion bench model` | raw batched inference vs the Ray Serve endpoint vs one request per text (the ancestors' pattern), the speed-up over BERT-base, and the model's dev macro-F1 (see [Model](model.md)) |
 | `streamotion bench pipeline` | end-to-end events/s at saturation, p50/p99 latency from event time to the committed row at half that load, raw model throughput and one HTTP call per row (the ancestors' pattern), in the same run; and the platform's own capacity with the linear model (below) |
 | `streamotion bench chaos` | faults injected under load (broker leader, executor, model replica killed; PostgreSQL crashed during a commit; the model service stalled; an HTTP client retrying unread requests): per fault, events lost, duplicated, dead-lettered, recovery time and lag ([Reliability](operations/reliability.md)) |

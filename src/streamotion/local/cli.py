@@ -67,6 +67,11 @@ def pipeline(
         120.0, "--drain-timeout", help="Seconds without progress, after the sources end, before giving up."
     ),
     plain: bool = typer.Option(False, "--plain", help="Progress as plain lines, not a live display."),
+    secure: bool = typer.Option(
+        False,
+        "--secure",
+        help="A secure broker (mTLS, ACLs): each producer and the job under its own identity, as on a cluster.",
+    ),
 ) -> None:
     """Run a pipeline on this machine: Kafka, producers, model, job and sinks, with live progress.
 
@@ -102,6 +107,7 @@ def pipeline(
         reports_dir=None if no_reports else reports,
         drain_timeout_s=drain_timeout,
         live=False if plain else None,
+        secure=secure,
     )
     raise typer.Exit(execute(opts))
 

@@ -73,6 +73,7 @@ class Options:
     startup_timeout_s: float = 300.0
     poll_s: float = 1.0
     live: bool | None = None  # None: a live display on a terminal, plain lines otherwise
+    secure: bool = False  # a secure broker (mTLS, ACLs): each component under its own identity
 
 
 @dataclass
@@ -150,6 +151,8 @@ class LocalRun:
         self.pipeline_file = self.workdir / "pipeline.yaml"
         self.topics: dict[str, str] = {}
         self.env: dict[str, str] = {}
+        # --secure: each component's STREAMOTION_KAFKA_* (its own certificate), by component name
+        self.identity_env: dict[str, dict[str, str]] = {}
         self.notes: list[str] = []  # what did not run, said in the summary
         self.running = False  # every component started
         self.model_port: int | None = None
@@ -339,7 +342,7 @@ class LocalRun:
         from streamotion.naming import topic_names
 
         self.say("kafka: starting a KRaft broker (jars cached in ~/.cache/streamotion/kafka)...")
-        self.kafka = KafkaBroker(workdir=self.workdir / "kafka", log=self.say)
+        self.kafka = KafkaBroker(workdir=self.workdir / "kafka", log=self.say, secure=self.opts.secure)
         broker = self.kafka
         self._guard("kafka", broker.start, broker.log_path)
         self.components.append(Component("kafka", broker.process, stop=broker.stop, log_path=broker.log_path))
@@ -355,6 +358,17 @@ class LocalRun:
         )
         self.env["STREAMOTION_KAFKA_BOOTSTRAP"] = self.bootstrap
         self.say(f"kafka: {self.bootstrap}, topics {self.topics['raw']} and {self.topics['deadLetter']}")
+        if self.opts.secure:
+            self._guard("kafka", self._identities, broker.log_path)
+
+    def _identities(self) -> None:
+        """--secure: the ACLs the operator's KafkaUsers carry (streamotion.security.acls), and a
+        certificate from the broker's CA for each component: producer-<source> and the job."""
+        assert self.kafka is not None
+        for ident in self.kafka.apply_acls(self.pipeline, "tls"):
+            name = "job" if ident.component == "job" else f"producer-{ident.source}"
+            self.identity_env[name] = self.kafka.client_env(self.kafka.issue(ident.user))
+            self.say(f"kafka: {name} is {ident.principal('tls')}")
 
     def _start_sinks(self) -> None:
         sinks = self.pipeline.spec.sinks
@@ -501,7 +515,7 @@ class LocalRun:
             "127.0.0.1",
         ]
         self.say("job: starting the streaming job (PySpark, local[*])...")
-        comp = self._start_process("job", argv)
+        comp = self._start_process("job", argv, **self.identity_env.get("job", {}))
         comp.stop = lambda: self._stop_job(comp)
         if self.prometheus is not None:
             self.prometheus.add_targets(
@@ -545,7 +559,7 @@ class LocalRun:
                 port = wanted if _port_free(wanted) else free_port()
                 argv += ["--host", "127.0.0.1", "--port", str(port)]
                 self.say(f"{name}: HTTP ingest on http://127.0.0.1:{port}/v1/events")
-            comp = self._start_process(name, argv)
+            comp = self._start_process(name, argv, **self.identity_env.get(name, {}))
             comp.finite = source_is_finite(source)
             kind = source["type"] + (
                 f", {source['replay'].get('limit')} events"

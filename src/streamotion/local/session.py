@@ -94,7 +94,8 @@ def summary_table(summary: dict[str, Any]) -> Group:
 class Watcher:
     def __init__(self, run: LocalRun) -> None:
         self.run = run
-        self.kafka = KafkaCounter(run.bootstrap or "", run.topics["raw"], run.topics["deadLetter"])
+        admin = run.kafka.admin_config() if run.opts.secure and run.kafka is not None else None
+        self.kafka = KafkaCounter(run.bootstrap or "", run.topics["raw"], run.topics["deadLetter"], admin)
         self.pg = PostgresCounter(run.pg_dsn, run.pg_schema, run.started_at) if run.pg_dsn else None
         self.snap = Snapshot(at=now())
 

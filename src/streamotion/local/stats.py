@@ -41,13 +41,16 @@ class Snapshot:
 class KafkaCounter:
     """End offsets of the raw and dead-letter topics (sum over partitions)."""
 
-    def __init__(self, bootstrap: str, raw_topic: str, dlq_topic: str) -> None:
+    def __init__(self, bootstrap: str, raw_topic: str, dlq_topic: str, client: dict | None = None) -> None:
+        """``client``: confluent-kafka settings (default: security.clients' from the environment)."""
         from confluent_kafka import Consumer
+
+        from streamotion.security.clients import confluent_config
 
         self.raw_topic, self.dlq_topic = raw_topic, dlq_topic
         self._consumer = Consumer(
             {
-                "bootstrap.servers": bootstrap,
+                **(client or confluent_config(bootstrap)),
                 "group.id": "streamotion-local-stats",  # never subscribes nor commits
                 "enable.auto.commit": False,
                 "socket.timeout.ms": 5000,

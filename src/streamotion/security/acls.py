@@ -118,7 +118,9 @@ def component_identities(p: StreamPipeline) -> list[Identity]:
     topics = naming.topic_names(p)
     raw, dlq = topics["raw"], topics["deadLetter"]
     producer_acls = (
-        AclRule("topic", raw, "literal", ("Write", "Describe")),
+        # Read: a restarted producer resumes from its source's last cursors on the raw topic
+        # (streamotion_ingest.resume: assign() only, no consumer group)
+        AclRule("topic", raw, "literal", ("Write", "Describe", "Read")),
         AclRule("topic", dlq, "literal", ("Write", "Describe")),
         AclRule("cluster", None, "literal", ("IdempotentWrite",)),
     )
