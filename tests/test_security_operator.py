@@ -182,8 +182,11 @@ def test_workloads_mount_their_own_identity(kube, namespace):
     assert env["STREAMOTION_KAFKA_SECURITY"]["value"] == "scram-sha-512"
     assert env["STREAMOTION_KAFKA_BOOTSTRAP"]["value"].endswith(":9094")
     assert env["STREAMOTION_KAFKA_USERNAME"]["value"] == security.job_identity(scram).user
-    assert env["STREAMOTION_KAFKA_PASSWORD"]["valueFrom"] == {
-        "secretKeyRef": {"name": security.job_identity(scram).user, "key": "password"}
+    # the password as a mounted file (rotation reaches running producers), never an env value
+    assert env["STREAMOTION_KAFKA_PASSWORD_FILE"]["value"] == "/etc/streamotion/kafka/user/password"
+    assert "STREAMOTION_KAFKA_PASSWORD" not in env
+    assert {(v["name"], v["secret"]["secretName"]) for v in app["volumes"] if "secret" in v} >= {
+        ("kafka-user", security.job_identity(scram).user)
     }
     assert "STREAMOTION_KAFKA_CERT" not in env
     # none: the plaintext listener, no identity, no KafkaUser, no copies
@@ -296,15 +299,10 @@ def test_credentials_follow_strimzis_secret_layout():
     _, volumes, _ = security.kafka_client(p, security.job_identity(p))
     items = {i["key"] for v in volumes for i in v["secret"]["items"]}
     assert items == {"ca.crt", "user.crt", "user.key"}
-    scram_env, _, _ = security.kafka_client(
+    _, scram_volumes, _ = security.kafka_client(
         model(pipeline("lay", "team-a", spec("scram-sha-512"))), security.job_identity(p)
     )
-    assert (
-        next(e for e in scram_env if e["name"] == "STREAMOTION_KAFKA_PASSWORD")["valueFrom"]["secretKeyRef"][
-            "key"
-        ]
-        == "password"
-    )
+    assert {i["key"] for v in scram_volumes for i in v["secret"]["items"]} == {"ca.crt", "password"}
     # the copy-worthy label travels from the KafkaUser to Strimzi's Secret (not an app.kubernetes.io/ one)
     user = builders.kafka_users(p, cfg)[0]
     assert not any(

@@ -40,6 +40,7 @@ CERT_ENV = "STREAMOTION_KAFKA_CERT"
 KEY_ENV = "STREAMOTION_KAFKA_KEY"
 USERNAME_ENV = "STREAMOTION_KAFKA_USERNAME"
 PASSWORD_ENV = "STREAMOTION_KAFKA_PASSWORD"
+PASSWORD_FILE_ENV = "STREAMOTION_KAFKA_PASSWORD_FILE"  # re-read by producers when it changes
 SECURITY_MODE = {"none": "plaintext", "tls": "tls", "scram-sha-512": "scram-sha-512"}
 
 
@@ -176,10 +177,17 @@ def kafka_client(
             {"name": CERT_ENV, "value": f"{USER_DIR}/user.crt"},
             {"name": KEY_ENV, "value": f"{USER_DIR}/user.key"},
         ]
-    else:
+    else:  # the password as a file, not an env value: the kubelet updates it when Strimzi rotates it
+        volumes.append(
+            {
+                "name": "kafka-user",
+                "secret": {"secretName": ident.user, "items": [{"key": "password", "path": "password"}]},
+            }
+        )
+        mounts.append({"name": "kafka-user", "mountPath": USER_DIR, "readOnly": True})
         env += [
             {"name": USERNAME_ENV, "value": ident.user},
-            {"name": PASSWORD_ENV, "valueFrom": {"secretKeyRef": {"name": ident.user, "key": "password"}}},
+            {"name": PASSWORD_FILE_ENV, "value": f"{USER_DIR}/password"},
         ]
     return env, volumes, mounts
 
