@@ -474,9 +474,10 @@ class Controller:
     def _apply_problem(self, obj: dict[str, Any], cond: str, exc: ApiError, p: StreamPipeline) -> Problem:
         ns = obj["metadata"]["namespace"]
         if exc.status == 404 and ns != p.namespace:
-            field_path = (
-                "spec.kafka.namespace" if obj["kind"] == "KafkaTopic" else "spec.dashboards.namespace"
-            )
+            field_path = {
+                "KafkaTopic": "spec.kafka.namespace",
+                "KafkaConnector": "spec.kafka.namespace (the Kafka Connect cluster's, by default)",
+            }.get(obj["kind"], "spec.dashboards.namespace")
             return Problem(cond, "NamespaceMissing", f"namespace {ns} ({field_path}) not found")
         log.warning("apply failed: %s", exc)
         return Problem(cond, "ApplyFailed", str(exc)[:1000])
@@ -661,7 +662,7 @@ class Controller:
     def _cleanup(self, namespace: str, name: str, uid: str | None) -> Cleanup:
         sel = {naming.PIPELINE_LABEL: name, naming.PIPELINE_NS_LABEL: namespace}
         done = Cleanup()
-        for kind in (KINDS["KafkaTopic"], KINDS["ConfigMap"]):
+        for kind in (KINDS["KafkaTopic"], KINDS["KafkaConnector"], KINDS["ConfigMap"]):
             if not self.kube.installed(kind, ttl=0):
                 continue
             for item in self.kube.list(kind, None, sel):

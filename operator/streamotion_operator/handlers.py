@@ -38,7 +38,7 @@ from streamotion_operator.kube import Kube
 from streamotion_operator.metrics import Metrics
 
 # Children whose changes should wake their pipeline's daemon at once (status, deletion).
-WATCHED_CHILDREN = ("Deployment", "KafkaTopic", "SparkApplication", "RayService")
+WATCHED_CHILDREN = ("Deployment", "KafkaTopic", "KafkaConnector", "SparkApplication", "RayService")
 PIPELINE_INDEX = "streamotion_pipelines"
 CRD_INDEX = "streamotion_crds"
 

@@ -9,6 +9,7 @@ from streamotion.api.models import StreamPipeline
 from streamotion_operator.config import OperatorConfig
 
 from .common import pipeline_config_map
+from .connect import kafka_connector
 from .grafana import dashboards
 from .kafka import kafka_topics
 from .monitoring import pod_monitors, prometheus_rule
@@ -22,6 +23,8 @@ def build(p: StreamPipeline, cfg: OperatorConfig) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = [pipeline_config_map(p)]
     out += kafka_topics(p, cfg)
     for s in p.spec.sources:
+        if s.cdc is not None:
+            out += kafka_connector(p, s, cfg)
         out += producer(p, s, cfg)
     out += spark_service_account(p, cfg)
     out += checkpoint_claim(p)
