@@ -132,7 +132,11 @@ class KafkaConnect(Server):
         workdir: str | Path | None = None,
         heap: str = "512m",
         log=None,
+        offset_flush_ms: int = 1000,
     ) -> None:
+        self.offset_flush_ms = offset_flush_ms
+        """How often source offsets are written to the offsets file (a killed worker resends the
+        changes after the last write: Debezium delivers at least once)."""
         self.remove_workdir = workdir is None
         self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="streamotion-connect-"))
         self.bootstrap = bootstrap
@@ -154,7 +158,7 @@ class KafkaConnect(Server):
             "key.converter": "org.apache.kafka.connect.json.JsonConverter",
             "value.converter": "org.apache.kafka.connect.json.JsonConverter",
             "offset.storage.file.filename": str(self.workdir / "offsets.dat"),
-            "offset.flush.interval.ms": "1000",
+            "offset.flush.interval.ms": str(self.offset_flush_ms),
             "listeners": f"http://127.0.0.1:{self.port}",
             "plugin.path": str(plugins),
             "plugin.discovery": "hybrid_warn",
