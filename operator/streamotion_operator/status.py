@@ -220,8 +220,8 @@ def _component_status(
                 problems.setdefault("SourcesReady", []).append(
                     Problem("SourcesReady", CONNECTOR_FAILED, f"source {s.name}: {why}")
                 )
-            elif msg is None:
-                msg = why
+            elif why:
+                msg = f"{msg}; {why}" if msg else why
         secret = builders.source_secret(s)
         if secret and any(f"/{secret} " in m for m in secret_msgs):
             msg = next(m for m in secret_msgs if f"/{secret} " in m)
