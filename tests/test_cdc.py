@@ -256,25 +256,24 @@ def connect_worker(kafka, logical_pg, tmp_path_factory):
     are flushed rarely (10 min), so a killed worker resends every change it delivered."""
     from streamotion.dev.connect import KafkaConnect
 
+    from streamotion.local.cdc import connectors
+
     host, port = logical_pg.address.split(":")
     p = cdc_pipeline("c" + uuid.uuid4().hex[:8], host=host, port=int(port))
+    # what `streamotion run --local` does: the database's missing table created with the mapped
+    # columns, the connector pointed at the run's server
+    configs, notes = connectors(p, logical_pg.dsn, say=print)
+    assert notes == [f"cdc source reviews: created table shop.{TABLE} (empty) on the run's PostgreSQL"]
     with shop(logical_pg) as conn:
-        conn.execute(
-            "CREATE TABLE public.reviews (id serial PRIMARY KEY, body text, created_at timestamptz NOT NULL "
-            "DEFAULT now(), email text, product text)"
-        )
         conn.execute(
             "INSERT INTO reviews (body, email, product) VALUES ('I love this mug, wonderful', 'ann@x.io', 'mug'),"
             "('Terrible, it broke and I am angry', 'bob@x.io', 'cup'),"
             "('Mail me at jane.doe@example.com, I am so happy', NULL, 'mug')"
         )
-    s = p.spec.sources[0]
-    name = cdc.connector_name(p, s.name)
+    [name] = configs
+    assert configs[name]["database.hostname"] == host and configs[name]["database.port"] == port
     worker = KafkaConnect(
-        kafka.bootstrap,
-        {name: cdc.connector_config(p, s, user=logical_pg.user, password="unused")},
-        workdir=tmp_path_factory.mktemp("connect"),
-        offset_flush_ms=600_000,
+        kafka.bootstrap, configs, workdir=tmp_path_factory.mktemp("connect"), offset_flush_ms=600_000
     )
     worker.start()
     worker.wait_running(name)

@@ -112,10 +112,10 @@ def ensure_debezium(log=print) -> Path:
     return out
 
 
-def prepare(log=print) -> None:
-    """Fetch and cache what a local cdc source needs (``make prepare`` / ``streamotion prepare``)."""
-    ensure_connect_jars(log=log)
-    ensure_debezium(log=log)
+def prepare(log=print) -> str:
+    """Fetch and cache what a cdc source needs on one machine (``make prepare``; a local run fetches
+    it on first use)."""
+    return f"{ensure_connect_jars(log=log)}, {ensure_debezium(log=log)}"
 
 
 class KafkaConnect(Server):

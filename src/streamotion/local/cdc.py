@@ -47,21 +47,19 @@ def prepare_database(dsn: str, database: str, tables: list[CdcTable]) -> list[st
     return created
 
 
-def start(p: StreamPipeline, dsn: str, bootstrap: str, workdir: Path, say: Callable[[str], None] = print):
-    """Prepare the databases, start Kafka Connect with one connector per cdc source and wait until
-    they run; returns (the :class:`~streamotion.dev.connect.KafkaConnect`, notes for the summary)."""
-    from streamotion.dev.connect import KafkaConnect
-
+def connectors(p: StreamPipeline, dsn: str, say: Callable[[str], None] = print):
+    """Prepare each cdc source's database and tables on the server of ``dsn``; returns (connector
+    name -> Debezium configuration with that server's address and login, notes for the summary)."""
     url = urlsplit(dsn)
     notes: list[str] = []
-    connectors = {}
+    out = {}
     for s in p.spec.sources:
         if s.cdc is None or s.replicas == 0:
             continue
         created = prepare_database(dsn, s.cdc.database, s.cdc.tables)
         if created:
             notes.append(f"cdc source {s.name}: created {', '.join(created)} (empty) on the run's PostgreSQL")
-        connectors[cdc.connector_name(p, s.name)] = cdc.connector_config(
+        out[cdc.connector_name(p, s.name)] = cdc.connector_config(
             p,
             s,
             user=url.username or "postgres",
@@ -70,12 +68,20 @@ def start(p: StreamPipeline, dsn: str, bootstrap: str, workdir: Path, say: Calla
             port=url.port or 5432,
         )
         target = url._replace(path=f"/{s.cdc.database}").geturl()
-        say(
-            f"cdc source {s.name}: insert rows with  psql {target}  into {', '.join(t.name for t in s.cdc.tables)}"
-        )
-    connect = KafkaConnect(bootstrap, connectors, workdir=workdir, log=say)
+        tables = ", ".join(t.name for t in s.cdc.tables)
+        say(f"cdc source {s.name}: insert rows with  psql {target}  into {tables}")
+    return out, notes
+
+
+def start(p: StreamPipeline, dsn: str, bootstrap: str, workdir: Path, say: Callable[[str], None] = print):
+    """Prepare the databases, start Kafka Connect with one connector per cdc source and wait until
+    they run; returns (the :class:`~streamotion.dev.connect.KafkaConnect`, notes for the summary)."""
+    from streamotion.dev.connect import KafkaConnect
+
+    configs, notes = connectors(p, dsn, say)
+    connect = KafkaConnect(bootstrap, configs, workdir=workdir, log=say)
     connect.start()
-    for name in connectors:
+    for name in configs:
         connect.wait_running(name)
-    say(f"connect: {connect.url}, connectors {', '.join(connectors)} RUNNING")
+    say(f"connect: {connect.url}, connectors {', '.join(configs)} RUNNING")
     return connect, notes
