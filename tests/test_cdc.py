@@ -255,7 +255,6 @@ def connect_worker(kafka, logical_pg, tmp_path_factory):
     """One Connect worker for the module, running the connector of the module's pipeline. Offsets
     are flushed rarely (10 min), so a killed worker resends every change it delivered."""
     from streamotion.dev.connect import KafkaConnect
-
     from streamotion.local.cdc import connectors
 
     host, port = logical_pg.address.split(":")
