@@ -87,6 +87,48 @@ ROW = {
 }
 
 
+def test_a_bad_cdc_block_is_refused_with_the_field_path():
+    import yaml
+
+    from streamotion.api.validate import validate_object
+
+    body = yaml.safe_load(
+        """
+        apiVersion: streamotion.io/v1alpha1
+        kind: StreamPipeline
+        metadata: {name: bad}
+        spec:
+          sources:
+          - name: r
+            type: cdc
+            cdc:
+              host: db
+              database: shop
+              credentialsSecret: s
+              tables: [{name: reviews, idColumn: id, textColumn: "bo dy", timeColumn: t}]
+              operations: [insert, delete]
+          - name: s
+            type: replay
+            replay: {}
+            cdc:
+              host: db
+              database: x
+              credentialsSecret: s
+              tables: [{name: public.x, idColumn: id, textColumn: b, timeColumn: t}]
+          sinks: [{type: postgres, postgres: {host: pg, credentialsSecret: pg}}]
+        """
+    )
+    paths = {e.path for e in validate_object(body)}
+    assert {
+        "spec.sources[0].cdc.operations[1]",
+        "spec.sources[0].cdc.tables[0].name",
+        "spec.sources[0].cdc.tables[0].textColumn",
+    } <= paths, paths
+    del body["spec"]["sources"][0]  # valid schema: the cross-field rule (a cdc block only with type cdc)
+    assert {e.path for e in validate_object(body)} == {"spec.sources[0].cdc"}
+    assert cdc_pipeline("ok").spec.sources[0].cdc.operations == ["insert", "update"]  # the default
+
+
 # ------------------------------------------------------------------------------------ mapping
 def test_inserts_and_snapshot_reads_become_events_with_the_mapped_columns():
     source = cdc_pipeline("m1").spec.sources[0]
