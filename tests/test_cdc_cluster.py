@@ -248,3 +248,33 @@ def test_the_charts_kafka_connect_builds_the_pinned_debezium_and_the_api_server_
         assert result.returncode == 0, result.stderr
     finally:
         control_plane.kubectl("delete", "namespace", kafka_ns, "--wait=false", check=False)
+
+
+def test_the_operators_generated_rbac_creates_the_connector_and_its_secret_reader(
+    control_plane, kube, namespace
+):
+    """The operator's ClusterRole (charts/streamotion/files/operator-rbac-rules.yaml) is enough to
+    create a cdc source's KafkaConnector, Role and RoleBinding: Kubernetes lets a subject create a
+    Role, or bind one, only with every permission the Role grants (RBAC escalation prevention), and
+    the operator holds `get` on Secrets (it checks referenced Secrets)."""
+    from streamotion_operator.controller import Controller
+
+    from tests.test_render import _service_account_kube
+
+    control_plane.kubectl("create", "namespace", "kafka", check=False)
+    control_plane.kubectl(
+        "create", "clusterrole", "streamotion-spark-driver", "--verb=get", "--resource=pods", check=False
+    )
+    sa_kube = _service_account_kube(control_plane, kube, namespace)
+    try:
+        create_secrets(kube, namespace, {**SECRETS, "shop-db": {"username": "cdc", "password": "pw"}})
+        apply_pipeline(kube, pipeline("cdcrbac", namespace, cdc_spec()))
+        controller = Controller(sa_kube, OperatorConfig(kafka_namespace="kafka"))
+        out = controller.reconcile(namespace, "cdcrbac")
+        assert not [p for p in out.problems if p.reason == "ApplyFailed"], out.problems
+        kinds = {k[0] for k in children(kube, namespace, "cdcrbac")}
+        assert {"KafkaConnector", "Role", "RoleBinding"} <= kinds, kinds
+        controller.cleanup(namespace, "cdcrbac")
+        assert not any(k[0] == "KafkaConnector" for k in children(kube, namespace, "cdcrbac"))
+    finally:
+        sa_kube.close()

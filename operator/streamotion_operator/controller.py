@@ -353,8 +353,13 @@ class Controller:
             except ApiError as exc:
                 return exc
 
-        # Independent objects: written concurrently (server-side apply, one field manager).
-        for (obj, have, cond), result in zip(to_apply, self._io.map(apply, to_apply), strict=True):
+        # Independent objects: written concurrently (server-side apply, one field manager). Roles
+        # first: the API server lets the operator bind a Role only once it can read the Role's rules
+        # (RBAC escalation check), so a RoleBinding written beside its new Role would be refused.
+        roles = [x for x in to_apply if x[0]["kind"] == "Role"]
+        to_apply = roles + [x for x in to_apply if x[0]["kind"] != "Role"]
+        results = [*self._io.map(apply, roles), *self._io.map(apply, to_apply[len(roles) :])]
+        for (obj, have, cond), result in zip(to_apply, results, strict=True):
             if isinstance(result, ApiError):
                 out.problems.append(self._apply_problem(obj, cond, result, p))
                 continue
