@@ -262,8 +262,13 @@ def test_the_operators_generated_rbac_creates_the_connector_and_its_secret_reade
     from tests.test_render import _service_account_kube
 
     control_plane.kubectl("create", "namespace", "kafka", check=False)
-    control_plane.kubectl(
-        "create", "clusterrole", "streamotion-spark-driver", "--verb=get", "--resource=pods", check=False
+    # the Spark driver's ClusterRole the chart installs, unless a chart test applied it already
+    # (then it stays theirs: created here, it is deleted again)
+    created = (
+        control_plane.kubectl(
+            "create", "clusterrole", "streamotion-spark-driver", "--verb=get", "--resource=pods", check=False
+        ).returncode
+        == 0
     )
     sa_kube = _service_account_kube(control_plane, kube, namespace)
     try:
@@ -278,3 +283,5 @@ def test_the_operators_generated_rbac_creates_the_connector_and_its_secret_reade
         assert not any(k[0] == "KafkaConnector" for k in children(kube, namespace, "cdcrbac"))
     finally:
         sa_kube.close()
+        if created:
+            control_plane.kubectl("delete", "clusterrole", "streamotion-spark-driver", check=False)
