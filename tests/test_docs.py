@@ -232,6 +232,14 @@ COMMANDS: list[tuple[str, Ran | NotHere]] = [
             "the generator's output compared with the committed files, without writing them",
         ),
     ),
+    (
+        r"(\.venv/bin/)?streamotion run examples/reviews-cdc\.yaml --local",
+        NotHere(
+            "runs until stopped, with a model, the job, PostgreSQL and Kafka Connect; its cdc part "
+            "(streamotion.local.cdc: the database and table, the connector against the run's server) "
+            "runs in tests/test_cdc.py::test_inserted_and_updated_rows_arrive_classified_once_across_a_connect_restart_with_pii_redacted"
+        ),
+    ),
     (r"streamotion dashboards check", Ran(QUICK)),
     (r"streamotion docs check", Ran(QUICK)),
     (r"(\.venv/bin/)?streamotion render examples/full\.yaml -n team-a", Ran(QUICK)),

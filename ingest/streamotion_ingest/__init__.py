@@ -20,6 +20,7 @@ ENV_FROM_SECRET: dict[str, dict[str, str]] = {
     "x": {"X_BEARER_TOKEN": "bearer_token"},
     "http": {"INGEST_TOKEN": "token"},
     "replay": {},
+    "cdc": {},  # the database credentials are Kafka Connect's (config providers), not the producer's
 }
 
 # The field of the source's block (snake_case attribute of the API model) naming that Secret.

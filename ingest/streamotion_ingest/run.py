@@ -72,6 +72,10 @@ def produce(
         return serve(
             pipeline, source_name, bootstrap=bootstrap, metrics_port=metrics_port, host=host, port=port
         )
+    if source.type == "cdc":
+        from streamotion_ingest.cdc import serve as serve_cdc
+
+        return serve_cdc(pipeline, source_name, bootstrap=bootstrap, metrics_port=metrics_port)
 
     publisher = make_publisher(pipeline, source_name, bootstrap)
     if metrics_port:

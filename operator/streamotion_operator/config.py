@@ -39,6 +39,10 @@ class OperatorConfig:
     spark_version: str = "4.0.0"
     ray_version: str = "2.60.0"
     spark_driver_cluster_role: str = "streamotion-spark-driver"
+    connect_cluster: str = "streamotion-connect"
+    """The Strimzi KafkaConnect (with Debezium's PostgreSQL plugin) that runs the cdc sources' connectors."""
+    connect_namespace: str = ""
+    """Its namespace ("": each pipeline's Kafka namespace)."""
     """ClusterRole bound (per pipeline namespace) to the Spark driver's ServiceAccount."""
     dashboards_dir: str = field(default_factory=_default_dashboards_dir)
     resync_seconds: float = 30.0

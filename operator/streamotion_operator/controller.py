@@ -381,8 +381,13 @@ class Controller:
             except ApiError as exc:
                 return exc
 
-        # Independent objects: written concurrently (server-side apply, one field manager).
-        for (obj, have, cond), result in zip(to_apply, self._io.map(apply, to_apply), strict=True):
+        # Independent objects: written concurrently (server-side apply, one field manager). Roles
+        # first: the API server lets the operator bind a Role only once it can read the Role's rules
+        # (RBAC escalation check), so a RoleBinding written beside its new Role would be refused.
+        roles = [x for x in to_apply if x[0]["kind"] == "Role"]
+        to_apply = roles + [x for x in to_apply if x[0]["kind"] != "Role"]
+        results = [*self._io.map(apply, roles), *self._io.map(apply, to_apply[len(roles) :])]
+        for (obj, have, cond), result in zip(to_apply, results, strict=True):
             if isinstance(result, ApiError):
                 out.problems.append(self._apply_problem(obj, cond, result, p))
                 continue
@@ -504,9 +509,10 @@ class Controller:
     def _apply_problem(self, obj: dict[str, Any], cond: str, exc: ApiError, p: StreamPipeline) -> Problem:
         ns = obj["metadata"]["namespace"]
         if exc.status == 404 and ns != p.namespace:
-            field_path = (
-                "spec.kafka.namespace" if obj["kind"] == "KafkaTopic" else "spec.dashboards.namespace"
-            )
+            field_path = {
+                "KafkaTopic": "spec.kafka.namespace",
+                "KafkaConnector": "spec.kafka.namespace (the Kafka Connect cluster's, by default)",
+            }.get(obj["kind"], "spec.dashboards.namespace")
             return Problem(cond, "NamespaceMissing", f"namespace {ns} ({field_path}) not found")
         log.warning("apply failed: %s", exc)
         return Problem(cond, "ApplyFailed", str(exc)[:1000])
@@ -747,7 +753,7 @@ class Controller:
     def _cleanup(self, namespace: str, name: str, uid: str | None) -> Cleanup:
         sel = {naming.PIPELINE_LABEL: name, naming.PIPELINE_NS_LABEL: namespace}
         done = Cleanup()
-        for kind in (KINDS["KafkaTopic"], KINDS["KafkaUser"], KINDS["ConfigMap"]):
+        for kind in (KINDS["KafkaTopic"], KINDS["KafkaUser"], KINDS["KafkaConnector"], KINDS["ConfigMap"]):
             if not self.kube.installed(kind, ttl=0):
                 continue
             for item in self.kube.list(kind, None, sel):

@@ -40,7 +40,14 @@ from streamotion_operator.metrics import Metrics
 # Children whose changes should wake their pipeline's daemon at once (status, deletion).
 # (KafkaUser: Strimzi's User Operator marks it Ready once it has written the user's credentials,
 # which the operator then copies.)
-WATCHED_CHILDREN = ("Deployment", "KafkaTopic", "KafkaUser", "SparkApplication", "RayService")
+WATCHED_CHILDREN = (
+    "Deployment",
+    "KafkaTopic",
+    "KafkaUser",
+    "KafkaConnector",
+    "SparkApplication",
+    "RayService",
+)
 PIPELINE_INDEX = "streamotion_pipelines"
 CRD_INDEX = "streamotion_crds"
 

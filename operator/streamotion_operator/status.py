@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from streamotion import naming
+from streamotion import cdc, naming
 from streamotion.api.models import CONDITION_TYPES, StreamPipeline
 from streamotion_operator import builders, tenancy
+from streamotion_operator.builders.connect import connect_namespace
 from streamotion_operator.config import OperatorConfig
 
 CHILD_CONFLICT = "ChildConflict"
@@ -21,6 +22,8 @@ SINK_FAILING = "SinkFailing"
 CREDENTIALS_PENDING = "CredentialsPending"
 """A component's Kafka credentials (its KafkaUser's Secret, the cluster CA) are not there yet to copy."""
 ROLLOUT_PENDING = "RolloutPending"
+CONNECTOR_FAILED = "ConnectorFailed"
+"""A cdc source's connector or one of its tasks is FAILED in Kafka Connect (Strimzi's connectorStatus)."""
 """A SparkApplication or RayService still runs the previous operator's spec, its rewrite queued (pacing)."""
 TRANSIENT_REASONS = {
     TOPIC_RECREATED,
@@ -217,6 +220,17 @@ def _component_status(
             msg = f"Deployment {dn} is rolling out"
         elif avail < want:
             msg = f"Deployment {dn} has {avail}/{want} available replicas"
+        if s.cdc is not None and want > 0:  # its connector runs (suspended or 0 replicas: stopped)
+            cn = cdc.connector_name(p, s.name)
+            connector = by_kind.get("KafkaConnector", {}).get(cn)
+            failed, why = connector_state(connector, f"KafkaConnector {connect_namespace(p, cfg)}/{cn}")
+            if failed:
+                msg = why
+                problems.setdefault("SourcesReady", []).append(
+                    Problem("SourcesReady", CONNECTOR_FAILED, f"source {s.name}: {why}")
+                )
+            elif why:
+                msg = f"{msg}; {why}" if msg else why
         secret = builders.source_secret(s)
         if secret and any(f"/{secret} " in m for m in secret_msgs):
             msg = next(m for m in secret_msgs if f"/{secret} " in m)
@@ -315,6 +329,35 @@ def _component_status(
             cm,
         ) not in current and "DashboardsReady" not in problems:
             waiting["DashboardsReady"].append(f"ConfigMap {p.spec.dashboards.namespace}/{cm} not created")
+
+
+def connector_state(obj: dict[str, Any] | None, what: str) -> tuple[bool, str | None]:
+    """(failed, why not running) of a cdc source's KafkaConnector; why None: it and its tasks run.
+
+    Strimzi 1.2.0 copies Kafka Connect's REST status into status.connectorStatus (``connector.state``,
+    ``tasks[].state`` and their ``trace``; AbstractConnectOperator.java) and reports its own errors
+    (an invalid config, Connect unreachable) in the Ready condition (KafkaConnectorStatus)."""
+    ok, why = _condition_ready(obj, what)
+    st = (obj or {}).get("status") or {}
+    cs = st.get("connectorStatus") or {}
+    connector = cs.get("connector") if isinstance(cs.get("connector"), dict) else {}
+    tasks = [t for t in cs.get("tasks") or [] if isinstance(t, dict)]
+    failed = [("connector", connector)] if connector.get("state") == "FAILED" else []
+    failed += [(f"task {t.get('id', '?')}", t) for t in tasks if t.get("state") == "FAILED"]
+    if failed:
+        parts = []
+        for label, entry in failed:
+            trace = str(entry.get("trace") or "no trace").strip().splitlines()
+            parts.append(f"{label} FAILED: {trace[0][:500] if trace else 'no trace'}")
+        return True, f"{what}: " + "; ".join(parts)
+    if not ok:
+        return False, why
+    if connector.get("state") != "RUNNING":
+        return False, f"{what}: connector is {connector.get('state') or 'not reported yet'}"
+    if not tasks or any(t.get("state") != "RUNNING" for t in tasks):
+        states = ", ".join(f"task {t.get('id', '?')} {t.get('state')}" for t in tasks) or "no task yet"
+        return False, f"{what}: {states}"
+    return False, None
 
 
 def _condition_ready(obj: dict[str, Any] | None, what: str, upgrading: bool = False) -> tuple[bool, str]:

@@ -181,6 +181,8 @@ def make_ready(kube: Kube, namespace: str, name: str, *, topics: bool = True, po
         elif kind == "RayService" and model:
             cond = {**ready_condition(), "reason": "RayServiceReady"}
             _status(kube, KINDS[kind], ns, n, {"conditions": [cond], "observedGeneration": gen})
+        elif kind == "KafkaConnector" and pods:
+            _status(kube, KINDS[kind], ns, n, connector_running(n, gen))
         elif kind == "ConfigMap" and n == f"{name}-job-report" and job:
             report_sinks(kube, namespace, name)
     if pods:
@@ -277,6 +279,23 @@ def strimzi_credentials(kube: Kube, namespace: str, name: str, generation: int =
             )
             written.append(f"{ns}/{ca}")
     return written
+
+
+def connector_running(name: str, generation: int = 1, task_state: str = "RUNNING", trace: str = "") -> dict:
+    """A KafkaConnector's status as Strimzi 1.2.0 writes it: Ready, and Kafka Connect's REST status
+    of the connector and its tasks in connectorStatus (AbstractConnectOperator.java)."""
+    task = {"id": 0, "state": task_state, "worker_id": "10.0.0.1:8083", **({"trace": trace} if trace else {})}
+    return {
+        "conditions": [ready_condition()],
+        "observedGeneration": generation,
+        "connectorStatus": {
+            "name": name,
+            "connector": {"state": "RUNNING", "worker_id": "10.0.0.1:8083"},
+            "tasks": [task],
+            "type": "source",
+        },
+        "tasksMax": 1,
+    }
 
 
 def report_sinks(kube: Kube, namespace: str, name: str, failing: dict[int, str] | None = None) -> None:

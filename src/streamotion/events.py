@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 SCHEMA_VERSION = 1  # what this code writes
 MIN_READ_VERSION = 1  # the family the streaming job reads (see the module docstring)
 MAX_READ_VERSION = 9
-Platform = Literal["reddit", "mastodon", "bluesky", "x", "http", "replay"]
+Platform = Literal["reddit", "mastodon", "bluesky", "x", "http", "replay", "cdc"]
 AUTHOR_KEY_ENV = "STREAMOTION_AUTHOR_KEY"  # HMAC key for author hashing (a Secret in clusters)
 
 

@@ -10,6 +10,7 @@ from streamotion.api.models import StreamPipeline
 from streamotion_operator.config import OperatorConfig
 
 from .common import pipeline_config_map
+from .connect import kafka_connector
 from .grafana import dashboards
 from .kafka import kafka_topics
 from .monitoring import pod_monitors, prometheus_rule
@@ -32,6 +33,8 @@ def build(
     out += credential_secrets(p, cfg, kafka_secrets)
     out += network_policies(p, cfg)
     for s in p.spec.sources:
+        if s.cdc is not None:
+            out += kafka_connector(p, s, cfg)
         out += producer(p, s, cfg)
     out += spark_service_account(p, cfg)
     out += checkpoint_claim(p)

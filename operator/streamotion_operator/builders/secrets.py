@@ -26,11 +26,17 @@ def secret_refs(p: StreamPipeline) -> list[SecretRef]:
     for i, s in enumerate(p.spec.sources):
         name = source_secret(s)
         if name:
-            field = {"reddit": "credentialsSecret", "mastodon": "accessTokenSecret", "x": "bearerTokenSecret"}
+            field = {
+                "reddit": "credentialsSecret",
+                "mastodon": "accessTokenSecret",
+                "x": "bearerTokenSecret",
+                "cdc": "credentialsSecret",
+            }
+            keys = ("username", "password") if s.type == "cdc" else tuple(mapping.get(s.type, {}).values())
             refs.append(
                 SecretRef(
                     name,
-                    tuple(mapping.get(s.type, {}).values()),
+                    keys,
                     f"spec.sources[{i}].{s.type}.{field.get(s.type, 'tokenSecret')}",
                     f"source:{s.name}",
                 )

@@ -38,7 +38,7 @@ DNS1123_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-
 QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$"
 JVM_MEMORY_PATTERN = r"^[0-9]+[kmgt]$"
 
-SourceType = Literal["reddit", "mastodon", "bluesky", "x", "http", "replay"]
+SourceType = Literal["reddit", "mastodon", "bluesky", "x", "http", "replay", "cdc"]
 SOURCE_TYPES: tuple[str, ...] = SourceType.__args__  # type: ignore[attr-defined]
 SinkType = Literal["postgres", "bigquery"]
 SINK_TYPES: tuple[str, ...] = SinkType.__args__  # type: ignore[attr-defined]
@@ -253,6 +253,64 @@ class ReplaySource(ApiModel):
     """Stop after this many events (default: no limit)."""
 
 
+PG_IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_$]*$"
+PgIdentifier = Annotated[str, Field(min_length=1, max_length=63, pattern=PG_IDENTIFIER)]
+
+
+class CdcTable(ApiModel):
+    """One captured table and how its columns map onto the event contract."""
+
+    name: str = Field(
+        min_length=3, max_length=127, pattern=r"^[A-Za-z_][A-Za-z0-9_$]*\.[A-Za-z_][A-Za-z0-9_$]*$"
+    )
+    """The table as schema.table (for example public.reviews); unquoted PostgreSQL identifiers."""
+    id_column: PgIdentifier
+    """Column holding the row's stable id (usually the primary key); part of each event's id."""
+    text_column: PgIdentifier
+    """Column holding the text to classify."""
+    time_column: PgIdentifier
+    """Column holding the event time (timestamptz or timestamp, read as UTC); when it is NULL the
+    change's commit time is used."""
+    author_column: PgIdentifier | None = None
+    """Column holding the author; stored as a keyed hash, never as is."""
+    language_column: PgIdentifier | None = None
+    """Column holding an ISO 639-1 language code."""
+    channel_column: PgIdentifier | None = None
+    """Column holding the channel (product, app, queue...); default: the table's name."""
+
+
+class CdcSource(ApiModel):
+    """Change data capture from PostgreSQL: Debezium's connector (Kafka Connect) reads the tables'
+    logical replication stream; inserted and updated rows become events."""
+
+    host: str = Field(min_length=1, max_length=253)
+    """Database host, as Kafka Connect reaches it."""
+    port: int = Field(5432, ge=1, le=65535)
+    database: str = Field(min_length=1, max_length=63)
+    """Database holding the tables; it needs wal_level=logical."""
+    credentials_secret: SecretName
+    """Secret with keys username and password of a role with the REPLICATION attribute and SELECT
+    on the tables (a CloudNativePG app secret works as is); read by Kafka Connect, never copied."""
+    tables: list[CdcTable] = Field(
+        min_length=1,
+        max_length=32,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    """Tables to capture, 1 to 32, names unique."""
+    operations: list[Literal["insert", "update"]] = Field(
+        default_factory=lambda: ["insert", "update"],
+        min_length=1,
+        max_length=2,
+        json_schema_extra={"x-kubernetes-list-type": "set", "default": ["insert", "update"]},
+    )
+    """Which changes become events: insert (with the snapshot's rows), update (a changed text is a
+    new version of the event). Deletes never do."""
+    start_from: Literal["snapshot", "new"] = "snapshot"
+    """snapshot: the rows already in the tables, then every change; new: only changes from now on."""
+    ssl_mode: Literal["disable", "prefer", "require", "verify-ca", "verify-full"] = "prefer"
+    """TLS to the database (Debezium's database.sslmode)."""
+
+
 class Source(ApiModel):
     """One input stream; it runs as its own producer Deployment."""
 
@@ -279,6 +337,7 @@ class Source(ApiModel):
     x: XSource | None = None
     http: HttpSource | None = None
     replay: ReplaySource | None = None
+    cdc: CdcSource | None = None
 
 
 # ----------------------------------------------------------------------------------- processing

@@ -95,6 +95,11 @@ def _others_can_enter(path: Path) -> bool:
     return all(not p.exists() or os.stat(p).st_mode & 0o001 for p in [path, *path.parents])
 
 
+# Logical decoding for change data capture (Debezium's pgoutput connector): one slot and one WAL
+# sender per connector.
+LOGICAL_SETTINGS = ("-c", "wal_level=logical", "-c", "max_replication_slots=10", "-c", "max_wal_senders=10")
+
+
 class PostgresServer(Server):
     """One postgres server with trust authentication on 127.0.0.1 (free port), dying with its parent."""
 
@@ -109,11 +114,15 @@ class PostgresServer(Server):
         user: str = "streamotion",
         workdir: str | Path | None = None,
         durable: bool = False,
+        *,
+        logical: bool = False,
     ) -> None:
         # durable: commits survive a crash of the server process (synchronous_commit on); the
         # default trades that for speed (an acknowledged commit can be lost if postgres is killed)
         self.durable = durable
         self.database = database
+        self.logical = logical
+        """wal_level=logical (with replication slots and WAL senders): what Debezium's connector reads."""
         self.user = user
         self.bin_dir, self.source = binaries()
         self._run_as: pwd.struct_passwd | None = None
@@ -202,6 +211,7 @@ class PostgresServer(Server):
                     "max_connections=50",
                     "-c",
                     "shared_buffers=64MB",
+                    *(LOGICAL_SETTINGS if self.logical else ()),
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -16,6 +16,10 @@ STEPS: list[tuple[str, str]] = [
         "streamotion.dev.controlplane:ensure_binaries",
     ),
     ("Apache Kafka broker jars (Maven Central, KRaft)", "streamotion.dev.kafka:ensure_jars"),
+    (
+        "Kafka Connect jars and Debezium 3.6.1.Final's PostgreSQL connector (Maven Central; cdc tests)",
+        "streamotion.dev.connect:prepare",
+    ),
     ("Helm (pinned, from its Go module; chart tests and make up)", "streamotion.dev.helm:ensure_helm"),
     (
         "Prometheus (Debian package; dashboard and alert tests)",

@@ -228,6 +228,7 @@ class LocalRun:
         )
         self.check()
         self._write_pipeline()
+        self._start_connect()
         self._start_job()
         self._write_state()
         self._wait_threads([model])
@@ -382,7 +383,9 @@ class LocalRun:
 
                 self.postgres = self._guard(
                     "postgres",
-                    lambda: PostgresServer(database=pg.database, workdir=self.workdir / "postgres"),
+                    lambda: PostgresServer(
+                        database=pg.database, workdir=self.workdir / "postgres", logical=self.has_cdc
+                    ),
                 )
                 server = self.postgres
                 self.say(
@@ -407,6 +410,51 @@ class LocalRun:
             self.env.update(emulator.env())
         if pg is None and bq is None:
             self.notes.append("no PostgreSQL or BigQuery sink: events out are not counted")
+
+    @property
+    def has_cdc(self) -> bool:
+        return any(s.cdc is not None and s.replicas > 0 for s in self.pipeline.spec.sources)
+
+    def _start_connect(self) -> None:
+        """Kafka Connect with Debezium for the cdc sources, reading the run's PostgreSQL (started
+        with wal_level=logical; without a PostgreSQL sink, one is started for them): each source's
+        database is created there, and each captured table that does not exist yet is created
+        with the mapped columns, so rows can be inserted at once (``streamotion.local.cdc``)."""
+        if not self.has_cdc:
+            return
+        from streamotion.local import cdc as local_cdc
+
+        if self.pg_dsn is None:
+            from streamotion.dev.postgres import PostgresServer
+
+            first = next(s.cdc for s in self.pipeline.spec.sources if s.cdc is not None)
+            self.postgres = self._guard(
+                "postgres",
+                lambda: PostgresServer(
+                    database=first.database, workdir=self.workdir / "postgres", logical=True
+                ),
+            )
+            self._guard("postgres", self.postgres.start, self.postgres.log_path)
+            self.components.append(
+                Component(
+                    "postgres",
+                    self.postgres.process,
+                    stop=self.postgres.stop,
+                    log_path=self.postgres.log_path,
+                )
+            )
+            self.pg_dsn = self.postgres.dsn
+        self.say("connect: starting Kafka Connect with Debezium's PostgreSQL connector (jars cached)...")
+        connect, notes = self._guard(
+            "connect",
+            lambda: local_cdc.start(
+                self.pipeline, self.pg_dsn or "", self.bootstrap or "", self.workdir / "connect", self.say
+            ),
+        )
+        self.components.append(
+            Component("connect", connect.process, stop=connect.stop, log_path=connect.log_path)
+        )
+        self.notes += notes
 
     def _start_prometheus(self) -> None:
         if importlib.util.find_spec("streamotion.dev.prometheus") is None:
@@ -654,6 +702,7 @@ class LocalRun:
         else:  # a --workdir the user gave: remove only what we created
             for sub in (
                 "kafka",
+                "connect",
                 "checkpoint",
                 "logs",
                 "prometheus",
