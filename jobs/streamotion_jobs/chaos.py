@@ -733,7 +733,7 @@ def bench_chaos(
         list(FAULTS), "--fault", help=f"Faults to inject, in order (default all: {', '.join(FAULTS)})."
     ),
     rate: float = typer.Option(200.0, help="Events per second of load (half Kafka, half HTTP)."),
-    recover_s: float = typer.Option(0.0, help="Seconds after each fault (default 60, --short 25)."),
+    recover_s: float = typer.Option(0.0, help="Seconds after each fault (default 60, --short 20)."),
     trigger: str = typer.Option("2s", help="The job's trigger interval."),
     workdir: Path | None = typer.Option(None, help="Keep the run's files (logs) here."),
 ) -> None:
@@ -743,12 +743,12 @@ def bench_chaos(
     unknown = [f for f in fault if f not in FAULTS]
     if unknown:
         raise typer.BadParameter(f"unknown fault {unknown[0]!r}; known: {', '.join(FAULTS)}")
-    recover = recover_s or (25.0 if short else 60.0)
+    recover = recover_s or (20.0 if short else 60.0)
     out = run_chaos(
         fault,
         rate,
         recover,
-        warmup_s=10.0 if short else 30.0,
+        warmup_s=5.0 if short else 30.0,
         trigger=trigger,
         drain_timeout_s=180.0 if short else 600.0,
         workdir=workdir,
