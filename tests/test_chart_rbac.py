@@ -28,6 +28,7 @@ from streamotion_operator.testing import (
     wait_for,
 )
 
+from streamotion.api.models import API_VERSION
 from streamotion.dev.helm import KUBE_VERSION, helm
 
 pytestmark = pytest.mark.timeout(300)
@@ -159,7 +160,7 @@ def test_operator_runs_with_the_chart_service_account(
 
         wait_for(running, 90, interval=1, what="phase Running")
         # Deletion: the finalizer's cleanup removes the children in other namespaces, then the pipeline goes.
-        admin.request("DELETE", f"/apis/streamotion.io/v1alpha1/namespaces/{namespace}/streampipelines/rbac")
+        admin.request("DELETE", f"/apis/{API_VERSION}/namespaces/{namespace}/streampipelines/rbac")
         wait_for(lambda: get_pipeline(admin, namespace, "rbac") is None, 60, what="pipeline deleted")
         assert not [k for k in children(admin, namespace, "rbac") if k[1] != namespace]
         assert op.error is None

@@ -211,6 +211,9 @@ def make_registry(rt: Runtime) -> kopf.OperatorRegistry:
         ]
         return {"served": served}
 
+    if rt.cfg.webhook_port:
+        _register_webhook(rt, registry)
+
     for kind in KINDS.values():
 
         def index_child(body, labels, kind=kind, **_: Any) -> dict[Any, Any]:
@@ -282,6 +285,44 @@ def make_registry(rt: Runtime) -> kopf.OperatorRegistry:
         )(child_changed)
 
     return registry
+
+
+def _register_webhook(rt: Runtime, registry: kopf.OperatorRegistry) -> None:
+    """Serve the conversion webhook while the operator runs, and keep the CRD pointed at it."""
+    from streamotion_operator import webhook
+
+    server = webhook.WebhookServer("0.0.0.0", rt.cfg.webhook_port, rt.cfg.webhook_cert_dir)
+    wanted: dict[str, Any] | None = None
+    if rt.cfg.webhook_service or rt.cfg.webhook_url:
+        ca = (Path(rt.cfg.webhook_cert_dir) / "ca.crt").read_bytes()
+        wanted = webhook.client_config(
+            rt.cfg.webhook_service, rt.cfg.webhook_service_port, ca, url=rt.cfg.webhook_url
+        )
+
+    @kopf.on.startup(registry=registry)
+    async def start_webhook(**_: Any) -> None:
+        await server.start()
+
+    @kopf.on.cleanup(registry=registry)
+    async def stop_webhook(**_: Any) -> None:
+        await server.stop()
+
+    if wanted is not None:
+        # On every event of the CRD (the CRD index's watch: the first listing, and after
+        # `kubectl apply -f crds/` reset it): re-point its conversion at this operator.
+        @kopf.on.event(
+            "apiextensions.k8s.io",
+            "v1",
+            "customresourcedefinitions",
+            registry=registry,
+            id="crd-conversion",
+            when=lambda name, **_: name == webhook.CRD_NAME,
+        )
+        async def crd_conversion(type: str, **_: Any) -> None:
+            if type == "DELETED":
+                return
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(rt.pool, webhook.ensure_crd_conversion, rt.kube, wanted)
 
 
 async def delete_children(rt: Runtime, body: dict[str, Any], name: str, namespace: str, uid, logger) -> None:
