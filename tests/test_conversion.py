@@ -3,6 +3,7 @@ storage-version migration, on a kube-apiserver of its own (its CRD is replaced a
 
 from __future__ import annotations
 
+import base64
 import copy
 import datetime
 import ipaddress
@@ -10,8 +11,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+import hypothesis
 import pytest
-from hypothesis import find
+import yaml
 from hypothesis import strategies as st
 from streamotion_operator import webhook
 from streamotion_operator.config import OperatorConfig
@@ -26,6 +28,7 @@ from streamotion.api.crd import crd, root_schema
 from streamotion.api.validate import parse, validate_object
 from streamotion.dev.controlplane import ControlPlane
 from streamotion.dev.procs import free_port
+from tests.test_chart import chart, find, render  # noqa: F401  (chart: the module fixture)
 
 OLD = f"{m.GROUP}/v1alpha1"
 NEW = m.API_VERSION
@@ -58,7 +61,7 @@ def _string(schema: dict[str, Any]) -> str:
         return "set-by-test"[:hi]
     if pattern in SAMPLES:
         return SAMPLES[pattern]
-    return find(st.from_regex(pattern, fullmatch=True), lambda s: lo <= len(s) <= hi)
+    return hypothesis.find(st.from_regex(pattern, fullmatch=True), lambda s: lo <= len(s) <= hi)
 
 
 def sample(schema: dict[str, Any], path: tuple[str, ...] = ()) -> Any:
@@ -419,3 +422,51 @@ def test_stored_v1alpha1_objects_read_back_unchanged_through_the_operators_webho
         )
     assert "storedVersions" in json.dumps(err.value.body)
     kube.close()
+
+
+# ------------------------------------------------------------------------------------ the chart
+def test_the_chart_serves_the_webhook_with_a_certificate_for_its_service(chart):  # noqa: F811
+    """Helm's genCA/genSignedCert (helm/helm v4.3.1 pkg/engine/funcs.go, sprig crypto.go) give a CA
+    and a certificate whose DNS names the API server checks against the Service's
+    <name>.<namespace>.svc (kubernetes/kubernetes staging/src/k8s.io/apiserver/pkg/util/webhook/
+    authentication.go: the service's DNS name is the TLS server name)."""
+    from cryptography import x509
+
+    docs = render(chart, release="rel", namespace="ops")
+    secret = find(docs, "Secret", "rel-streamotion-operator-webhook-tls")
+    assert secret["type"] == "kubernetes.io/tls"
+    ca = x509.load_pem_x509_certificate(base64.b64decode(secret["data"]["ca.crt"]))
+    cert = x509.load_pem_x509_certificate(base64.b64decode(secret["data"]["tls.crt"]))
+    cert.verify_directly_issued_by(ca)
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+        x509.DNSName
+    )
+    assert "rel-streamotion-operator-webhook.ops.svc" in names
+    svc = find(docs, "Service", "rel-streamotion-operator-webhook")
+    assert svc["spec"]["ports"] == [
+        {"name": "webhook", "port": 443, "targetPort": "webhook", "protocol": "TCP"}
+    ]
+    pod = find(docs, "Deployment", "rel-streamotion-operator")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    cfg = OperatorConfig.from_env(env)
+    assert (cfg.webhook_port, cfg.webhook_service, cfg.webhook_service_port) == (
+        9443,
+        "ops/rel-streamotion-operator-webhook",
+        443,
+    )
+    assert {"name": "webhook", "containerPort": 9443, "protocol": "TCP"} in container["ports"]
+    mount = next(v for v in container["volumeMounts"] if v["mountPath"] == cfg.webhook_cert_dir)
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    assert volume["secret"]["secretName"] == secret["metadata"]["name"]
+    # the CRD the chart installs points at the Service of a release named streamotion in namespace
+    # streamotion (crds/ is not templated); the operator of another release points it at its own
+    crd_file = yaml.safe_load((chart / "crds" / f"{webhook.CRD_NAME}.yaml").read_text())
+    assert crd_file == crd()
+    default = find(render(chart), "Service", "streamotion-operator-webhook")["metadata"]
+    assert crd_file["spec"]["conversion"]["webhook"]["clientConfig"]["service"] == {
+        "namespace": default["namespace"],
+        "name": default["name"],
+        "path": "/convert",
+        "port": 443,
+    }
