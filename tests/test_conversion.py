@@ -8,6 +8,8 @@ import copy
 import datetime
 import ipaddress
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -372,9 +374,13 @@ def test_stored_v1alpha1_objects_read_back_unchanged_through_the_operators_webho
             what="the operator's clientConfig on the CRD",
         )
         # the operator (built for v1alpha2) works on objects stored as v1alpha1: finalizer, status
-        wait_for(lambda: (_try(kube, "v1alpha1", ns, "minimal").get("status") or {}).get("conditions"), 60)
+        def handled() -> bool:
+            old = _try(kube, "v1alpha1", ns, "minimal")
+            finalizers = (old.get("metadata") or {}).get("finalizers") or []
+            return bool((old.get("status") or {}).get("conditions")) and "streamotion.io/cleanup" in finalizers
+
+        wait_for(handled, 60, what="the operator's finalizer and status, read as v1alpha1")
         old = _get(kube, "v1alpha1", ns, "minimal")
-        assert "streamotion.io/cleanup" in old["metadata"].get("finalizers", [])
         assert old["spec"] == stored["minimal"]["spec"]
         # a write in either version is read back in the other
         kube.request(
@@ -397,10 +403,19 @@ def test_stored_v1alpha1_objects_read_back_unchanged_through_the_operators_webho
             assert table.split()[:7] == ["NAME", "PHASE", "READY", "SOURCES", "SINKS", "AGE", "MESSAGE"]
 
         # 5. storage migration: every object written again in v1alpha2, storedVersions [v1alpha2]
-        assert sorted(_crd(kube)["status"]["storedVersions"]) == ["v1alpha1", "v1alpha2"]
-        out = migrate_storage(kube)
-        assert sorted(out.rewritten) == [f"{ns}/full", f"{ns}/later", f"{ns}/minimal"]
-        assert out.stored_after == [m.VERSION] == _crd(kube)["status"]["storedVersions"]
+        def stored_versions() -> list[str]:  # as docs/operations/upgrade.md reads them
+            out = cp.kubectl("get", "crd", webhook.CRD_NAME, "-o", "jsonpath={.status.storedVersions}").stdout
+            return json.loads(out)
+
+        assert sorted(stored_versions()) == ["v1alpha1", "v1alpha2"]
+        run = subprocess.run(
+            [sys.executable, "-m", "streamotion", "migrate-storage", "--kubeconfig", str(cp.kubeconfig_path)],
+            capture_output=True,
+            text=True,
+        )
+        assert run.returncode == 0, run.stderr
+        assert "rewrote 3 StreamPipelines in v1alpha2" in run.stdout, run.stdout
+        assert stored_versions() == [m.VERSION] == _crd(kube)["status"]["storedVersions"]
 
     # 6. v1alpha1 can now leave the CRD (its objects are all stored as v1alpha2): with it gone and
     #    no webhook running, every object still reads, unchanged

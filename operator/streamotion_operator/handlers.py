@@ -302,6 +302,9 @@ def _register_webhook(rt: Runtime, registry: kopf.OperatorRegistry) -> None:
     @kopf.on.startup(registry=registry)
     async def start_webhook(**_: Any) -> None:
         await server.start()
+        if wanted is not None:  # before the watches start: they read pipelines stored as v1alpha1
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(rt.pool, webhook.ensure_crd_conversion, rt.kube, wanted)
 
     @kopf.on.cleanup(registry=registry)
     async def stop_webhook(**_: Any) -> None:
