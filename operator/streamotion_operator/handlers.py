@@ -262,8 +262,8 @@ def make_registry(rt: Runtime) -> kopf.OperatorRegistry:
                 rt.wakeups.pop(key, None)
 
     @kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry)
-    async def pipeline_deleted(name: str, namespace: str, body, meta, logger, **_: Any) -> None:
-        await delete_children(rt, dict(body), name, namespace, meta.get("uid"), logger)
+    async def pipeline_deleted(name: str, namespace: str, body, meta, logger, **kwargs: Any) -> None:
+        await delete_children(rt, dict(body), name, namespace, meta.get("uid"), logger, indices=kwargs)
 
     managed = {"app.kubernetes.io/managed-by": naming.MANAGED_BY}
     for kind_name in WATCHED_CHILDREN:
@@ -328,7 +328,15 @@ def _register_webhook(rt: Runtime, registry: kopf.OperatorRegistry) -> None:
             await loop.run_in_executor(rt.pool, webhook.ensure_crd_conversion, rt.kube, wanted)
 
 
-async def delete_children(rt: Runtime, body: dict[str, Any], name: str, namespace: str, uid, logger) -> None:
+async def delete_children(
+    rt: Runtime,
+    body: dict[str, Any],
+    name: str,
+    namespace: str,
+    uid,
+    logger,
+    indices: dict[str, Any] | None = None,
+) -> None:
     """Delete the pipeline's topics and dashboards and wait until they are gone, for at most
     ``cleanup_timeout_seconds`` from the pipeline's deletionTimestamp (so an operator restart does
     not start the clock again). API errors are retried until then. A KafkaTopic is gone once
@@ -336,7 +344,12 @@ async def delete_children(rt: Runtime, body: dict[str, Any], name: str, namespac
     anything is left the pipeline's Ready condition says what (reason WaitingForCleanup, with an
     event); at the deadline a Warning event CleanupTimedOut names what is left and the finalizer is
     released (the leftovers carry the old pipeline's uid: a later pipeline of the same name never
-    adopts them)."""
+    adopts them).
+
+    With the kopf ``indices`` (the handler's kwargs), each pass works from the children the watches
+    delivered: it lists and reads nothing (the watches report each deletion, and a KafkaTopic event
+    wakes the wait); its requests are the deletions themselves and a status write and an event when
+    what is left changes."""
     loop = asyncio.get_running_loop()
     deadline = _deletion_time(body) + rt.cfg.cleanup_timeout_seconds
     key = (namespace, name)
@@ -346,7 +359,8 @@ async def delete_children(rt: Runtime, body: dict[str, Any], name: str, namespac
         wake = rt.wakeups.setdefault(key, asyncio.Event())
         wake.clear()
         try:
-            done = await loop.run_in_executor(rt.pool, rt.controller.cleanup, namespace, name, uid)
+            held = view(indices, namespace, name).children if indices and CRD_INDEX in indices else None
+            done = await loop.run_in_executor(rt.pool, rt.controller.cleanup, namespace, name, uid, held)
             deleted += done.deleted
             left, why = done.remaining, "not deleted yet"
         except Exception as exc:
