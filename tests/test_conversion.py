@@ -373,11 +373,14 @@ def test_stored_v1alpha1_objects_read_back_unchanged_through_the_operators_webho
             30,
             what="the operator's clientConfig on the CRD",
         )
+
         # the operator (built for v1alpha2) works on objects stored as v1alpha1: finalizer, status
         def handled() -> bool:
             old = _try(kube, "v1alpha1", ns, "minimal")
             finalizers = (old.get("metadata") or {}).get("finalizers") or []
-            return bool((old.get("status") or {}).get("conditions")) and "streamotion.io/cleanup" in finalizers
+            return (
+                bool((old.get("status") or {}).get("conditions")) and "streamotion.io/cleanup" in finalizers
+            )
 
         wait_for(handled, 60, what="the operator's finalizer and status, read as v1alpha1")
         old = _get(kube, "v1alpha1", ns, "minimal")
