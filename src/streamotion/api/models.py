@@ -572,7 +572,10 @@ class StreamPipeline(BaseModel):
 def all_rules() -> dict[str, Rule]:
     """Every cross-field rule, by its CEL expression."""
     out: dict[str, Rule] = {}
-    for model in (KafkaSpec, MastodonSource, Source, ProcessingSpec, ModelReplicas, ModelSpec, Sink):
+    models: list[type[ApiModel]] = [ApiModel]
+    while models:  # every model of the API, so that a model added later needs no entry here
+        model = models.pop()
+        models.extend(model.__subclasses__())
         for rule in model.cel_rules:
             out[rule.cel] = rule
     return out
