@@ -181,7 +181,7 @@ def test_operator_deployment_is_configured_for_the_operator(chart):
     assert container["args"] == ["operator"]
     # The metrics Service and ServiceMonitor reach the container's metrics port.
     assert {"name": "metrics", "containerPort": cfg.metrics_port, "protocol": "TCP"} in container["ports"]
-    svc = find(docs, "Service")
+    svc = find(docs, "Service", "streamotion-operator-metrics")
     assert svc["spec"]["selector"].items() <= deploy["spec"]["template"]["metadata"]["labels"].items()
     assert find(docs, "ServiceMonitor")["spec"]["endpoints"][0]["port"] == "metrics"
     assert pod["serviceAccountName"] == find(docs, "ServiceAccount")["metadata"]["name"]
@@ -488,6 +488,8 @@ def test_install_upgrade_uninstall(chart, control_plane, namespace):
         assert get("kafkas.kafka.strimzi.io", "streamotion", ns=kafka_ns)["spec"]["kafka"]["listeners"]
         assert get("deployment", "st-streamotion-operator")["spec"]["replicas"] == 1
         assert datasource_password(get("secret", "st-streamotion-datasource-postgres")) == password
+        webhook_tls = get("secret", "st-streamotion-operator-webhook-tls")["data"]
+        # Upgrade: the conversion webhook's CA and certificate are kept (lookup: the CRD's caBundle stays valid).
         # Upgrade: the password in the cluster is kept (lookup), here one changed by hand, Grafana's
         # datasource gets it ("$$" is Grafana's literal "$"), and the hook-created Cluster is left alone.
         patch = json.dumps({"stringData": {"password": "kept$PATH"}})
@@ -497,6 +499,7 @@ def test_install_upgrade_uninstall(chart, control_plane, namespace):
         assert datasource_password(get("secret", "st-streamotion-datasource-postgres")) == "kept$$PATH"
         env = get("deployment", "st-streamotion-operator")["spec"]["template"]["spec"]["containers"][0]["env"]
         assert {"name": "STREAMOTION_WORKERS", "value": "4"} in env
+        assert get("secret", "st-streamotion-operator-webhook-tls")["data"] == webhook_tls
         after = get("clusters.postgresql.cnpg.io", "streamotion-pg")
         assert after["metadata"]["resourceVersion"] == cluster["metadata"]["resourceVersion"]
         helm("uninstall", "st", *kube, "--timeout", "2m")

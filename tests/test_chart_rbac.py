@@ -28,6 +28,7 @@ from streamotion_operator.testing import (
     wait_for,
 )
 
+from streamotion.api.models import API_VERSION
 from streamotion.dev.helm import KUBE_VERSION, helm
 
 pytestmark = pytest.mark.timeout(300)
@@ -164,7 +165,7 @@ def test_operator_runs_with_the_chart_service_account(
         # the Kafka credentials Strimzi wrote (make_ready) were copied under the chart's rules
         assert {k[0] for k in children(admin, namespace, "rbac") if k[1] == namespace} >= {"Secret"}
         # Deletion: the finalizer's cleanup removes the children in other namespaces, then the pipeline goes.
-        admin.request("DELETE", f"/apis/streamotion.io/v1alpha1/namespaces/{namespace}/streampipelines/rbac")
+        admin.request("DELETE", f"/apis/{API_VERSION}/namespaces/{namespace}/streampipelines/rbac")
         wait_for(lambda: get_pipeline(admin, namespace, "rbac") is None, 60, what="pipeline deleted")
         assert not [k for k in children(admin, namespace, "rbac") if k[1] != namespace]
         assert op.error is None

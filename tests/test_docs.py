@@ -203,6 +203,7 @@ DOCKER = "needs Docker and kind, which CI machines here do not have; the chart i
 GCP = "needs a Google Cloud project; tests/test_deploy.py checks the guide's service accounts and bindings against values-gke.yaml"
 CONTROL_PLANE = "tests/test_dev_control_plane.py::test_dev_control_plane_serves_kubectl_and_stops_cleanly"
 UPGRADE = "tests/test_chart.py::test_install_upgrade_uninstall"
+CONVERSION = "tests/test_conversion.py::test_stored_v1alpha1_objects_read_back_unchanged_through_the_operators_webhook_and_migrate"
 STANDIN = "on a copy of the chart with stand-ins for the operator charts (no internet for `helm dependency build`), on the test control plane"
 
 # (regular expression matched against the whole command, what runs it or why nothing can)
@@ -377,6 +378,17 @@ COMMANDS: list[tuple[str, Ran | NotHere]] = [
             CONTROL_PLANE,
             "the dev control plane installs the CRD exactly this way (streamotion.dev.controlplane.install_crds)",
         ),
+    ),
+    (
+        r"streamotion migrate-storage",
+        Ran(
+            CONVERSION,
+            "with --kubeconfig of the test's own API server, after objects were stored as v1alpha1 and the v1alpha2 CRD applied",
+        ),
+    ),
+    (
+        r"kubectl get crd streampipelines\.streamotion\.io -o jsonpath='\{\.status\.storedVersions\}'",
+        Ran(CONVERSION, "before and after the migration"),
     ),
     (
         r"helm dependency build charts/streamotion",

@@ -142,6 +142,65 @@ def test_a_new_query_on_a_recreated_topic_starts_where_the_new_topic_begins(kafk
     assert any("partition 0" in line and "end offset 3" in line for line in logged)
 
 
+def test_the_job_alone_reports_a_recreated_topic_and_does_not_start_a_query_bound_to_fail(kafka, tmp_path):
+    """Without the operator (a topic reached through bootstrapServers, `streamotion local`): the
+    topic's end offsets (real broker: 3 and 4 records) lie below what the sinks' ledger recorded
+    (10 in partition 0), which only a topic created again does. The job reports it (the report the
+    operator turns into TopicRecreated) and, with a checkpoint that points past the end too, does
+    not start the query Spark would stop at its first batch ("Partition <tp>'s offset was changed",
+    apache/spark v4.0.0 connector/kafka-0-10-sql KafkaOffsetReaderAdmin.getOffsetRangesFromResolvedOffsets);
+    it retries until a fresh checkpoint is given. A topic that is not behind is not reported."""
+    import threading
+
+    from confluent_kafka import Producer
+    from streamotion_jobs.job import StreamingJob, TopicRecreatedError
+
+    from streamotion import naming
+    from tests.test_jobs_units import _job_cfg
+
+    topic = "recreated." + uuid.uuid4().hex[:8]
+    kafka.create_topic(topic, partitions=2)
+    producer = Producer({"bootstrap.servers": kafka.bootstrap})
+    for partition, n in ((0, 3), (1, 4)):
+        for _ in range(n):
+            producer.produce(topic, value=b"x", partition=partition)
+    assert producer.flush(30) == 0
+
+    class Ledger:
+        name = "postgres"
+        offsets = {0: 10, 1: 2}
+
+        def open(self):
+            pass
+
+        def close(self):
+            pass
+
+        def resume_offsets(self, t):
+            return dict(self.offsets) if t == topic else None
+
+    cfg = _job_cfg(tmp_path)
+    cfg.bootstrap, cfg.topics = kafka.bootstrap, {**cfg.topics, "raw": topic}
+    logged: list[str] = []
+    ledger = Ledger()
+    job = StreamingJob(cfg, None, sinks=[ledger], log=logged.append, lag_interval_s=None)
+    written: list[dict] = []
+    job.report.write = written.append
+    started: list[bool] = []
+    job.start = lambda available_now=False: started.append(available_now)
+    job.checkpoint_has_offsets = lambda: True
+    with pytest.raises(TopicRecreatedError, match="fresh checkpoint"):
+        job.run(threading.Event(), max_failures=0)
+    assert started == [], "a query was started on a checkpoint past the topic's end"
+    state = json.loads(written[-1][naming.JOB_QUERY_KEY])
+    assert state["topicRecreated"] is True
+    assert "partition 0: recorded 10, the topic ends at 3" in state["message"]
+    assert "partition 1" not in state["message"]  # 2 is within the topic's 4 records
+    # within the topic's end: nothing to report
+    ledger.offsets = {0: 3, 1: 4}
+    assert job.check_topic() is None
+
+
 offsets_maps = st.dictionaries(
     st.sampled_from(["a", "b"]),
     st.dictionaries(st.integers(0, 5), st.integers(0, 10**9), max_size=6),

@@ -35,7 +35,7 @@ from streamotion_operator.testing import (
 )
 
 from streamotion import naming
-from streamotion.api.models import StreamPipeline
+from streamotion.api.models import API_VERSION, StreamPipeline
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -208,7 +208,7 @@ def test_a_topic_created_again_is_reported_until_accepted(operator, kube, namesp
     assert any(e["reason"] == "TopicRecreated" and e["type"] == "Warning" for e in events)
     kube.request(
         "PATCH",
-        f"/apis/streamotion.io/v1alpha1/namespaces/{namespace}/streampipelines/{name}",
+        f"/apis/{API_VERSION}/namespaces/{namespace}/streampipelines/{name}",
         body={"metadata": {"annotations": {ACCEPTED_TOPIC_IDS: f"raw={new_id}"}}},
         content_type="application/merge-patch+json",
     )

@@ -28,6 +28,7 @@ from streamotion_operator.controller import Controller
 from streamotion_operator.kube import Kube
 from streamotion_operator.testing import BASE_SPEC, children, condition, get_pipeline, pipeline
 
+from streamotion.api.models import API_VERSION
 from streamotion.dev.helm import KUBE_VERSION, helm
 from tests.test_chart import chart, find, render  # noqa: F401  (chart: the module fixture)
 
@@ -95,7 +96,7 @@ REFUSED = [
     ),
     ({"kafka": {"partitions": 101}}, "spec.kafka.partitions: 101 is over the limit of 100"),
     ({"kafka": {"replicas": 4}}, "spec.kafka.replicas: 4 is over the limit of 3"),
-    ({"kafka": {"retentionHours": 87600}}, "spec.kafka.retentionHours: 87600 is over the limit of 2160"),
+    ({"kafka": {"retention": "87600h"}}, "spec.kafka.retention: 87600h is over the limit of 2160h"),
     (
         {"dashboards": {"enabled": True, "namespace": "kube-system"}},
         "spec.dashboards.namespace: namespace kube-system is not allowed (allowed: monitoring)",
@@ -122,7 +123,7 @@ def test_the_policy_admits_the_charts_own_kafka_and_refuses_the_rest(control_pla
     with pytest.raises(Exception) as err:
         kube.request(
             "POST",
-            f"/apis/streamotion.io/v1alpha1/namespaces/{namespace}/streampipelines",
+            f"/apis/{API_VERSION}/namespaces/{namespace}/streampipelines",
             body=pipeline("x", namespace, spec(partitions=500)),
         )
     body = err.value.body

@@ -139,6 +139,30 @@ class StreamingJob:
         )
         return json.dumps({topic: doc})
 
+    def check_topic(self) -> str | None:
+        """Whether the raw topic ends before offsets the sinks' ledgers recorded: only a topic deleted
+        and created again (with fewer records since) does that, so the job sees it without the
+        operator (a topic reached through bootstrapServers, `streamotion local`). Reports it
+        (TopicRecreated on the pipeline) and returns the message; None when the topic is not behind
+        or no sink keeps a ledger."""
+        topic = self.cfg.topics["raw"]
+        ledgers = [o for o in (sink.resume_offsets(topic) for sink in self.sinks) if o]
+        if not ledgers:
+            return None
+        behind = topic_behind(ledgers, topic_end_offsets(self.cfg.bootstrap, topic))
+        if not behind:
+            return None
+        message = (
+            f"topic {topic} ends before offsets the sinks recorded ("
+            + ", ".join(
+                f"partition {p}: recorded {a}, the topic ends at {b}" for p, (a, b) in sorted(behind.items())
+            )
+            + "): it was deleted and created again"
+        )
+        self.report.topic_recreated(message)
+        self.log(message)
+        return message
+
     def checkpoint_has_offsets(self) -> bool:
         """Whether the checkpoint has an offset log (Hadoop's file system: local, s3a://, gs://...)."""
         jvm = self.spark.sparkContext._jvm
@@ -307,6 +331,17 @@ class StreamingJob:
         delay = 1.0
         while not stop.is_set():
             try:
+                try:
+                    recreated = self.check_topic()
+                except Exception as exc:  # the check must not keep a query from starting
+                    recreated = None
+                    self.log(f"topic check skipped: {type(exc).__name__}: {exc}")
+                if recreated and self.checkpoint_has_offsets():
+                    # Spark would stop every batch ("offset was changed"): wait for a fresh checkpoint
+                    raise TopicRecreatedError(
+                        f"{recreated}; the checkpoint points past its end too: give the job a fresh "
+                        "checkpoint (see Troubleshooting, TopicRecreated)"
+                    )
                 query = self.start(available_now=available_now)
             except Exception as exc:  # e.g. the ledger's offsets unreadable (a sink down): try again
                 failures += 1
@@ -516,6 +551,22 @@ def topic_end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
     wanted = {TopicPartition(topic, p): OffsetSpec.latest() for p in meta.partitions}
     futures = admin.list_offsets(wanted, request_timeout=15)
     return {tp.partition: int(f.result(timeout=30).offset) for tp, f in futures.items()}
+
+
+class TopicRecreatedError(RuntimeError):
+    """The raw topic ends before offsets the job had read and its checkpoint points past the end."""
+
+
+def topic_behind(ledgers: list[dict[int, int]], ends: dict[int, int]) -> dict[int, tuple[int, int]]:
+    """{partition: (highest ledger offset, end offset)} where a ledger recorded an offset past the
+    topic's end offset: a topic's end offset never goes back (retention and deleted records move its
+    start), so that partition belongs to a topic created again since."""
+    out = {}
+    for p, end in ends.items():
+        known = [ledger[p] for ledger in ledgers if p in ledger]
+        if known and max(known) > end:
+            out[p] = (max(known), end)
+    return out
 
 
 def resume_position(

@@ -108,6 +108,17 @@ class SinkReport:
             self.flush()
         return bool(m)
 
+    def topic_recreated(self, message: str) -> None:
+        """Report that the job itself found the topic behind what it had read (the sinks' ledger
+        offsets past the topic's end): the operator reports TopicRecreated from this too."""
+        since = self.query.get("since") if self.query.get("topicRecreated") else None
+        self.query = {
+            "topicRecreated": True,
+            "since": since or datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "message": message[:500],
+        }
+        self.flush()
+
     def query_progressing(self) -> None:
         """The query processes batches again: clears a reported topic problem."""
         if self.query:

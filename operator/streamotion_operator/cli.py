@@ -147,6 +147,29 @@ def bench_operator(
     run(pipelines=pipelines, crds=crds, seconds=seconds, resync=resync, samples=samples, unrelated=unrelated)
 
 
+def migrate_storage(
+    kubeconfig: Path = typer.Option(None, envvar="KUBECONFIG", help="Kubeconfig (default: in-cluster)."),
+) -> None:
+    """After a CRD upgrade: store every StreamPipeline again in the CRD's storage version and drop the
+    older versions from its status.storedVersions (then they can be removed from the CRD)."""
+    from streamotion_operator.kube import Kube
+    from streamotion_operator.migrate import migrate_storage as run
+
+    kube = Kube.from_kubeconfig(str(kubeconfig) if kubeconfig else None)
+    try:
+        out = run(kube)
+    except RuntimeError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    finally:
+        kube.close()
+    typer.echo(
+        f"rewrote {len(out.rewritten)} StreamPipelines in {out.storage_version}"
+        + (f" ({len(out.gone)} deleted meanwhile)" if out.gone else "")
+        + f"; storedVersions {out.stored_before} -> {out.stored_after}"
+    )
+
+
 def rbac(
     output: Path = typer.Option(None, "-o", help="Write here instead of stdout."),
 ) -> None:
@@ -166,4 +189,5 @@ def register(app: typer.Typer) -> None:
     app.command("render")(render)
     app.command("operator")(operator)
     app.command("operator-rbac", hidden=True)(rbac)
+    app.command("migrate-storage")(migrate_storage)
     bench_app.command("operator")(bench_operator)

@@ -65,6 +65,18 @@ class OperatorConfig:
     secret_check_seconds: float = 300.0
     """Secrets a pipeline references are read again this often once found (a missing one: every reconcile)."""
     metrics_port: int = 9108
+    webhook_port: int = 0
+    """Port of the HTTPS conversion webhook (/convert; the chart: 9443); 0: not served."""
+    webhook_cert_dir: str = ""
+    """Directory with the webhook's tls.crt, tls.key and ca.crt (the chart's Secret)."""
+    webhook_service: str = ""
+    """namespace/name of the Service in front of the webhook: the operator points the StreamPipeline
+    CRD's conversion at it, with ca.crt as its CA bundle ("" : leaves the CRD's conversion alone)."""
+    webhook_service_port: int = 443
+    """Port of that Service."""
+    webhook_url: str = ""
+    """Instead of a Service: the https URL the API server calls (an operator outside the cluster,
+    such as one on a developer's machine next to a local API server); used when webhook_service is ""."""
     health_port: int = 8080
     model_node_selector: dict[str, str] = field(default_factory=dict)
     """nodeSelector of the model's Ray workers when spec.model.device is gpu (JSON in the env var)."""
@@ -85,7 +97,7 @@ class OperatorConfig:
     max_replicas: int | None = None
     """Tenancy: most spec.kafka.replicas a pipeline may ask for (None = the CRD's own limit)."""
     max_retention_hours: int | None = None
-    """Tenancy: most spec.kafka.retentionHours a pipeline may ask for (None = the CRD's own limit)."""
+    """Tenancy: most spec.kafka.retention a pipeline may ask for, in hours (None = the CRD's own limit)."""
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> OperatorConfig:

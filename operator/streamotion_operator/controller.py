@@ -742,34 +742,62 @@ class Controller:
                 self.event(body, "Warning", c["reason"], f"{c['type']}: {c['message']}")
 
     # ------------------------------------------------------------------------------- delete
-    def cleanup(self, namespace: str, name: str, uid: str | None = None) -> Cleanup:
+    def cleanup(
+        self,
+        namespace: str,
+        name: str,
+        uid: str | None = None,
+        children: dict[tuple[str, str, str], bytes] | None = None,
+    ) -> Cleanup:
         """Delete the children no ownerReference covers (other namespaces): topics, dashboards.
 
         Returns what was deleted now and what is still there (a KafkaTopic stays until Strimzi's
-        topic operator has deleted the topic in Kafka and removed its finalizer)."""
+        topic operator has deleted the topic in Kafka and removed its finalizer). ``children``: the
+        pipeline's children as the watches delivered them (a :class:`View`'s): then nothing is
+        listed or read, only deleted, and what is left is what the watches still hold; None: they
+        are listed by label (one LIST per kind, cluster-wide)."""
         with self.lock(namespace, name):
-            return self._cleanup(namespace, name, uid)
+            return self._cleanup(namespace, name, uid, children)
 
-    def _cleanup(self, namespace: str, name: str, uid: str | None) -> Cleanup:
-        sel = {naming.PIPELINE_LABEL: name, naming.PIPELINE_NS_LABEL: namespace}
+    def _cleanup(
+        self,
+        namespace: str,
+        name: str,
+        uid: str | None,
+        children: dict[tuple[str, str, str], bytes] | None = None,
+    ) -> Cleanup:
         done = Cleanup()
         for kind in (KINDS["KafkaTopic"], KINDS["KafkaUser"], KINDS["KafkaConnector"], KINDS["ConfigMap"]):
-            if not self.kube.installed(kind, ttl=0):
+            if children is not None:
+                items = [unpack(v) for k, v in sorted(children.items()) if k[0] == kind.kind]
+            elif self.kube.installed(kind, ttl=0):
+                sel = {naming.PIPELINE_LABEL: name, naming.PIPELINE_NS_LABEL: namespace}
+                items = self.kube.list(kind, None, sel)
+            else:
                 continue
-            for item in self.kube.list(kind, None, sel):
+            for item in items:
                 m = item["metadata"]
                 if m.get("namespace") == namespace and kind.kind == "ConfigMap":
                     continue  # garbage-collected through its ownerReference
                 if foreign_reason(item, name, namespace, uid):
                     continue  # labelled like a child, but not created by the operator for this pipeline
                 label = f"{kind.kind} {m['namespace']}/{m['name']}"
-                if not m.get("deletionTimestamp") and self.kube.delete(kind, m["namespace"], m["name"]):
-                    done.deleted.append(label)
-                # still there until its finalizers are done (a 404 above: already gone)
-                fresh = self.kube.get(kind, m["namespace"], m["name"])
-                if fresh is not None:
+                existed = True
+                if not m.get("deletionTimestamp"):
+                    existed = self.kube.delete(kind, m["namespace"], m["name"])
+                    if existed:
+                        done.deleted.append(label)
+                if children is not None:
+                    # gone at once without finalizers; else left until the watch delivers its deletion
+                    left = m.get("finalizers") or []
+                    if not existed or not left:
+                        continue
+                else:  # still there until its finalizers are done (a 404 above: already gone)
+                    fresh = self.kube.get(kind, m["namespace"], m["name"])
+                    if fresh is None:
+                        continue
                     left = fresh["metadata"].get("finalizers") or []
-                    done.remaining.append(label + (f" (finalizers: {', '.join(left)})" if left else ""))
+                done.remaining.append(label + (f" (finalizers: {', '.join(left)})" if left else ""))
         self.metrics.observe(namespace, name, None, False)
         return done
 

@@ -221,6 +221,9 @@ def make_registry(rt: Runtime) -> kopf.OperatorRegistry:
         ]
         return {"served": served}
 
+    if rt.cfg.webhook_port:
+        _register_webhook(rt, registry)
+
     for kind in (k for k in KINDS.values() if k.watched):
 
         def index_child(body, labels, kind=kind, **_: Any) -> dict[Any, Any]:
@@ -269,8 +272,8 @@ def make_registry(rt: Runtime) -> kopf.OperatorRegistry:
                 rt.wakeups.pop(key, None)
 
     @kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry)
-    async def pipeline_deleted(name: str, namespace: str, body, meta, logger, **_: Any) -> None:
-        await delete_children(rt, dict(body), name, namespace, meta.get("uid"), logger)
+    async def pipeline_deleted(name: str, namespace: str, body, meta, logger, **kwargs: Any) -> None:
+        await delete_children(rt, dict(body), name, namespace, meta.get("uid"), logger, indices=kwargs)
 
     managed = {"app.kubernetes.io/managed-by": naming.MANAGED_BY}
     for kind_name in WATCHED_CHILDREN:
@@ -294,7 +297,56 @@ def make_registry(rt: Runtime) -> kopf.OperatorRegistry:
     return registry
 
 
-async def delete_children(rt: Runtime, body: dict[str, Any], name: str, namespace: str, uid, logger) -> None:
+def _register_webhook(rt: Runtime, registry: kopf.OperatorRegistry) -> None:
+    """Serve the conversion webhook while the operator runs, and keep the CRD pointed at it."""
+    from streamotion_operator import webhook
+
+    server = webhook.WebhookServer("0.0.0.0", rt.cfg.webhook_port, rt.cfg.webhook_cert_dir)
+    wanted: dict[str, Any] | None = None
+    if rt.cfg.webhook_service or rt.cfg.webhook_url:
+        ca = (Path(rt.cfg.webhook_cert_dir) / "ca.crt").read_bytes()
+        wanted = webhook.client_config(
+            rt.cfg.webhook_service, rt.cfg.webhook_service_port, ca, url=rt.cfg.webhook_url
+        )
+
+    @kopf.on.startup(registry=registry)
+    async def start_webhook(**_: Any) -> None:
+        await server.start()
+        if wanted is not None:  # before the watches start: they read pipelines stored as v1alpha1
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(rt.pool, webhook.ensure_crd_conversion, rt.kube, wanted)
+
+    @kopf.on.cleanup(registry=registry)
+    async def stop_webhook(**_: Any) -> None:
+        await server.stop()
+
+    if wanted is not None:
+        # On every event of the CRD (the CRD index's watch: the first listing, and after
+        # `kubectl apply -f crds/` reset it): re-point its conversion at this operator.
+        @kopf.on.event(
+            "apiextensions.k8s.io",
+            "v1",
+            "customresourcedefinitions",
+            registry=registry,
+            id="crd-conversion",
+            when=lambda name, **_: name == webhook.CRD_NAME,
+        )
+        async def crd_conversion(type: str, **_: Any) -> None:
+            if type == "DELETED":
+                return
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(rt.pool, webhook.ensure_crd_conversion, rt.kube, wanted)
+
+
+async def delete_children(
+    rt: Runtime,
+    body: dict[str, Any],
+    name: str,
+    namespace: str,
+    uid,
+    logger,
+    indices: dict[str, Any] | None = None,
+) -> None:
     """Delete the pipeline's topics and dashboards and wait until they are gone, for at most
     ``cleanup_timeout_seconds`` from the pipeline's deletionTimestamp (so an operator restart does
     not start the clock again). API errors are retried until then. A KafkaTopic is gone once
@@ -302,7 +354,12 @@ async def delete_children(rt: Runtime, body: dict[str, Any], name: str, namespac
     anything is left the pipeline's Ready condition says what (reason WaitingForCleanup, with an
     event); at the deadline a Warning event CleanupTimedOut names what is left and the finalizer is
     released (the leftovers carry the old pipeline's uid: a later pipeline of the same name never
-    adopts them)."""
+    adopts them).
+
+    With the kopf ``indices`` (the handler's kwargs), each pass works from the children the watches
+    delivered: it lists and reads nothing (the watches report each deletion, and a KafkaTopic event
+    wakes the wait); its requests are the deletions themselves and a status write and an event when
+    what is left changes."""
     loop = asyncio.get_running_loop()
     deadline = _deletion_time(body) + rt.cfg.cleanup_timeout_seconds
     key = (namespace, name)
@@ -312,7 +369,8 @@ async def delete_children(rt: Runtime, body: dict[str, Any], name: str, namespac
         wake = rt.wakeups.setdefault(key, asyncio.Event())
         wake.clear()
         try:
-            done = await loop.run_in_executor(rt.pool, rt.controller.cleanup, namespace, name, uid)
+            held = view(indices, namespace, name).children if indices and CRD_INDEX in indices else None
+            done = await loop.run_in_executor(rt.pool, rt.controller.cleanup, namespace, name, uid, held)
             deleted += done.deleted
             left, why = done.remaining, "not deleted yet"
         except Exception as exc:

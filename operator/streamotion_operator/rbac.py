@@ -40,6 +40,13 @@ def rules(cfg: OperatorConfig | None = None) -> list[dict[str, Any]]:
             "resources": ["customresourcedefinitions"],
             "verbs": ["get", "list", "watch"],
         },
+        # The conversion webhook: the operator points the StreamPipeline CRD at its own Service.
+        {
+            "apiGroups": ["apiextensions.k8s.io"],
+            "resources": ["customresourcedefinitions"],
+            "verbs": ["patch"],
+            "resourceNames": [f"{PLURAL}.{GROUP}"],
+        },
         {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]},
         {
             "apiGroups": ["kopf.dev"],

@@ -191,8 +191,8 @@ def _component_status(
         x.reason == TOPIC_RECREATED for x in problems.get("TopicsReady", [])
     ):
         msg = (
-            f"the job reports since {query.get('since', '?')} that topic {topics['raw']} is behind its "
-            f"checkpoint ({str(query.get('message') or '')[:300]}): the topic was deleted and created "
+            f"the job reports since {query.get('since', '?')} that topic {topics['raw']} ends before what "
+            f"it had read ({str(query.get('message') or '')[:300]}): the topic was deleted and created "
             "again, or truncated. See Troubleshooting, TopicRecreated"
         )
         problems.setdefault("TopicsReady", []).append(Problem("TopicsReady", TOPIC_RECREATED, msg))

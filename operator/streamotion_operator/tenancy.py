@@ -31,9 +31,7 @@ def violations(p: StreamPipeline, cfg: OperatorConfig) -> list[str]:
     if cfg.max_replicas is not None and k.replicas is not None and k.replicas > cfg.max_replicas:
         out.append(f"spec.kafka.replicas: {k.replicas} is over the limit of {cfg.max_replicas}")
     if cfg.max_retention_hours is not None and k.retention_hours > cfg.max_retention_hours:
-        out.append(
-            f"spec.kafka.retentionHours: {k.retention_hours} is over the limit of {cfg.max_retention_hours}"
-        )
+        out.append(f"spec.kafka.retention: {k.retention} is over the limit of {cfg.max_retention_hours}h")
     d = p.spec.dashboards
     if (
         d.enabled

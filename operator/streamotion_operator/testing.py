@@ -362,9 +362,10 @@ def make_pods_ready(kube: Kube, namespace: str, selector: dict[str, str]) -> int
 LONG_RUNNING = frozenset({"WATCH", "WATCHLIST", "CONNECT"})
 
 
-def api_requests(kube: Kube) -> dict[tuple[str, str, str], float]:
-    """``apiserver_request_total`` summed by (verb, resource, subresource), long-running verbs and
-    leases left out. Reading it is itself a request (a GET of no resource, counted in the next read)."""
+def api_requests(kube: Kube, by_scope: bool = False) -> dict[tuple[str, ...], float]:
+    """``apiserver_request_total`` summed by (verb, resource, subresource), and by scope (cluster,
+    namespace, resource) too with ``by_scope``; long-running verbs and leases left out. Reading it is
+    itself a request (a GET of no resource, counted in the next read)."""
     from prometheus_client.parser import text_string_to_metric_families
 
     m, url, h, _, _ = kube.api.param_serialize("GET", "/metrics", auth_settings=["BearerToken"])
@@ -380,16 +381,19 @@ def api_requests(kube: Kube) -> dict[tuple[str, str, str], float]:
             verb, resource = s.labels.get("verb", ""), s.labels.get("resource", "")
             if verb in LONG_RUNNING or resource == "leases":
                 continue
-            k = (verb, resource, s.labels.get("subresource", ""))
+            k: tuple[str, ...] = (verb, resource, s.labels.get("subresource", ""))
+            if by_scope:
+                k = (*k, s.labels.get("scope", ""))
             out[k] = out.get(k, 0.0) + s.value
     return out
 
 
-def requests_between(before: dict[tuple[str, str, str], float], after: dict[tuple[str, str, str], float]):
+def requests_between(before: dict[tuple[str, ...], float], after: dict[tuple[str, ...], float]):
     """The requests served between two :func:`api_requests` reads (the first read itself left out)."""
     delta = {k: v - before.get(k, 0.0) for k, v in after.items() if v - before.get(k, 0.0) > 0}
-    if delta.get(("GET", "", "")):
-        delta[("GET", "", "")] -= 1  # the first read of /metrics
-        if not delta[("GET", "", "")]:
-            del delta[("GET", "", "")]
+    metrics_get = next((k for k in delta if k[0] == "GET" and not k[1] and not k[2]), None)
+    if metrics_get is not None:
+        delta[metrics_get] -= 1  # the first read of /metrics
+        if not delta[metrics_get]:
+            del delta[metrics_get]
     return delta

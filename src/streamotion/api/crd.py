@@ -67,6 +67,55 @@ def openapi_schema(model: type) -> dict[str, Any]:
     return _convert(raw, defs)
 
 
+# Where the API server sends ConversionReviews: the chart's operator webhook Service in a release
+# named streamotion in namespace streamotion. The operator sets its own Service and CA bundle here
+# when it starts (streamotion_operator.webhook), so another release name or namespace works too.
+WEBHOOK_PATH = "/convert"
+DEFAULT_CLIENT_CONFIG: dict[str, Any] = {
+    "service": {
+        "namespace": "streamotion",
+        "name": "streamotion-operator-webhook",
+        "path": WEBHOOK_PATH,
+        "port": 443,
+    }
+}
+
+
+def _legacy_field(change: m.Renamed) -> dict[str, Any]:
+    """The schema of a renamed field as its older version declared it (``Renamed.legacy``)."""
+    return openapi_schema(change.legacy)["properties"][change.old]
+
+
+def _printer_columns() -> list[dict[str, Any]]:
+    ready = '.status.conditions[?(@.type=="Ready")]'
+    return [
+        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+        {"name": "Ready", "type": "string", "jsonPath": f"{ready}.status"},
+        {"name": "Sources", "type": "string", "jsonPath": ".status.sourcesReady"},
+        {"name": "Sinks", "type": "string", "jsonPath": ".status.sinksReady"},
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+        {"name": "Message", "type": "string", "priority": 1, "jsonPath": f"{ready}.message"},
+    ]
+
+
+def _version(name: str, root: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": name, "served": True, "storage": name == m.VERSION}
+    if name != m.VERSION:
+        renamed = ", ".join(
+            f"{'.'.join((*c.path, c.old))} is {'.'.join((*c.path, c.new))}"
+            for c in m.CHANGES
+            if c.version == name
+        )
+        out["deprecated"] = True
+        out["deprecationWarning"] = (
+            f"{m.GROUP}/{name} {m.KIND} is deprecated; use {m.API_VERSION} ({renamed})"
+        )
+    out["subresources"] = {"status": {}}
+    out["additionalPrinterColumns"] = _printer_columns()
+    out["schema"] = {"openAPIV3Schema": root}
+    return out
+
+
 @cache
 def _crd() -> dict[str, Any]:
     spec = openapi_schema(m.StreamPipelineSpec)
@@ -93,7 +142,11 @@ def _crd() -> dict[str, Any]:
             "status": status,
         },
     }
-    ready = '.status.conditions[?(@.type=="Ready")]'
+    from streamotion.api.conversion import version_schema
+
+    versions = [_version(m.VERSION, root)] + [
+        _version(v, version_schema(root, v, _legacy_field)) for v in m.OLD_VERSIONS
+    ]
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
@@ -112,35 +165,35 @@ def _crd() -> dict[str, Any]:
                 "shortNames": m.SHORT_NAMES,
                 "categories": ["streamotion"],
             },
-            "versions": [
-                {
-                    "name": m.VERSION,
-                    "served": True,
-                    "storage": True,
-                    "subresources": {"status": {}},
-                    "additionalPrinterColumns": [
-                        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
-                        {"name": "Ready", "type": "string", "jsonPath": f"{ready}.status"},
-                        {"name": "Sources", "type": "string", "jsonPath": ".status.sourcesReady"},
-                        {"name": "Sinks", "type": "string", "jsonPath": ".status.sinksReady"},
-                        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-                        {
-                            "name": "Message",
-                            "type": "string",
-                            "priority": 1,
-                            "jsonPath": f"{ready}.message",
-                        },
-                    ],
-                    "schema": {"openAPIV3Schema": root},
-                }
-            ],
+            "versions": versions,
+            # Versions differ (models.CHANGES): without conversion the API server would only change
+            # apiVersion and prune the renamed field, silently resetting it to its default.
+            "conversion": {
+                "strategy": "Webhook",
+                "webhook": {"conversionReviewVersions": ["v1"], "clientConfig": DEFAULT_CLIENT_CONFIG},
+            },
         },
     }
 
 
-def crd() -> dict[str, Any]:
-    """The CustomResourceDefinition as a dict (a fresh copy)."""
-    return copy.deepcopy(_crd())
+def crd(
+    client_config: dict[str, Any] | None = None, versions: tuple[str, ...] | None = None
+) -> dict[str, Any]:
+    """The CustomResourceDefinition as a dict (a fresh copy). ``client_config``: where the API
+    server calls the conversion webhook (default: the chart's Service); ``versions``: only these
+    (one version alone: no conversion, that version stored; the CRD as it was before v1alpha2)."""
+    out = copy.deepcopy(_crd())
+    if client_config is not None:
+        out["spec"]["conversion"]["webhook"]["clientConfig"] = copy.deepcopy(client_config)
+    if versions is not None:
+        kept = [v for v in out["spec"]["versions"] if v["name"] in versions]
+        if len(kept) == 1:
+            kept[0]["storage"] = True
+            for key in ("deprecated", "deprecationWarning"):
+                kept[0].pop(key, None)
+            out["spec"]["conversion"] = {"strategy": "None"}
+        out["spec"]["versions"] = kept
+    return out
 
 
 def crd_yaml() -> str:
@@ -148,5 +201,6 @@ def crd_yaml() -> str:
     return header + yaml.safe_dump(crd(), sort_keys=False, width=100)
 
 
-def root_schema() -> dict[str, Any]:
-    return crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+def root_schema(version: str = m.VERSION) -> dict[str, Any]:
+    (found,) = [v for v in crd()["spec"]["versions"] if v["name"] == version]
+    return found["schema"]["openAPIV3Schema"]

@@ -84,4 +84,27 @@ def api_reference() -> str:
     ]
     _rows(schema["status"], "status", out)
     out += ["", f"Condition types: {', '.join(f'`{c}`' for c in m.CONDITION_TYPES)}.", ""]
+    out += [
+        "## Older versions",
+        "",
+        f"The API server also serves these (deprecated) versions; the operator's conversion webhook converts "
+        f"them to and from `{m.VERSION}`, the version stored. They differ from `{m.VERSION}` only in these "
+        "fields (see Operations, Upgrade and uninstall, for moving stored objects):",
+        "",
+        f"| version | field there | field in `{m.VERSION}` | that version's type and description |",
+        "|---|---|---|---|",
+    ]
+    for version in m.OLD_VERSIONS:
+        old = root_schema(version)
+        for c in m.CHANGES:
+            if c.version != version:
+                continue
+            node = old
+            for key in c.path:
+                node = node["properties"][key]
+            sub = node["properties"][c.old]
+            desc = (sub.get("description") or "").replace("\n", " ").replace("|", "\\|")
+            where = ".".join(c.path)
+            out.append(f"| `{version}` | `{where}.{c.old}` | `{where}.{c.new}` | {_type(sub)}: {desc} |")
+    out.append("")
     return "\n".join(out)

@@ -1,8 +1,14 @@
-"""The StreamPipeline API (``streamotion.io/v1alpha1``): the single source of truth.
+"""The StreamPipeline API (``streamotion.io/v1alpha2``; ``v1alpha1`` converted): the single source of truth.
 
 Everything else derives from these pydantic models: the CRD (``streamotion crd``), the
 CLI's validation (``streamotion validate``), the API reference in ``docs/api.md`` and the
 typed objects the operator, producers and streaming job work with.
+
+Versions: the models describe the current version (:data:`VERSION`, the CRD's storage version);
+an older served version differs from it only by the fields listed in :data:`CHANGES` (each with
+its old form as a pydantic field and the value mapping both ways). ``streamotion.api.conversion``
+derives the older version's schema and converts objects from that list alone, so a field added
+here needs no conversion code.
 
 Cross-field rules are declared once, as :class:`Rule`: a CEL expression the API server
 enforces (``x-kubernetes-validations``) and the equivalent Python check the CLI runs.
@@ -19,8 +25,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 GROUP = "streamotion.io"
-VERSION = "v1alpha1"
+VERSION = "v1alpha2"
 API_VERSION = f"{GROUP}/{VERSION}"
+OLD_VERSIONS = ("v1alpha1",)
+"""Older versions the CRD still serves (converted by the operator's webhook); see :data:`CHANGES`."""
 KIND = "StreamPipeline"
 PLURAL = "streampipelines"
 SINGULAR = "streampipeline"
@@ -120,8 +128,22 @@ def _nested(model: type[ApiModel]) -> Any:
 
 
 # ---------------------------------------------------------------------------------------- kafka
+def retention_hours(value: str) -> int:
+    """Hours of a retention such as ``168h`` (the pattern is checked separately)."""
+    return int(value.removesuffix("h"))
+
+
 class KafkaSpec(ApiModel):
     """The Strimzi Kafka cluster that carries the pipeline's topics."""
+
+    cel_rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="duration(self.retention) <= duration('87600h')",
+            message="retention must be at most 87600h (10 years)",
+            field_path=".retention",
+            check=lambda o: retention_hours(o.get("retention", "168h")) <= 87600,
+        ),
+    )
 
     cluster: str = Field("streamotion", min_length=1, max_length=63, pattern=DNS1123_LABEL)
     """Name of the Strimzi Kafka resource."""
@@ -131,8 +153,9 @@ class KafkaSpec(ApiModel):
     """Partitions of the raw-events topic. Can grow, never shrink (Kafka cannot remove partitions)."""
     replicas: int | None = Field(None, ge=1, le=10)
     """Replication factor of every topic (default: the operator's); min.insync.replicas is min(2, this)."""
-    retention_hours: int = Field(168, ge=1, le=87600)
-    """How long raw events and dead letters are kept, in hours (the window for backfills)."""
+    retention: str = Field("168h", min_length=2, max_length=6, pattern=r"^[1-9][0-9]{0,4}h$")
+    """How long raw events and dead letters are kept (the window for backfills): whole hours such as
+    168h (7 days) or 720h, at most 87600h. In v1alpha1 this was retentionHours, a number of hours."""
     bootstrap_servers: str | None = Field(None, max_length=1024)
     """Bootstrap address override (host:port,...). Defaults to the Strimzi cluster's listener that
     matches authentication (9093 tls, 9094 scram-sha-512, 9092 none)."""
@@ -142,6 +165,10 @@ class KafkaSpec(ApiModel):
     operator creates a Strimzi KafkaUser per component (each producer, the job) whose ACLs allow only
     its own pipeline's topics, and copies its credentials into this namespace. none: the plaintext
     listener, no identity and no ACLs (a demo on a cluster whose chart value kafka.plainListener is on)."""
+
+    @property
+    def retention_hours(self) -> int:
+        return retention_hours(self.retention)
 
 
 # -------------------------------------------------------------------------------------- sources
@@ -625,7 +652,7 @@ class StreamPipeline(BaseModel):
     """A streaming emotion-analytics pipeline: sources -> Kafka -> Spark + model -> sinks."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
-    api_version: Literal["streamotion.io/v1alpha1"] = Field(API_VERSION, alias="apiVersion")
+    api_version: Literal["streamotion.io/v1alpha2"] = Field(API_VERSION, alias="apiVersion")
     kind: Literal["StreamPipeline"] = KIND
     metadata: ObjectMeta
     spec: StreamPipelineSpec
@@ -643,7 +670,53 @@ class StreamPipeline(BaseModel):
 def all_rules() -> dict[str, Rule]:
     """Every cross-field rule, by its CEL expression."""
     out: dict[str, Rule] = {}
-    for model in (MastodonSource, AllowedSource, Source, ProcessingSpec, ModelReplicas, ModelSpec, Sink):
+    models: list[type[ApiModel]] = [ApiModel]
+    while models:  # every model of the API, so that a model added later needs no entry here
+        model = models.pop()
+        models.extend(model.__subclasses__())
         for rule in model.cel_rules:
             out[rule.cel] = rule
     return out
+
+
+# ------------------------------------------------------------------------------ older versions
+@dataclass(frozen=True)
+class Renamed:
+    """A field that an older version names (and types) differently; everything else is the same.
+
+    ``path`` leads (through objects only) to the object that holds the field; ``legacy`` is a model
+    whose one field is the old field as that version declared it (its schema, default and
+    description go into that version's CRD schema); ``to_new``/``to_old`` map a value both ways
+    and must be inverse to each other on every valid value (a round trip is lossless)."""
+
+    version: str
+    path: tuple[str, ...]
+    old: str
+    new: str
+    legacy: type[BaseModel]
+    to_new: Callable[[Any], Any]
+    to_old: Callable[[Any], Any]
+
+
+class V1alpha1Kafka(ApiModel):
+    """spec.kafka fields of v1alpha1 that v1alpha2 renamed."""
+
+    retention_hours: int = Field(168, ge=1, le=87600)
+    """How long raw events and dead letters are kept, in hours (the window for backfills).
+    v1alpha2 calls it retention, a duration in whole hours (168 is 168h)."""
+
+
+CHANGES: tuple[Renamed, ...] = (
+    # Every other span of time in the API is a duration string (trigger, window, watermark): the
+    # retention is one too from v1alpha2 on, and says its unit. Whole hours only, so that each
+    # value has exactly one form in either version (round trips are lossless).
+    Renamed(
+        version="v1alpha1",
+        path=("spec", "kafka"),
+        old="retentionHours",
+        new="retention",
+        legacy=V1alpha1Kafka,
+        to_new=lambda hours: f"{int(hours)}h",
+        to_old=retention_hours,
+    ),
+)

@@ -18,7 +18,10 @@ import jsonschema
 import yaml
 
 from streamotion.api import models as m
+from streamotion.api.conversion import SERVED_VERSIONS, to_current
 from streamotion.api.crd import root_schema
+
+SERVED_API_VERSIONS = tuple(f"{m.GROUP}/{v}" for v in SERVED_VERSIONS)
 
 
 @dataclass(frozen=True)
@@ -94,8 +97,14 @@ def apply_defaults(obj: Any, schema: dict[str, Any]) -> Any:
     return obj
 
 
+def _body_version(body: dict[str, Any]) -> str:
+    """The served version ``body`` is written in (the current one when it names none we serve)."""
+    group, _, version = str(body.get("apiVersion")).rpartition("/")
+    return version if group == m.GROUP and version in SERVED_VERSIONS else m.VERSION
+
+
 def with_defaults(body: dict[str, Any]) -> dict[str, Any]:
-    return apply_defaults(copy.deepcopy(body), root_schema())
+    return apply_defaults(copy.deepcopy(body), root_schema(_body_version(body)))
 
 
 # ------------------------------------------------------------------------------------ validation
@@ -114,8 +123,8 @@ def _strict(schema: Any) -> Any:
     return out
 
 
-def _validator() -> jsonschema.Draft4Validator:
-    schema = _strict(root_schema())
+def _validator(version: str = m.VERSION) -> jsonschema.Draft4Validator:
+    schema = _strict(root_schema(version))
     # metadata allows every other ObjectMeta field
     schema["properties"]["metadata"]["additionalProperties"] = True
     return jsonschema.Draft4Validator(schema)
@@ -199,11 +208,12 @@ def validate_object(body: Any) -> list[FieldError]:
     if not isinstance(body, dict):
         return [FieldError("", "expected a mapping (a Kubernetes object)")]
     errors: list[FieldError] = []
-    if body.get("apiVersion") != m.API_VERSION:
+    if body.get("apiVersion") not in SERVED_API_VERSIONS:
+        supported = ", ".join(f'"{v}"' for v in SERVED_API_VERSIONS)
         errors.append(
             FieldError(
                 "apiVersion",
-                f'Unsupported value: {_go(body.get("apiVersion"))}: supported values: "{m.API_VERSION}"',
+                f"Unsupported value: {_go(body.get('apiVersion'))}: supported values: {supported}",
             )
         )
     if body.get("kind") != m.KIND:
@@ -216,10 +226,11 @@ def validate_object(body: Any) -> list[FieldError]:
     meta = obj.get("metadata")
     if not isinstance(meta, dict) or not meta.get("name"):
         errors.append(FieldError("metadata.name", "Required value: name is required"))
-    for err in sorted(_validator().iter_errors(obj), key=lambda e: list(map(str, e.absolute_path))):
+    version = _body_version(body)
+    for err in sorted(_validator(version).iter_errors(obj), key=lambda e: list(map(str, e.absolute_path))):
         errors.extend(_schema_error(err))
     if not errors:
-        _walk_rules(obj, root_schema(), [], errors)
+        _walk_rules(obj, root_schema(version), [], errors)
     return errors
 
 
@@ -229,7 +240,8 @@ def parse(body: dict[str, Any]) -> m.StreamPipeline:
     name = (body.get("metadata") or {}).get("name", "?") if isinstance(body, dict) else "?"
     if errors:
         raise InvalidPipeline(name, errors)
-    return m.StreamPipeline.model_validate(with_defaults(body))
+    # an older version (v1alpha1) is read as the current one, as the API server would convert it
+    return m.StreamPipeline.model_validate(to_current(with_defaults(body)))
 
 
 def load_pipelines(path: str | Path) -> list[m.StreamPipeline]:

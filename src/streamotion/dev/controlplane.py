@@ -210,6 +210,8 @@ class ControlPlane:
     crd_dirs: list[Path] = field(default_factory=list)
     workdir: Path | None = None
     controller_manager: bool = True
+    own_crd: bool = True
+    """Install the StreamPipeline CRD (``streamotion crd``) at start."""
     log: object = print
 
     def __post_init__(self) -> None:
@@ -390,9 +392,11 @@ class ControlPlane:
     def _crd_files(self) -> list[Path]:
         from streamotion.api.crd import crd_yaml
 
-        own = self.workdir / "streampipelines.crd.yaml"
-        own.write_text(crd_yaml())
-        files = [own]
+        files = []
+        if self.own_crd:
+            own = self.workdir / "streampipelines.crd.yaml"
+            own.write_text(crd_yaml())
+            files.append(own)
         for d in self.crd_dirs:
             d = Path(d)
             files.extend(
