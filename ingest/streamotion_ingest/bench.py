@@ -27,7 +27,7 @@ from streamotion.bench import Result, emit
 
 def _pipeline_doc(name: str, bootstrap: str, events: int) -> dict:
     return {
-        "apiVersion": "streamotion.io/v1alpha1",
+        "apiVersion": "streamotion.io/v1alpha2",
         "kind": "StreamPipeline",
         "metadata": {"name": name, "namespace": "bench"},
         "spec": {

@@ -64,7 +64,7 @@ def _pipeline(name: str, schema: str, trigger: str, max_events: int, bigquery: d
     )
     return parse(
         {
-            "apiVersion": "streamotion.io/v1alpha1",
+            "apiVersion": "streamotion.io/v1alpha2",
             "kind": "StreamPipeline",
             "metadata": {"name": name, "namespace": "bench"},
             "spec": {

@@ -73,7 +73,7 @@ def _log(msg: str) -> None:
 def pipeline_doc(name: str, schema: str, bootstrap: str, trigger: str) -> dict[str, Any]:
     """The pipeline under test: one HTTP source, PostgreSQL, a three-broker Kafka."""
     return {
-        "apiVersion": "streamotion.io/v1alpha1",
+        "apiVersion": "streamotion.io/v1alpha2",
         "kind": "StreamPipeline",
         "metadata": {"name": name, "namespace": "chaos"},
         "spec": {
