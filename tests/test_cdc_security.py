@@ -29,7 +29,7 @@ def secure_kafka():
 
 
 @pytest.fixture(scope="module")
-def secured(secure_kafka, logical_pg, tmp_path_factory):
+def secured(secure_kafka, logical_pg, tmp_path_factory):  # noqa: F811
     """A cdc pipeline with its ACLs and certificates, and a standalone Connect worker running its
     connector under the Connect identity (what the local runner does with --secure)."""
     from streamotion.dev.connect import KafkaConnect
@@ -91,7 +91,9 @@ def test_connect_and_the_cdc_producer_work_under_their_own_identities(secure_kaf
 def read_as_admin(kafka, topic: str, expect: int, timeout: float = 30) -> list:
     from confluent_kafka import Consumer, TopicPartition
 
-    c = Consumer({**kafka.admin_config(), "group.id": f"t-{uuid.uuid4().hex[:6]}", "enable.auto.commit": False})
+    c = Consumer(
+        {**kafka.admin_config(), "group.id": f"t-{uuid.uuid4().hex[:6]}", "enable.auto.commit": False}
+    )
     parts = c.list_topics(topic, timeout=10).topics[topic].partitions
     c.assign([TopicPartition(topic, i, 0) for i in parts])
     out: list = []

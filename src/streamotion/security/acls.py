@@ -145,10 +145,11 @@ def connect_identity(name: str = "streamotion-connect", *, distributed: bool = T
     its configuration and offsets in files: no internal topic, no group."""
     rules: tuple[AclRule, ...] = ()
     if distributed:
-        rules = tuple(
-            AclRule("topic", f"{name}-{suffix}", "literal", ("Create", "Describe", "Read", "Write"))
-            for suffix in ("configs", "offsets", "status")
-        ) + (AclRule("group", name, "literal", ("Read",)),)
+        storage = ("Create", "Describe", "Read", "Write")
+        rules = (
+            *(AclRule("topic", f"{name}-{t}", "literal", storage) for t in ("configs", "offsets", "status")),
+            AclRule("group", name, "literal", ("Read",)),
+        )
     rules += (AclRule("topic", cdc.TOPIC_ROOT + ".", "prefix", ("Write", "Create", "Describe")),)
     return Identity(name, "connect", None, rules)
 
