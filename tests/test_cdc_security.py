@@ -14,7 +14,7 @@ from confluent_kafka import KafkaError
 
 from streamotion import cdc
 from streamotion.naming import topic_names
-from streamotion.security.acls import connect_identity, identity_of
+from streamotion.security.acls import identity_of
 from streamotion.security.clients import confluent_config
 from tests.test_cdc import TABLE, cdc_pipeline, logical_pg, shop  # noqa: F401 (fixture)
 from tests.test_kafka_security import produce_one, read, use
@@ -31,9 +31,9 @@ def secure_kafka():
 @pytest.fixture(scope="module")
 def secured(secure_kafka, logical_pg, tmp_path_factory):  # noqa: F811
     """A cdc pipeline with its ACLs and certificates, and a standalone Connect worker running its
-    connector under the Connect identity (what the local runner does with --secure)."""
-    from streamotion.dev.connect import KafkaConnect
-    from streamotion.local.cdc import connectors
+    connector under the Connect identity: what the local runner does with --secure
+    (streamotion.local.cdc.connect_security and start)."""
+    from streamotion.local import cdc as local_cdc
 
     kafka = secure_kafka
     host, port = logical_pg.address.split(":")
@@ -42,21 +42,16 @@ def secured(secure_kafka, logical_pg, tmp_path_factory):  # noqa: F811
     kafka.create_topic(names["raw"], partitions=2)
     kafka.create_topic(names["deadLetter"])
     kafka.apply_acls(p, "tls")
-    ident = connect_identity(distributed=False)
-    kafka.allow(ident.principal("tls"), ident.acls)
-    connect_env = kafka.client_env(kafka.issue(ident.user))
+    connect_env = local_cdc.connect_security(kafka)
     producer_env = kafka.client_env(kafka.issue(identity_of(p, "producer", "reviews").user))
-    configs, _ = connectors(p, logical_pg.dsn, say=print)
+    local_cdc.prepare_database(logical_pg.dsn, "shop", p.spec.sources[0].cdc.tables)
     with shop(logical_pg) as conn:
         conn.execute("TRUNCATE reviews")
         conn.execute("INSERT INTO reviews (body, product) VALUES ('Secure and happy', 'mug'), ('Sad', 'cup')")
-    [name] = configs
-    worker = KafkaConnect(
-        kafka.bootstrap, configs, workdir=tmp_path_factory.mktemp("connect-secure"), security=connect_env
+    worker, _ = local_cdc.start(
+        p, logical_pg.dsn, kafka.bootstrap, tmp_path_factory.mktemp("connect-secure"), security=connect_env
     )
-    worker.start()
     try:
-        worker.wait_running(name)
         yield p, producer_env, connect_env, worker
     finally:
         worker.stop()

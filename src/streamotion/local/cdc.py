@@ -73,6 +73,18 @@ def connectors(p: StreamPipeline, dsn: str, say: Callable[[str], None] = print):
     return out, notes
 
 
+def connect_security(kafka, say: Callable[[str], None] = print) -> dict[str, str]:
+    """``--secure``: Kafka Connect's identity on the run's secure broker (a certificate, and the ACLs
+    of a standalone worker: streamotion.security.acls.connect_identity); returns its STREAMOTION_KAFKA_*
+    environment for :func:`start`."""
+    from streamotion.security.acls import connect_identity
+
+    ident = connect_identity(distributed=False)
+    kafka.allow(ident.principal("tls"), ident.acls)
+    say(f"kafka: connect is {ident.principal('tls')}")
+    return kafka.client_env(kafka.issue(ident.user))
+
+
 def start(
     p: StreamPipeline,
     dsn: str,

@@ -371,12 +371,9 @@ class LocalRun:
             self.identity_env[name] = self.kafka.client_env(self.kafka.issue(ident.user))
             self.say(f"kafka: {name} is {ident.principal('tls')}")
         if self.has_cdc:  # the standalone Connect worker: the change topics only (no internal topics)
-            from streamotion.security.acls import connect_identity
+            from streamotion.local.cdc import connect_security
 
-            connect = connect_identity(distributed=False)
-            self.kafka.allow(connect.principal("tls"), connect.acls)
-            self.identity_env["connect"] = self.kafka.client_env(self.kafka.issue(connect.user))
-            self.say(f"kafka: connect is {connect.principal('tls')}")
+            self.identity_env["connect"] = connect_security(self.kafka, self.say)
 
     def _start_sinks(self) -> None:
         sinks = self.pipeline.spec.sinks
