@@ -32,6 +32,7 @@ from streamotion_operator.testing import (
 
 from streamotion import cdc
 from streamotion.api.models import StreamPipeline
+from streamotion.security.acls import connect_identity
 from tests.test_chart import chart, find, render  # noqa: F401  (chart: the module fixture)
 
 pytestmark = pytest.mark.timeout(240)
@@ -204,7 +205,11 @@ def test_the_charts_kafka_connect_builds_the_pinned_debezium_and_the_api_server_
     control_plane,
     namespace,
 ):
-    """strimzi/strimzi-kafka-operator@1.2.0 041-Crd-kafkaconnect.yaml: spec.build.output (type docker,
+    """strimzi/strimzi-kafka-operator@1.2.0 041-Crd-kafkaconnect.yaml: spec.tls.trustedCertificates
+    (secretName + certificate), spec.authentication (type tls, certificateAndKey secretName/certificate/
+    key); documentation/modules/configuring/proc-config-kafka-connect-user-authorization.adoc: the
+    Connect user's ACLs (Create/Describe/Read/Write on the three storage topics, Read on the group);
+    spec.build.output (type docker,
     image) and plugins[].artifacts (type tgz, url, sha512sum); KafkaConnectAssemblyOperator.java
     isUseResources: KafkaConnectors are reconciled only with the strimzi.io/use-connector-resources
     annotation "true". The archive is the one `streamotion run --local` unpacks (streamotion.cdc)."""
@@ -233,6 +238,35 @@ def test_the_charts_kafka_connect_builds_the_pinned_debezium_and_the_api_server_
     }
     cfg = OperatorConfig.from_env(env)
     assert cfg.connect_cluster == connect["metadata"]["name"]
+    # secure by default: the TLS listener, the cluster CA, the certificate of Connect's own KafkaUser
+    # whose ACLs are streamotion.security.acls.connect_identity's (what --local --secure applies too)
+    name = connect["metadata"]["name"]
+    spec = connect["spec"]
+    assert spec["bootstrapServers"].endswith("-kafka-bootstrap:9093")
+    assert spec["tls"]["trustedCertificates"] == [
+        {"secretName": "streamotion-cluster-ca-cert", "certificate": "ca.crt"}
+    ]
+    assert spec["authentication"] == {
+        "type": "tls",
+        "certificateAndKey": {"secretName": name, "certificate": "user.crt", "key": "user.key"},
+    }
+    user = find(docs, "KafkaUser", name)
+    assert user["metadata"]["name"] == name and user["metadata"]["namespace"] == kafka_ns
+    assert user["metadata"]["labels"]["strimzi.io/cluster"] == "streamotion"
+    assert user["spec"]["authentication"] == {"type": "tls"}
+    assert user["spec"]["authorization"]["acls"] == [r.strimzi() for r in connect_identity(name).acls]
+    assert {
+        spec["groupId"],
+        spec["configStorageTopic"],
+        spec["offsetStorageTopic"],
+        spec["statusStorageTopic"],
+    } == {r.name for r in connect_identity(name).acls if r.pattern_type == "literal"}
+    failed = helm("template", "x", str(chart), *_connect_values("connect.authentication=none"), check=False)
+    assert failed.returncode != 0 and "needs kafka.plainListener: true" in failed.stderr
+    plain = render(chart, *_connect_values("connect.authentication=none,kafka.plainListener=true"))
+    assert find(plain, "KafkaConnect")["spec"]["bootstrapServers"].endswith(":9092")
+    assert "authentication" not in find(plain, "KafkaConnect")["spec"]
+    assert not [d for d in plain if d["kind"] == "KafkaUser" and d["metadata"]["name"] == name]
     control_plane.kubectl("create", "namespace", kafka_ns, check=False)
     try:
         result = control_plane.kubectl(
@@ -243,11 +277,15 @@ def test_the_charts_kafka_connect_builds_the_pinned_debezium_and_the_api_server_
             "name",
             "-f",
             "-",
-            input=yaml.safe_dump(connect),
+            input=yaml.safe_dump_all([connect, user]),
         )
         assert result.returncode == 0, result.stderr
     finally:
         control_plane.kubectl("delete", "namespace", kafka_ns, "--wait=false", check=False)
+
+
+def _connect_values(extra: str) -> list[str]:
+    return ["--set", f"connect.enabled=true,connect.build.outputImage=registry.example/connect:1,{extra}"]
 
 
 def test_the_operators_generated_rbac_creates_the_connector_and_its_secret_reader(

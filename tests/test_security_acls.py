@@ -14,6 +14,7 @@ from streamotion.security.acls import (
     MAX_USER_NAME,
     AclRule,
     component_identities,
+    connect_identity,
     identity_of,
     job_group_prefix,
 )
@@ -123,3 +124,57 @@ def test_the_job_uses_the_group_prefix_its_acl_allows():
         assert '.option("groupIdPrefix", job_group_prefix(cfg.pipeline))' in (ROOT / path).read_text()
     p = pipeline()
     assert f"{naming.topic_names(p)['raw']}.job-lag".startswith(job_group_prefix(p))  # LagMonitor's group
+
+
+def test_a_cdc_producer_also_reads_its_own_change_topics_in_its_group_and_nothing_more():
+    """streamotion_ingest.cdc.Bridge subscribes to the tables' topics (Debezium names them
+    <topic.prefix>.<schema>.<table>: debezium/debezium@v3.6.1.Final debezium-connector-common/.../schema/
+    DefaultTopicNamingStrategy.java) in cdc.bridge_group; the prefix + "." is no other source's
+    prefix (no "." in a namespace, pipeline or source name)."""
+    from streamotion import cdc
+    from tests.test_cdc import cdc_pipeline
+
+    p = cdc_pipeline("shop")
+    producer = identity_of(p, "producer", "reviews")
+    plain = identity_of(pipeline(), "producer", "replay").acls
+    assert len(producer.acls) == len(plain) + 2
+    change = AclRule("topic", "streamotion-cdc.test.shop.reviews.", "prefix", ("Read", "Describe"))
+    group = AclRule("group", "streamotion.test.shop.reviews.cdc", "literal", ("Read",))
+    assert producer.acls[-2:] == (change, group)
+    for topic in cdc.source_topics(p, p.spec.sources[0]):
+        assert topic.startswith(change.name)
+    from streamotion_ingest.cdc import consumer_group
+
+    assert consumer_group(p, "reviews") == group.name
+    # another source's, another pipeline's change topics are outside the prefix; no pipeline topic
+    # (streamotion.<ns>.<pipeline>.*) is under Connect's streamotion-cdc. prefix
+    for other in (cdc_pipeline("shop2"), cdc_pipeline("sho")):
+        assert not cdc.table_topic(other, "reviews", "public.reviews").startswith(change.name)
+    assert not cdc.table_topic(p, "reviews2", "public.reviews").startswith(change.name)
+    assert not any(t.startswith(cdc.TOPIC_ROOT + ".") for t in naming.topic_names(p).values())
+    assert not any(r.name and r.name.startswith(cdc.TOPIC_ROOT) for r in identity_of(p, "job").acls)
+
+
+def test_kafka_connects_identity():
+    """strimzi/strimzi-kafka-operator@1.2.0 documentation/modules/configuring/
+    proc-config-kafka-connect-user-authorization.adoc: Create, Describe, Read, Write on the offset,
+    status and config storage topics and Read on the group; apache/kafka connect/runtime/.../
+    Worker.java baseProducerConfigs forces enable.idempotence=false for source tasks' producers (no
+    IdempotentWrite); Write, Create and Describe on the change topics (topic.creation.enable)."""
+    from streamotion import cdc
+
+    c = connect_identity("my-connect")
+    assert c.user == "my-connect" and c.principal("tls") == "User:CN=my-connect"
+    storage = ("Create", "Describe", "Read", "Write")
+    assert c.acls == (
+        AclRule("topic", "my-connect-configs", "literal", storage),
+        AclRule("topic", "my-connect-offsets", "literal", storage),
+        AclRule("topic", "my-connect-status", "literal", storage),
+        AclRule("group", "my-connect", "literal", ("Read",)),
+        AclRule("topic", f"{cdc.TOPIC_ROOT}.", "prefix", ("Write", "Create", "Describe")),
+    )
+    # standalone (run --local): offsets and configuration in files, the change topics only
+    assert connect_identity(distributed=False).acls == c.acls[-1:]
+    assert c.acls[-1].bindings() == [
+        ("TOPIC", "streamotion-cdc.", "PREFIXED", op) for op in ("WRITE", "CREATE", "DESCRIBE")
+    ]

@@ -23,6 +23,7 @@ import time
 from streamotion import cdc
 from streamotion.api.models import StreamPipeline
 from streamotion.naming import METRICS_PORT
+from streamotion.security.clients import confluent_config
 from streamotion_ingest.context import find_source
 from streamotion_ingest.publisher import Malformed, Publisher, payload_text
 
@@ -30,7 +31,7 @@ log = logging.getLogger("streamotion.ingest")
 
 
 def consumer_group(p: StreamPipeline, source: str) -> str:
-    return f"streamotion.{p.namespace}.{p.name}.{source}.cdc"
+    return cdc.bridge_group(p, source)
 
 
 class Bridge:
@@ -50,7 +51,9 @@ class Bridge:
         self.handled = 0
         self.consumer = Consumer(
             {
-                "bootstrap.servers": publisher.bootstrap,
+                # the one client configuration (STREAMOTION_KAFKA_*: the producer's identity, whose
+                # ACLs allow reading this source's change topics in this group)
+                **confluent_config(publisher.bootstrap),
                 "group.id": consumer_group(pipeline, self.source.name),
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",

@@ -75,9 +75,22 @@ class Skipped:
 
 
 # ------------------------------------------------------------------------- names and config
+TOPIC_ROOT = "streamotion-cdc"
+"""Every change topic starts with ``streamotion-cdc.``, a prefix no pipeline topic has (those start
+with ``streamotion.``): Kafka Connect's identity may write and create under it and nowhere else
+(streamotion.security.acls.connect_acls)."""
+
+
 def topic_prefix(p: StreamPipeline, source: str) -> str:
-    """Debezium's ``topic.prefix``: unique per pipeline source (letters, digits, ``.``, ``-``)."""
-    return f"streamotion.{p.namespace}.{p.name}.{source}"
+    """Debezium's ``topic.prefix``: unique per pipeline source (letters, digits, ``.``, ``-``), and
+    no source's prefix + ``.`` starts another's (neither a namespace, a pipeline nor a source name
+    has a ``.``): the cdc producer's Read ACL is this prefix."""
+    return f"{TOPIC_ROOT}.{p.namespace}.{p.name}.{source}"
+
+
+def bridge_group(p: StreamPipeline, source: str) -> str:
+    """The consumer group the cdc producer reads its change topics in (its Read ACL is this group)."""
+    return f"streamotion.{p.namespace}.{p.name}.{source}.cdc"
 
 
 def table_topic(p: StreamPipeline, source: str, table: str) -> str:

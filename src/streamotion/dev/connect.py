@@ -7,6 +7,14 @@ Debezium's plugin archive (the one Strimzi's ``build`` pulls in a cluster, check
 SHA-512) unpacked once into ``~/.cache/streamotion/connect/plugins``. Debezium 3.6.1.Final is built
 against Kafka 4.3.0 (its archive bundles connect-api 4.3.0); Connect 4.3.1 loads it isolated.
 
+On a secure broker (``streamotion run --local --secure``) the worker is a client like every other:
+``security`` is its STREAMOTION_KAFKA_* environment (streamotion.security.clients), turned into the
+Java client settings (:func:`worker_security_properties`) at the top level and under ``producer.``,
+``consumer.`` and ``admin.``, because Connect builds its source tasks' producers only from the
+``producer.`` settings (apache/kafka connect/runtime/.../Worker.java baseProducerConfigs
+``originalsWithPrefix("producer.")``; consumers ``consumer.``; the admin client that creates topics
+the top level and ``admin.``). Its identity's ACLs: streamotion.security.acls.connect_identity.
+
 Connectors are given on the command line (standalone mode keeps no configuration of its own); their
 source offsets go to a file in the working directory, so a restarted worker resumes where it was.
 
@@ -118,6 +126,29 @@ def prepare(log=print) -> str:
     return f"{ensure_connect_jars(log=log)}, {ensure_debezium(log=log)}"
 
 
+def worker_security_properties(security: dict[str, str] | None) -> dict[str, str]:
+    """The worker's client security settings for the STREAMOTION_KAFKA_* environment ``security``:
+    the Java client settings (streamotion.security.clients.java_client_properties) at the top level
+    and again under each client prefix Connect reads (see the module docstring)."""
+    from streamotion.security.clients import java_client_properties
+
+    props = java_client_properties(security or {})
+    out = dict(props)
+    for prefix in ("producer.", "consumer.", "admin."):
+        out.update({prefix + k: v for k, v in props.items()})
+    return out
+
+
+def _properties(props: dict[str, str]) -> str:
+    """A Java properties file (java.util.Properties.load): backslashes and line breaks escaped, so a
+    multi-line PEM value stays one value."""
+
+    def esc(v: str) -> str:
+        return v.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
+
+    return "".join(f"{k}={esc(v)}\n" for k, v in props.items())
+
+
 class KafkaConnect(Server):
     """A standalone Kafka Connect worker with Debezium's PostgreSQL plugin, REST on 127.0.0.1."""
 
@@ -133,7 +164,10 @@ class KafkaConnect(Server):
         heap: str = "512m",
         log=None,
         offset_flush_ms: int = 1000,
+        security: dict[str, str] | None = None,
     ) -> None:
+        self.security = security
+        """The worker's STREAMOTION_KAFKA_* client environment (None: a plaintext broker)."""
         self.offset_flush_ms = offset_flush_ms
         """How often source offsets are written to the offsets file (a killed worker resends the
         changes after the last write: Debezium delivers at least once)."""
@@ -163,8 +197,11 @@ class KafkaConnect(Server):
             "plugin.path": str(plugins),
             "plugin.discovery": "hybrid_warn",
             "topic.creation.enable": "true",
+            **worker_security_properties(self.security),
         }
-        (self.workdir / "worker.properties").write_text("".join(f"{k}={v}\n" for k, v in worker.items()))
+        path = self.workdir / "worker.properties"
+        path.write_text(_properties(worker))
+        path.chmod(0o600)  # may hold a private key
         for name, config in self.connectors.items():
             (self.workdir / f"{name}.json").write_text(json.dumps({"name": name, "config": config}))
         (self.workdir / "log4j2.properties").write_text(_LOG4J2)

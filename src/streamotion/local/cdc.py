@@ -73,13 +73,33 @@ def connectors(p: StreamPipeline, dsn: str, say: Callable[[str], None] = print):
     return out, notes
 
 
-def start(p: StreamPipeline, dsn: str, bootstrap: str, workdir: Path, say: Callable[[str], None] = print):
+def connect_security(kafka, say: Callable[[str], None] = print) -> dict[str, str]:
+    """``--secure``: Kafka Connect's identity on the run's secure broker (a certificate, and the ACLs
+    of a standalone worker: streamotion.security.acls.connect_identity); returns its STREAMOTION_KAFKA_*
+    environment for :func:`start`."""
+    from streamotion.security.acls import connect_identity
+
+    ident = connect_identity(distributed=False)
+    kafka.allow(ident.principal("tls"), ident.acls)
+    say(f"kafka: connect is {ident.principal('tls')}")
+    return kafka.client_env(kafka.issue(ident.user))
+
+
+def start(
+    p: StreamPipeline,
+    dsn: str,
+    bootstrap: str,
+    workdir: Path,
+    say: Callable[[str], None] = print,
+    security: dict[str, str] | None = None,
+):
     """Prepare the databases, start Kafka Connect with one connector per cdc source and wait until
-    they run; returns (the :class:`~streamotion.dev.connect.KafkaConnect`, notes for the summary)."""
+    they run; returns (the :class:`~streamotion.dev.connect.KafkaConnect`, notes for the summary).
+    ``security``: the worker's STREAMOTION_KAFKA_* environment on a secure broker (``--secure``)."""
     from streamotion.dev.connect import KafkaConnect
 
     configs, notes = connectors(p, dsn, say)
-    connect = KafkaConnect(bootstrap, configs, workdir=workdir, log=say)
+    connect = KafkaConnect(bootstrap, configs, workdir=workdir, log=say, security=security)
     connect.start()
     for name in configs:
         connect.wait_running(name)

@@ -370,6 +370,10 @@ class LocalRun:
             name = "job" if ident.component == "job" else f"producer-{ident.source}"
             self.identity_env[name] = self.kafka.client_env(self.kafka.issue(ident.user))
             self.say(f"kafka: {name} is {ident.principal('tls')}")
+        if self.has_cdc:  # the standalone Connect worker: the change topics only (no internal topics)
+            from streamotion.local.cdc import connect_security
+
+            self.identity_env["connect"] = connect_security(self.kafka, self.say)
 
     def _start_sinks(self) -> None:
         sinks = self.pipeline.spec.sinks
@@ -448,7 +452,12 @@ class LocalRun:
         connect, notes = self._guard(
             "connect",
             lambda: local_cdc.start(
-                self.pipeline, self.pg_dsn or "", self.bootstrap or "", self.workdir / "connect", self.say
+                self.pipeline,
+                self.pg_dsn or "",
+                self.bootstrap or "",
+                self.workdir / "connect",
+                self.say,
+                security=self.identity_env.get("connect"),
             ),
         )
         self.components.append(

@@ -8,14 +8,21 @@ what is tested on one machine is what a cluster enforces.
 Per pipeline:
 
 * each producer (one per source): Write and Describe on the raw topic and on the dead-letter topic,
-  IdempotentWrite on the cluster (its producer is idempotent);
+  IdempotentWrite on the cluster (its producer is idempotent); a ``cdc`` source's producer also Read
+  and Describe on its change topics (the prefix :func:`streamotion.cdc.topic_prefix` + ``.``: every
+  table of that source, no other source's) and Read on its consumer group
+  (:func:`streamotion.cdc.bridge_group`, literal);
 * the job: Read and Describe on the raw topic, Read on its consumer groups (the prefix
   :func:`job_group_prefix`, set as the Spark Kafka source's ``groupIdPrefix``), Write and Describe on
   the dead-letter topic (its idempotent dead-letter producer is allowed InitProducerId by that Write,
   KIP-679: apache/kafka KafkaApis.handleInitProducerIdRequest accepts IdempotentWrite on the cluster
   OR Write on any topic).
 
-Nothing else: no wildcard, no prefix on topics, no other pipeline's names.
+Nothing else: no wildcard, no other pipeline's names, no topic prefix but a cdc source's own.
+
+Kafka Connect (:func:`connect_identity`, one per Connect cluster, shared by every pipeline's cdc
+sources): its internal topics and group, and Write, Create and Describe under ``streamotion-cdc.``
+(the change topics of every pipeline, which no pipeline topic shares).
 """
 
 from __future__ import annotations
@@ -24,13 +31,13 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from streamotion import naming
+from streamotion import cdc, naming
 from streamotion.api.models import StreamPipeline
 
 ResourceType = Literal["topic", "group", "cluster"]
 PatternType = Literal["literal", "prefix"]
-Operation = Literal["Read", "Write", "Describe", "IdempotentWrite"]
-Component = Literal["producer", "job"]
+Operation = Literal["Read", "Write", "Describe", "Create", "IdempotentWrite"]
+Component = Literal["producer", "job", "connect"]
 Authentication = Literal["tls", "scram-sha-512"]
 
 # Strimzi's user name limit with TLS client authentication: the CN of the user certificate
@@ -68,6 +75,7 @@ _ADMIN_OPERATION = {
     "Read": "READ",
     "Write": "WRITE",
     "Describe": "DESCRIBE",
+    "Create": "CREATE",
     "IdempotentWrite": "IDEMPOTENT_WRITE",
 }
 
@@ -113,6 +121,39 @@ def job_user(p: StreamPipeline) -> str:
     return f"{p.name}-job-{_hash(p.namespace, p.name, 'job')}"
 
 
+def _cdc_acls(p: StreamPipeline, source: str, cdc_block) -> tuple[AclRule, ...]:
+    """What a cdc source's producer (streamotion_ingest.cdc.Bridge) needs besides a producer's: read
+    its change topics (Debezium names them <topic.prefix>.<schema>.<table>) in its consumer group."""
+    if cdc_block is None:
+        return ()
+    return (
+        AclRule("topic", cdc.topic_prefix(p, source) + ".", "prefix", ("Read", "Describe")),
+        AclRule("group", cdc.bridge_group(p, source), "literal", ("Read",)),
+    )
+
+
+def connect_identity(name: str = "streamotion-connect", *, distributed: bool = True) -> Identity:
+    """Kafka Connect's identity (user ``name``, the KafkaConnect's name in the chart).
+
+    Distributed (a Strimzi KafkaConnect): Create, Describe, Read and Write on its internal topics
+    ``<name>-configs``, ``<name>-offsets``, ``<name>-status`` and Read on its group ``<name>`` (the
+    names the chart's KafkaConnect sets; strimzi/strimzi-kafka-operator@1.2.0 documentation/modules/
+    configuring/proc-config-kafka-connect-user-authorization.adoc). Both modes: Write, Create and
+    Describe under ``streamotion-cdc.`` (its source tasks' producers write the change topics, its
+    admin client creates them: topic.creation.enable; the idempotent producer's InitProducerId is
+    allowed by Write on a topic, KIP-679). A standalone worker (``streamotion run --local``) keeps
+    its configuration and offsets in files: no internal topic, no group."""
+    rules: tuple[AclRule, ...] = ()
+    if distributed:
+        storage = ("Create", "Describe", "Read", "Write")
+        rules = (
+            *(AclRule("topic", f"{name}-{t}", "literal", storage) for t in ("configs", "offsets", "status")),
+            AclRule("group", name, "literal", ("Read",)),
+        )
+    rules += (AclRule("topic", cdc.TOPIC_ROOT + ".", "prefix", ("Write", "Create", "Describe")),)
+    return Identity(name, "connect", None, rules)
+
+
 def component_identities(p: StreamPipeline) -> list[Identity]:
     """Every identity of the pipeline: one producer per source (in spec order), then the job."""
     topics = naming.topic_names(p)
@@ -124,7 +165,10 @@ def component_identities(p: StreamPipeline) -> list[Identity]:
         AclRule("topic", dlq, "literal", ("Write", "Describe")),
         AclRule("cluster", None, "literal", ("IdempotentWrite",)),
     )
-    out = [Identity(producer_user(p, s.name), "producer", s.name, producer_acls) for s in p.spec.sources]
+    out = [
+        Identity(producer_user(p, s.name), "producer", s.name, producer_acls + _cdc_acls(p, s.name, s.cdc))
+        for s in p.spec.sources
+    ]
     out.append(
         Identity(
             job_user(p),

@@ -118,34 +118,39 @@ def _jaas_quote(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def spark_kafka_options(env: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The Spark Kafka source/sink ``kafka.*`` options (Kafka Java client settings) for the environment.
-
-    The truststore is the CA file (``ssl.truststore.type=PEM``: the same path is mounted on the driver and
-    every executor). The client key and certificate go in as a PEM keystore given inline
-    (``ssl.keystore.key`` and ``ssl.keystore.certificate.chain``, both PASSWORD-typed in Kafka's
-    SslConfigs so the client logs hide them): a ``ssl.keystore.location`` PEM file must hold the key and
-    the chain together, which Strimzi's Secret does not have. SCRAM: ``sasl.jaas.config`` (Spark redacts it
-    in its logs, KafkaRedactionUtil)."""
+def java_client_properties(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Kafka Java client settings for the environment's security: the PEM truststore by location (the
+    CA file), the client key and certificate as a PEM keystore given inline (``ssl.keystore.key`` and
+    ``ssl.keystore.certificate.chain``, both PASSWORD-typed in apache/kafka SslConfigs, so clients log
+    them hidden: a ``ssl.keystore.location`` PEM file must hold the key and the chain together, which
+    Strimzi's Secret does not have); SCRAM: ``sasl.jaas.config``. Used by the Spark Kafka source and
+    sink (:func:`spark_kafka_options`) and the local Kafka Connect worker (streamotion.dev.connect)."""
     sec = KafkaSecurity.from_env(env)
     if sec.mode == "plaintext":
         return {}
-    opts = {
-        "kafka.security.protocol": sec.protocol,
-        "kafka.ssl.truststore.type": "PEM",
-        "kafka.ssl.truststore.location": str(sec.ca),
+    props = {
+        "security.protocol": sec.protocol,
+        "ssl.truststore.type": "PEM",
+        "ssl.truststore.location": str(sec.ca),
     }
     if sec.mode == "tls":
-        opts["kafka.ssl.keystore.type"] = "PEM"
-        opts["kafka.ssl.keystore.key"] = Path(str(sec.key)).read_text()
-        opts["kafka.ssl.keystore.certificate.chain"] = Path(str(sec.cert)).read_text()
+        props["ssl.keystore.type"] = "PEM"
+        props["ssl.keystore.key"] = Path(str(sec.key)).read_text()
+        props["ssl.keystore.certificate.chain"] = Path(str(sec.cert)).read_text()
     else:
-        opts["kafka.sasl.mechanism"] = "SCRAM-SHA-512"
-        opts["kafka.sasl.jaas.config"] = (
+        props["sasl.mechanism"] = "SCRAM-SHA-512"
+        props["sasl.jaas.config"] = (
             "org.apache.kafka.common.security.scram.ScramLoginModule required "
             f"username={_jaas_quote(str(sec.username))} password={_jaas_quote(sec.secret())};"
         )
-    return opts
+    return props
+
+
+def spark_kafka_options(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The Spark Kafka source/sink ``kafka.*`` options: :func:`java_client_properties` prefixed. The
+    same CA path is mounted on the driver and every executor; Spark redacts ``sasl.jaas.config`` in its
+    logs (KafkaRedactionUtil)."""
+    return {f"kafka.{k}": v for k, v in java_client_properties(env).items()}
 
 
 def security_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
