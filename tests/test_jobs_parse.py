@@ -343,3 +343,56 @@ def test_spark_path_gives_the_pydantic_paths_rows_and_reasons_for_hostile_messag
         "empty message",
     ):
         assert reasons.str.contains(part, regex=False).any(), part
+
+
+def test_spark_json_and_time_rules_the_parse_relies_on(spark):
+    """Spark 4.0.0 behaviours ``streamotion_jobs.parse`` is built on (read at v4.0.0, the
+    spark-catalyst / spark-sql-api 4.0.0 sources jars):
+
+    * ``from_json`` turns any JSON token into its text for a ``StringType`` field ("always tries to
+      convert the data as string"), so the read schema's fields are ``VARIANT``, which keep the type:
+      sql/catalyst/src/main/scala/org/apache/spark/sql/catalyst/json/JacksonParser.scala (makeConverter);
+    * it reads the first JSON value of the text and ignores what follows: JacksonParser.parse (one
+      ``rootConverter`` call, no trailing-token check), hence ``_single_object``;
+    * PERMISSIVE (the default ``mode``) keeps a malformed record in ``columnNameOfCorruptRecord`` with
+      the other fields null; FAILFAST fails the query:
+      sql/catalyst/src/main/scala/org/apache/spark/sql/catalyst/util/FailureSafeParser.scala,
+      .../catalyst/json/JSONOptions.scala (``parseMode``, ``columnNameOfCorruptRecord``);
+    * ``allowSingleQuotes`` and ``allowNonNumericNumbers`` default to true (JSONOptions.scala), which
+      Python's json refuses ('single quotes', ``+INF``), so the job turns them off;
+    * ``try_to_timestamp`` returns null rather than failing (TryToTimestampExpressionBuilder,
+      ``failOnError = false``, .../catalyst/expressions/datetimeExpressions.scala) and parses with
+      ``ResolverStyle.STRICT`` (sql/api/src/main/scala/org/apache/spark/sql/catalyst/util/
+      DateTimeFormatterHelper.scala), so 30 February is null;
+    * ANSI mode is on by default (``spark.sql.ansi.enabled``, .../sql/internal/SQLConf.scala): a cast
+      of a malformed string raises, so the parse uses ``try_cast``."""
+    from pyspark.errors import PySparkException
+    from pyspark.sql import functions as F
+    from streamotion_jobs.parse import CORRUPT, JSON_OPTIONS
+
+    rows = ['{"id": 123}', '{"id": "a"} trailing', "{'id': 'a'}", "{not json"]
+    df = spark.createDataFrame([(r,) for r in rows], "v string")
+    schema = f"id string, {CORRUPT} string"
+    lenient = df.select(F.from_json("v", schema, {"columnNameOfCorruptRecord": CORRUPT}).alias("d"))
+    got = [(r.d["id"], r.d[CORRUPT]) for r in lenient.collect()]
+    assert got[0] == ("123", None)  # a number read as a string
+    assert got[1] == ("a", None)  # the trailing text ignored
+    assert got[2] == ("a", None)  # single quotes accepted by default
+    assert got[3] == (None, "{not json")  # PERMISSIVE: the record kept, the fields null
+    strict = df.select(F.from_json("v", schema, JSON_OPTIONS).alias("d")).collect()
+    assert strict[2].d[CORRUPT] == "{'id': 'a'}"
+    typed = df.select(F.from_json("v", f"id variant, {CORRUPT} string").alias("d"))
+    assert typed.select(F.schema_of_variant("d.id")).first()[0] == "BIGINT"
+    with pytest.raises(PySparkException):
+        df.select(F.from_json("v", schema, {"mode": "FAILFAST"})).collect()
+    times = spark.createDataFrame(
+        [("2024-02-30T00:00:00.000000+00:00",), ("2024-02-29T00:00:00.000000+00:00",)], "t string"
+    )
+    parsed = times.select(
+        F.try_to_timestamp("t", F.lit("yyyy-MM-dd'T'HH:mm:ss.SSSSSSXXX")).alias("ts")
+    ).collect()
+    assert parsed[0].ts is None and parsed[1].ts is not None
+    assert spark.conf.get("spark.sql.ansi.enabled") == "true"
+    with pytest.raises(PySparkException):
+        spark.createDataFrame([("",)], "s string").select(F.col("s").cast("int")).collect()
+    assert spark.createDataFrame([("",)], "s string").select(F.col("s").try_cast("int")).first()[0] is None
