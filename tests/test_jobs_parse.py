@@ -100,6 +100,13 @@ small_texts = st.one_of(
             "\u3000\n\t",
             "\ud800 lone surrogate",
             "😀 ok",
+            "Check https://x.co/a?b=1 and WWW.y.org/p @bob @alice@mastodon.social #Happy #happy #sad it’s GREAT-ish",
+            "don't stop--believing the and you are really #1 #_x a#b C#sharp x#y ##z #" + "w" * 120,
+            " \x1c\x1d spaced\tout\nline \x0b ",
+            "😀👍🏽 love it ❤️‍🔥 ✅ “quoted” ‘single’ ❶ ❷",
+            "Das ist wirklich sehr schön und gut",
+            "le chat est très content aussi",
+            "'quoted' -dash- o'neil rock'n'roll a-b-c x--y",
         ]
     ),
 )
@@ -130,7 +137,7 @@ documents = st.fixed_dictionaries(
     optional={
         "channel": often(st.text(max_size=10) | st.just("c" * 257)),
         "author": often(st.text(max_size=10) | st.just("a" * 129)),
-        "lang": often(st.sampled_from(["en", "fr", "pt-BR", "xx", "e" * 17, "İ"])),
+        "lang": often(st.sampled_from(["en", "fr", "de", "pt-BR", "xx", "", "EN-us", "e" * 17, "İ"])),
         "url": often(st.just("https://x.co/" + "u" * 3000) | st.just("https://x.co/a")),
         "ingested_at": often(st.builds(_iso, moments, st.integers(0, 3)), times),
         "schema_version": st.sampled_from([1, 2, 9, 10, 0, -1, 10**30, True, "1", 1.0, 1.5, None]),
@@ -194,7 +201,7 @@ COLLECTED: list[bytes | None] = []
 
 
 @settings(
-    max_examples=400,
+    max_examples=300,
     deadline=None,
     derandomize=True,
     database=None,
@@ -366,7 +373,6 @@ def test_spark_json_and_time_rules_the_parse_relies_on(spark):
       DateTimeFormatterHelper.scala), so 30 February is null;
     * ANSI mode is on by default (``spark.sql.ansi.enabled``, .../sql/internal/SQLConf.scala): a cast
       of a malformed string raises, so the parse uses ``try_cast``."""
-    from pyspark.errors import PySparkException
     from pyspark.sql import functions as F
     from streamotion_jobs.parse import CORRUPT, JSON_OPTIONS
 
@@ -383,7 +389,7 @@ def test_spark_json_and_time_rules_the_parse_relies_on(spark):
     assert strict[2].d[CORRUPT] == "{'id': 'a'}"
     typed = df.select(F.from_json("v", f"id variant, {CORRUPT} string").alias("d"))
     assert typed.select(F.schema_of_variant("d.id")).first()[0] == "BIGINT"
-    with pytest.raises(PySparkException):
+    with pytest.raises(Exception, match="MALFORMED_RECORD_IN_PARSING"):
         df.select(F.from_json("v", schema, {"mode": "FAILFAST"})).collect()
     times = spark.createDataFrame(
         [("2024-02-30T00:00:00.000000+00:00",), ("2024-02-29T00:00:00.000000+00:00",)], "t string"
@@ -393,6 +399,6 @@ def test_spark_json_and_time_rules_the_parse_relies_on(spark):
     ).collect()
     assert parsed[0].ts is None and parsed[1].ts is not None
     assert spark.conf.get("spark.sql.ansi.enabled") == "true"
-    with pytest.raises(PySparkException):
+    with pytest.raises(Exception, match="CAST_INVALID_INPUT"):
         spark.createDataFrame([("",)], "s string").select(F.col("s").cast("int")).collect()
     assert spark.createDataFrame([("",)], "s string").select(F.col("s").try_cast("int")).first()[0] is None

@@ -22,8 +22,10 @@ StringType`` "always tries to convert the data as string"), so ``{"id": 123}`` w
 the contract (pydantic) refuses it. A ``VARIANT`` field keeps the JSON type (``schema_of_variant``).
 :func:`contract_schema` is the typed schema the valid rows have.
 
-What stays in Python (:func:`streamotion_jobs.transform.finish_frame`): the text cleaning, hashtags
-and terms (``html.unescape``'s HTML5 entity table, Unicode ``\\w``/``\\s`` classes and NFC
+Cleaning, hashtags and terms run in Spark too for texts of ASCII (without ``&``), emoji, dingbats
+and typographic quotes (:func:`safe_text_re`), where Java's regex classes and Python's agree and NFC
+changes nothing. What stays in Python (:func:`streamotion_jobs.transform.finish_frame`): cleaning
+the other texts (``html.unescape``'s HTML5 entity table, Unicode ``\\w``/``\\s`` classes and NFC
 normalisation have no exact Spark equivalent), the model call, and the fallback records.
 """
 
@@ -256,12 +258,100 @@ def _year_start_us(year: int) -> int:
     )
 
 
+# Cleaning, hashtags and terms in the JVM for texts whose every character is one where Java's
+# regex classes, Python's and NFC agree: ASCII, and symbols that are neither word characters nor
+# whitespace for Python, never composed by NFC (emoji, dingbats, typographic quotes). Texts with
+# "&" (HTML entities: html.unescape) and other characters go to the Python worker.
+_SYMBOL_RANGES = [(0x2018, 0x201F), (0x2600, 0x27BF), (0x1F000, 0x1FAFF), (0x200D, 0x200D), (0xFE0F, 0xFE0F)]
+# Python's \s over the safe characters (str.isspace: ASCII ones only there)
+_PY_SPACE = r"\t\n\x0b\x0c\r\x1c-\x1f "
+
+
+def _symbol_is_safe(c: str) -> bool:
+    import unicodedata
+
+    cat = unicodedata.category(c)
+    return (
+        not c.isalnum()
+        and not c.isspace()
+        and c != "_"
+        and unicodedata.normalize("NFC", c) == c
+        and (cat[0] != "M" or c == "\ufe0f")
+        and cat != "Cs"
+        and c.lower() == c == c.upper()
+    )
+
+
+@functools.cache
+def safe_text_re() -> str:
+    """A Java regex matching the texts the JVM cleans exactly as :func:`streamotion_jobs.text.clean_text`."""
+    runs: list[list[int]] = []
+    for lo, hi in _SYMBOL_RANGES:
+        for o in range(lo, hi + 1):
+            if _symbol_is_safe(chr(o)):
+                if runs and runs[-1][1] == o - 1:
+                    runs[-1][1] = o
+                else:
+                    runs.append([o, o])
+    ranges = "".join(f"\\x{{{a:X}}}-\\x{{{b:X}}}" for a, b in runs)
+    return f"^[\\x00-\\x25\\x27-\\x7F{ranges}]*$"  # no "&" (0x26)
+
+
+@functools.cache
+def _stopword_lists() -> dict[str, list[str]]:
+    from streamotion_jobs.text import SPARK_STOPWORD_LANGUAGES, stopwords
+
+    return {code: sorted(stopwords(code)) for code in SPARK_STOPWORD_LANGUAGES}
+
+
+def _clean_columns(text, lang):
+    """(clean_text, hashtags, terms) as :mod:`streamotion_jobs.text` computes them, for safe texts."""
+    from pyspark.sql import functions as F
+
+    from streamotion_jobs.text import MAX_HASHTAGS
+
+    hashtag = r"(?<![A-Za-z0-9_#&])#([A-Za-z0-9_]{1,100})"
+    out = F.regexp_replace(text, rf"(?i)(?:https?://|www\.)[^{_PY_SPACE}]+", " ")
+    out = F.regexp_replace(out, r"(?<![A-Za-z0-9_@])@[A-Za-z0-9_.\-]+(?:@[A-Za-z0-9_.\-]+)?", " ")
+    out = F.regexp_replace(out, hashtag, "$1")
+    clean = F.trim(F.regexp_replace(out, f"[{_PY_SPACE}]+", " "))
+    tags = F.slice(
+        F.array_distinct(F.transform(F.regexp_extract_all(text, F.lit(hashtag), 1), F.lower)), 1, MAX_HASHTAGS
+    )
+    code = F.lower(
+        F.substring_index(F.when(F.coalesce(lang, F.lit("")) == "", F.lit("en")).otherwise(lang), "-", 1)
+    )
+    lists = _stopword_lists()
+    stop_map = F.create_map(
+        *(x for c, words in lists.items() for x in (F.lit(c), F.array(*map(F.lit, words))))
+    )
+    stop = F.coalesce(F.try_element_at(stop_map, code), F.array(*map(F.lit, lists["en"])))
+    return clean, tags, stop
+
+
+def _terms(clean, stop):
+    from pyspark.sql import functions as F
+
+    from streamotion_jobs.text import MAX_TERMS, MIN_TERM_LENGTH
+
+    # a separator counts only between two letters; then every other non-letter splits words
+    words = F.regexp_replace(F.lower(clean), r"(?<![a-z])['’-]|['’-](?![a-z])", " ")
+    words = F.translate(F.regexp_replace(words, r"[^a-z'’-]+", " "), "’", "'")
+    found = F.filter(
+        F.split(F.trim(words), " "),
+        lambda w: (F.char_length(w) >= MIN_TERM_LENGTH) & ~F.array_contains(stop, w),
+    )
+    return F.slice(F.array_distinct(found), 1, MAX_TERMS)
+
+
 def native_parse(df, max_future_skew_s: float | None, now_us: int):
     """Kafka records (``value``, ``topic``, ``partition``, ``offset``) -> :data:`NATIVE_SCHEMA`'s rows.
 
     ``now_us``: the job's clock for this batch (the default ``ingested_at`` and the future bound).
     Built in stages (one projection each) so that no expression is repeated in the plan."""
     from pyspark.sql import functions as F
+
+    from streamotion_jobs.transform import EMPTY_TEXT_REASON
 
     fields = contract_fields()
     value = F.col("value")
@@ -409,6 +499,21 @@ def native_parse(df, max_future_skew_s: float | None, now_us: int):
     dropped = F.array_sort(F.array_distinct(F.filter(keys, lambda k: ~F.array_contains(known, k))))
     ok = ~fallback & error.isNull()
     payload = F.substring(raw, 1, MAX_PAYLOAD_CHARS)
+    text, lang = values["text"], values["lang"]
+    safe = ok & text.rlike(safe_text_re()) & F.coalesce(lang.rlike(r"^[\x00-\x7F]*$"), F.lit(True))
+    clean, tags, stop = _clean_columns(text, lang)
+    s7 = s7.select(
+        "*",
+        F.coalesce(safe, F.lit(False)).alias("_safe"),
+        F.when(safe, clean).alias("_clean"),
+        F.when(safe, tags).alias("_tags"),
+        F.when(safe, stop).alias("_stop"),
+        F.when(ok, future).alias("_future"),
+    )
+    cleaned, clean = F.col("_safe"), F.col("_clean")
+    empty = cleaned & (clean == "")
+    final_error = F.when(empty, F.lit(EMPTY_TEXT_REASON)).when(cleaned, F.col("_future")).otherwise(error)
+    good = ok & ~(cleaned & F.col("_future").isNotNull()) & ~empty
     return s7.select(
         F.when(ok, F.concat_ws(":", values["source"], values["platform"], values["id"])).alias("event_id"),
         *(
@@ -422,12 +527,18 @@ def native_parse(df, max_future_skew_s: float | None, now_us: int):
         "kafka_topic",
         "kafka_partition",
         "kafka_offset",
-        error.alias("error"),
+        final_error.alias("error"),
         F.when(value.isNull(), F.lit("")).when(~fallback, payload).alias("payload"),
-        F.when(ok, dropped).otherwise(F.array().cast("array<string>")).alias("dropped_fields"),
-        F.when(ok, future).alias("future_error"),
+        F.when(good, dropped).otherwise(F.array().cast("array<string>")).alias("dropped_fields"),
+        F.col("_future").alias("future_error"),
         F.when(fallback, value).alias("value"),
         fallback.alias("fallback"),
+        F.when(good & cleaned, clean).alias("clean_text"),
+        F.when(good & cleaned, F.col("_tags")).otherwise(F.array().cast("array<string>")).alias("hashtags"),
+        F.when(good & cleaned, _terms(clean, F.col("_stop")))
+        .otherwise(F.array().cast("array<string>"))
+        .alias("terms"),
+        cleaned.alias("cleaned"),
     )
 
 
@@ -435,5 +546,6 @@ NATIVE_SCHEMA = (
     "event_id string, id string, source string, platform string, channel string, author string, "
     "text string, lang string, created_at_us long, ingested_at_us long, url string, text_length int, "
     "kafka_topic string, kafka_partition int, kafka_offset long, error string, payload string, "
-    "dropped_fields array<string>, future_error string, value binary, fallback boolean"
+    "dropped_fields array<string>, future_error string, value binary, fallback boolean, "
+    "clean_text string, hashtags array<string>, terms array<string>, cleaned boolean"
 )

@@ -222,13 +222,24 @@ def finish_frame(
 ) -> pd.DataFrame:
     """The Python half of parsing, over :func:`streamotion_jobs.parse.native_parse`'s rows: what
     Spark left undecided (``fallback``: the raw ``value``) through :func:`parse_frame`; for the rows
-    Spark validated, the cleaned text (an empty one is a dead letter, before the future bound Spark
-    computed), hashtags and terms. Same columns and order as :func:`parse_frame`, plus
+    Spark validated but did not clean (``cleaned`` false: entities, non-ASCII words), the cleaned
+    text (an empty one is a dead letter, before the future bound Spark computed), hashtags and
+    terms; rows Spark cleaned pass as they are. Same columns and order as :func:`parse_frame`, plus
     ``raw_payload`` (the record's text for a later dead letter: a text the model refuses)."""
-    out = pdf.drop(columns=["future_error", "value", "fallback"]).copy()
-    out["hashtags"] = [[] for _ in range(len(out))]
-    out["terms"] = [[] for _ in range(len(out))]
-    out["clean_text"] = None
+    cleaned = (
+        pdf["cleaned"].fillna(False).astype(bool) if "cleaned" in pdf else pd.Series(False, index=pdf.index)
+    )
+    out = pdf.drop(columns=["future_error", "value", "fallback", "cleaned"], errors="ignore").copy()
+    for col in ("hashtags", "terms"):  # Spark's (cleaned rows) or filled below
+        out[col] = (
+            [
+                list(v) if cleaned[i] and v is not None else []
+                for i, v in zip(out.index, out[col], strict=True)
+            ]
+            if col in out
+            else [[] for _ in range(len(out))]
+        )
+    out["clean_text"] = out["clean_text"].astype(object).where(cleaned, None) if "clean_text" in out else None
     raw_payload = pdf["payload"].copy()
     undecided = pdf.index[pdf["fallback"].fillna(False).astype(bool)]
     if len(undecided):
@@ -245,7 +256,7 @@ def finish_frame(
             out[col] = out[col].astype(object)
             out.loc[undecided, col] = pd.Series(slow[col].astype(object).tolist(), index=undecided)
         raw_payload.loc[undecided] = [_payload(v) for v in pdf.loc[undecided, "value"]]
-    decided = pdf.index[~pdf["fallback"].fillna(False).astype(bool) & pdf["error"].isna()]
+    decided = pdf.index[~pdf["fallback"].fillna(False).astype(bool) & pdf["error"].isna() & ~cleaned]
     errors, cleans, tags, words = [], [], [], []
     for text, lang, future in zip(
         pdf.loc[decided, "text"], pdf.loc[decided, "lang"], pdf.loc[decided, "future_error"], strict=True
