@@ -226,6 +226,10 @@ def finish_frame(
     text (an empty one is a dead letter, before the future bound Spark computed), hashtags and
     terms; rows Spark cleaned pass as they are. Same columns and order as :func:`parse_frame`, plus
     ``raw_payload`` (the record's text for a later dead letter: a text the model refuses)."""
+    if "fallback" not in pdf:  # Kafka's own columns (value, topic, ...): the whole parse here
+        out = parse_frame(pdf, max_future_skew_s, now)
+        out["raw_payload"] = [_payload(v) for v in pdf["value"]]
+        return out
     cleaned = (
         pdf["cleaned"].fillna(False).astype(bool) if "cleaned" in pdf else pd.Series(False, index=pdf.index)
     )
