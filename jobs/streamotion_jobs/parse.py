@@ -321,15 +321,13 @@ def _clean_columns(text, lang):
     code = F.lower(
         F.substring_index(F.when(F.coalesce(lang, F.lit("")) == "", F.lit("en")).otherwise(lang), "-", 1)
     )
-    lists = _stopword_lists()
-    stop_map = F.create_map(
-        *(x for c, words in lists.items() for x in (F.lit(c), F.array(*map(F.lit, words))))
-    )
-    stop = F.coalesce(F.try_element_at(stop_map, code), F.array(*map(F.lit, lists["en"])))
-    return clean, tags, stop
+    code = F.when(code.isin(*_stopword_lists()), code).otherwise(F.lit("en"))
+    return clean, tags, code
 
 
-def _terms(clean, stop):
+def _terms(clean, code):
+    """The terms of a cleaned safe text; ``code``: a key of the stopword lists, which stay one
+    literal map in the plan (looked up per word), never copied into the rows."""
     from pyspark.sql import functions as F
 
     from streamotion_jobs.text import MAX_TERMS, MIN_TERM_LENGTH
@@ -337,9 +335,14 @@ def _terms(clean, stop):
     # a separator counts only between two letters; then every other non-letter splits words
     words = F.regexp_replace(F.lower(clean), r"(?<![a-z])['’-]|['’-](?![a-z])", " ")
     words = F.translate(F.regexp_replace(words, r"[^a-z'’-]+", " "), "’", "'")
+    stop_map = F.create_map(
+        *(x for c, words in _stopword_lists().items() for x in (F.lit(c), F.array(*map(F.lit, words))))
+    )
     found = F.filter(
         F.split(F.trim(words), " "),
-        lambda w: (F.char_length(w) >= MIN_TERM_LENGTH) & ~F.array_contains(stop, w),
+        lambda w: (
+            (F.char_length(w) >= MIN_TERM_LENGTH) & ~F.array_contains(F.try_element_at(stop_map, code), w)
+        ),
     )
     return F.slice(F.array_distinct(found), 1, MAX_TERMS)
 
@@ -501,13 +504,13 @@ def native_parse(df, max_future_skew_s: float | None, now_us: int):
     payload = F.substring(raw, 1, MAX_PAYLOAD_CHARS)
     text, lang = values["text"], values["lang"]
     safe = ok & text.rlike(safe_text_re()) & F.coalesce(lang.rlike(r"^[\x00-\x7F]*$"), F.lit(True))
-    clean, tags, stop = _clean_columns(text, lang)
+    clean, tags, code = _clean_columns(text, lang)
     s7 = s7.select(
         "*",
         F.coalesce(safe, F.lit(False)).alias("_safe"),
         F.when(safe, clean).alias("_clean"),
         F.when(safe, tags).alias("_tags"),
-        F.when(safe, stop).alias("_stop"),
+        F.when(safe, code).alias("_code"),
         F.when(ok, future).alias("_future"),
     )
     cleaned, clean = F.col("_safe"), F.col("_clean")
@@ -535,7 +538,7 @@ def native_parse(df, max_future_skew_s: float | None, now_us: int):
         fallback.alias("fallback"),
         F.when(good & cleaned, clean).alias("clean_text"),
         F.when(good & cleaned, F.col("_tags")).otherwise(F.array().cast("array<string>")).alias("hashtags"),
-        F.when(good & cleaned, _terms(clean, F.col("_stop")))
+        F.when(good & cleaned, _terms(clean, F.col("_code")))
         .otherwise(F.array().cast("array<string>"))
         .alias("terms"),
         cleaned.alias("cleaned"),
