@@ -315,9 +315,8 @@ def _clean_columns(text, lang):
     out = F.regexp_replace(out, r"(?<![A-Za-z0-9_@])@[A-Za-z0-9_.\-]+(?:@[A-Za-z0-9_.\-]+)?", " ")
     out = F.regexp_replace(out, hashtag, "$1")
     clean = F.trim(F.regexp_replace(out, f"[{_PY_SPACE}]+", " "))
-    tags = F.slice(
-        F.array_distinct(F.transform(F.regexp_extract_all(text, F.lit(hashtag), 1), F.lower)), 1, MAX_HASHTAGS
-    )
+    # lower-casing ASCII first changes no match (no higher-order function: they run interpreted)
+    tags = F.slice(F.array_distinct(F.regexp_extract_all(F.lower(text), F.lit(hashtag), 1)), 1, MAX_HASHTAGS)
     code = F.lower(
         F.substring_index(F.when(F.coalesce(lang, F.lit("")) == "", F.lit("en")).otherwise(lang), "-", 1)
     )
@@ -327,7 +326,7 @@ def _clean_columns(text, lang):
 
 def _terms(clean, code):
     """The terms of a cleaned safe text; ``code``: a key of the stopword lists, which stay one
-    literal map in the plan (looked up per word), never copied into the rows."""
+    literal map in the plan (looked up once per row), never copied into the rows."""
     from pyspark.sql import functions as F
 
     from streamotion_jobs.text import MAX_TERMS, MIN_TERM_LENGTH
@@ -336,15 +335,11 @@ def _terms(clean, code):
     words = F.regexp_replace(F.lower(clean), r"(?<![a-z])['’-]|['’-](?![a-z])", " ")
     words = F.translate(F.regexp_replace(words, r"[^a-z'’-]+", " "), "’", "'")
     stop_map = F.create_map(
-        *(x for c, words in _stopword_lists().items() for x in (F.lit(c), F.array(*map(F.lit, words))))
+        *(x for c, ws in _stopword_lists().items() for x in (F.lit(c), F.array(*map(F.lit, ws))))
     )
-    found = F.filter(
-        F.split(F.trim(words), " "),
-        lambda w: (
-            (F.char_length(w) >= MIN_TERM_LENGTH) & ~F.array_contains(F.try_element_at(stop_map, code), w)
-        ),
-    )
-    return F.slice(F.array_distinct(found), 1, MAX_TERMS)
+    # words are the space-separated runs now; array_except keeps the first of each, in order
+    found = F.regexp_extract_all(words, F.lit(f"[a-z'-]{{{MIN_TERM_LENGTH},}}"), 0)
+    return F.slice(F.array_except(found, F.try_element_at(stop_map, code)), 1, MAX_TERMS)
 
 
 def native_parse(df, max_future_skew_s: float | None, now_us: int):
@@ -499,7 +494,7 @@ def native_parse(df, max_future_skew_s: float | None, now_us: int):
         )
     known = F.array(*(F.lit(f.name) for f in fields))
     keys = F.json_object_keys(raw)
-    dropped = F.array_sort(F.array_distinct(F.filter(keys, lambda k: ~F.array_contains(known, k))))
+    dropped = F.array_sort(F.array_except(keys, known))
     ok = ~fallback & error.isNull()
     payload = F.substring(raw, 1, MAX_PAYLOAD_CHARS)
     text, lang = values["text"], values["lang"]
