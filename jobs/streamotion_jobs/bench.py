@@ -31,10 +31,12 @@ GoEmotions here in about 20 s), served by the same app:
 
 The job's parse alone (``--parse-events``, in memory, no Kafka, no model, no sink):
 
-* parse_events_per_s: records to validated, cleaned events with hashtags and terms on the job's
-  path (``from_json`` and column expressions in Spark, then cleaning in the Python worker);
-  parse_python_events_per_s: the same records on the pydantic path it replaced (per row in Python);
-  parse_spark_vs_python their ratio.
+* parse_events_per_s: records to validated, cleaned events with hashtags and terms in the JVM
+  (``streamotion_jobs.parse.native_parse``: ``from_json`` and column expressions, then
+  ``transform.finish_frame`` in the Python worker for what Spark leaves);
+  parse_python_events_per_s: the same records on the job's current path (pydantic, per row in the
+  Python worker); parse_spark_vs_python their ratio (the JVM path is switched on in the job once
+  it is above 1).
 
 "Raw" is the best in-process configuration of the same model: every thread count (1, all cores),
 batch size and length-bucket size tried, the fastest kept (raw_model_config says which).
@@ -141,9 +143,9 @@ def _event(i: int, created_at: datetime | None = None) -> bytes:
 
 def parse_throughput(spark, n: int, max_future_skew_s: float = 600.0, runs: int = 2) -> dict[str, float]:
     """The job's parse alone, in events/s (best of ``runs``, after one warm-up run of each):
-    ``spark`` (:func:`streamotion_jobs.parse.native_parse` then the Python worker's cleaning, hashtags
-    and terms: the job's path) and ``python`` (the pydantic path, ``transform.parse_frame``, per row
-    in the Python worker: the path before). ``n`` producer events (:func:`_event`, one in 50
+    ``spark`` (:func:`streamotion_jobs.parse.native_parse`, then ``transform.finish_frame`` in the
+    Python worker for what Spark leaves) and ``python`` (the pydantic path, ``transform.parse_frame``,
+    per row in the Python worker: the job's path today). ``n`` producer events (:func:`_event`, one in 50
     replaced by a hostile record), cached in memory, to Spark's ``noop`` sink."""
     from streamotion_jobs.parse import native_parse
     from streamotion_jobs.transform import PARSED_SCHEMA, finish_frame, now_us, parse_frame

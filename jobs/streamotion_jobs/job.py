@@ -171,11 +171,8 @@ class StreamingJob:
         commit on the driver. The driver receives only counts and offsets."""
         from pyspark import StorageLevel
 
-        from streamotion_jobs.parse import native_parse
-
         started = time.monotonic()
         cfg = self.cfg
-        clock = now_us()  # the batch's clock: default ingested_at and the future bound
         fn = processor(
             cfg.model_url,
             cfg.sentiment_threshold,
@@ -184,10 +181,8 @@ class StreamingJob:
             per_row=self.per_row_model_calls,
             max_future_skew_s=cfg.max_future_skew_s,
             max_length=cfg.model_max_length,
-            now=clock,
         )
-        native = native_parse(df, cfg.max_future_skew_s, clock)  # JVM: from_json and validation
-        processed = native.mapInPandas(fn, PROCESSED_SCHEMA).persist(StorageLevel.MEMORY_AND_DISK)
+        processed = df.mapInPandas(fn, PROCESSED_SCHEMA).persist(StorageLevel.MEMORY_AND_DISK)
         try:
             counts = batch_counts(processed)
             t_processed = time.monotonic()

@@ -1,5 +1,10 @@
 """Parsing and validating Kafka records with Spark's own expressions, from the event contract.
 
+Not yet switched on in the streaming job (``StreamingJob.process_batch`` still parses in the Python
+worker): on the 2-core development machine it measured slower than the pydantic path
+(``bench pipeline``'s parse_spark_vs_python), and a job test hit a ``StackOverflowError`` in a
+java.util.regex match on Spark's stream thread with it (cause not found yet).
+
 :func:`native_parse` turns the raw topic's records into the contract's columns in the JVM:
 ``from_json`` with a schema derived from :class:`streamotion.events.Event` (:func:`read_schema`),
 then column expressions for what pydantic checks (required fields, JSON types, lengths, the

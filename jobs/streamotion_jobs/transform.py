@@ -397,8 +397,9 @@ def processor(
     max_length: int = 128,
     now: int | None = None,
 ) -> Callable:
-    """A ``mapInPandas`` function: records parsed by Spark (:func:`streamotion_jobs.parse.native_parse`,
-    ``now`` its clock) -> classified events and dead letters (:func:`finish_frame` completes the parse).
+    """A ``mapInPandas`` function: Kafka records, or the rows of
+    :func:`streamotion_jobs.parse.native_parse` (``now`` its clock) -> classified events and dead
+    letters (:func:`finish_frame` parses, or completes Spark's parse).
 
     Each Arrow batch's texts are sent to the model (:meth:`ModelClient.submit`) before the previous
     batch's results are awaited, so batch k is classified while batch k+1 is parsed; the output keeps
