@@ -2,8 +2,7 @@
 
 Not yet switched on in the streaming job (``StreamingJob.process_batch`` still parses in the Python
 worker): on the 2-core development machine it measured slower than the pydantic path
-(``bench pipeline``'s parse_spark_vs_python), and a job test hit a ``StackOverflowError`` in a
-java.util.regex match on Spark's stream thread with it (cause not found yet).
+(``bench pipeline``'s parse_spark_vs_python below 1).
 
 :func:`native_parse` turns the raw topic's records into the contract's columns in the JVM:
 ``from_json`` with a schema derived from :class:`streamotion.events.Event` (:func:`read_schema`),
