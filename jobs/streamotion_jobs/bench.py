@@ -29,6 +29,15 @@ GoEmotions here in about 20 s), served by the same app:
   platform_p50/p99_latency_s at half that load (platform_p99_latency_over_trigger);
 * raw_linear_model_texts_per_s: the linear model in-process at its best batch size.
 
+The job's parse alone (``--parse-events``, in memory, no Kafka, no model, no sink):
+
+* parse_events_per_s: records to validated, cleaned events with hashtags and terms in the JVM
+  (``streamotion_jobs.parse.native_parse``: ``from_json`` and column expressions, then
+  ``transform.finish_frame`` in the Python worker for what Spark leaves);
+  parse_python_events_per_s: the same records on the job's current path (pydantic, per row in the
+  Python worker); parse_spark_vs_python their ratio (the JVM path is switched on in the job once
+  it is above 1).
+
 "Raw" is the best in-process configuration of the same model: every thread count (1, all cores),
 batch size and length-bucket size tried, the fastest kept (raw_model_config says which).
 """
@@ -130,6 +139,51 @@ def _event(i: int, created_at: datetime | None = None) -> bytes:
         lang="en",
         created_at=created_at or datetime.now(UTC),
     ).to_json()
+
+
+def parse_throughput(spark, n: int, max_future_skew_s: float = 600.0, runs: int = 2) -> dict[str, float]:
+    """The job's parse alone, in events/s (best of ``runs``, after one warm-up run of each):
+    ``spark`` (:func:`streamotion_jobs.parse.native_parse`, then ``transform.finish_frame`` in the
+    Python worker for what Spark leaves) and ``python`` (the pydantic path, ``transform.parse_frame``,
+    per row in the Python worker: the job's path today). ``n`` producer events (:func:`_event`, one in 50
+    replaced by a hostile record), cached in memory, to Spark's ``noop`` sink."""
+    from streamotion_jobs.parse import native_parse
+    from streamotion_jobs.transform import PARSED_SCHEMA, finish_frame, now_us, parse_frame
+
+    hostile = [b"{not json", b'{"id": 1}', None, b'{"id":"x","source":"s","platform":"http","text":"  "}']
+    values = [hostile[i % len(hostile)] if i % 50 == 49 else _event(i) for i in range(n)]
+    parts = max(1, spark.sparkContext.defaultParallelism)
+    raw = spark.createDataFrame(
+        [(v, "bench", i % parts, i) for i, v in enumerate(values)],
+        "value binary, topic string, partition int, offset long",
+    )
+    raw = raw.repartition(parts).cache()
+    raw.count()
+    now = now_us()
+
+    def finish(batches):
+        for pdf in batches:
+            yield finish_frame(pdf, max_future_skew_s, now).drop(columns=["raw_payload"])
+
+    def python(batches):
+        for pdf in batches:
+            yield parse_frame(pdf, max_future_skew_s, now)
+
+    paths = {
+        "spark": lambda: native_parse(raw, max_future_skew_s, now).mapInPandas(finish, PARSED_SCHEMA),
+        "python": lambda: raw.mapInPandas(python, PARSED_SCHEMA),
+    }
+    best: dict[str, float] = {}
+    for name, frame in paths.items():
+        times = []
+        for _ in range(runs + 1):
+            started = time.perf_counter()
+            frame().write.format("noop").mode("overwrite").save()
+            times.append(time.perf_counter() - started)
+        best[name] = n / min(times[1:])
+        _log(f"parse ({name} path): {best[name]:.0f} events/s")
+    raw.unpersist()
+    return best
 
 
 def _produce(bootstrap: str, topic: str, start: int, n: int) -> None:
@@ -432,6 +486,9 @@ def bench_pipeline(
         50_000, help="maxEventsPerTrigger of the platform run: large, so that it does not cap throughput."
     ),
     linear_texts: int = typer.Option(50_000, help="Texts for the linear model's raw and service figures."),
+    parse_events: int = typer.Option(
+        50_000, help="Events for the parse-only figures (parse_events_per_s); 0 skips them."
+    ),
     bigquery: bool = typer.Option(
         True, "--bigquery/--no-bigquery", help="Also the platform run with the BigQuery sink (bqemulator)."
     ),
@@ -486,6 +543,7 @@ def bench_pipeline(
             os.environ["STREAMOTION_PG_DSN"] = pg.dsn
             spark = session("streamotion-bench", master=master)
             partitions = max(1, spark.sparkContext.defaultParallelism)
+            parse = parse_throughput(spark, parse_events) if parse_events else None
             if model:
                 _log("raw model throughput (in-process, best configuration)...")
                 raw, raw_threads, raw_config = _raw_model(model, raw_texts)
@@ -593,6 +651,12 @@ def bench_pipeline(
         Result("p99_latency_s", p99, "s"),
         Result("p99_latency_over_trigger", p99 / trigger_s, "ratio"),
     ]
+    if parse is not None:
+        results += [
+            Result("parse_events_per_s", parse["spark"], "events/s"),
+            Result("parse_python_events_per_s", parse["python"], "events/s"),
+            Result("parse_spark_vs_python", parse["spark"] / parse["python"], "ratio"),
+        ]
     targets = {"e2e_vs_raw_model": ">= 0.7", "e2e_vs_per_row": ">= 3", "p99_latency_over_trigger": "<= 3"}
     if platform:
         results += [
@@ -622,6 +686,7 @@ def bench_pipeline(
                 {
                     "events": events,
                     "per_row_events": per_row_events,
+                    "parse_events": parse_events,
                     "latency_rate_per_s": rate,
                     "trigger": trigger,
                     "max_events_per_trigger": max_events_per_trigger,

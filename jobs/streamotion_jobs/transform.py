@@ -137,14 +137,20 @@ EMPTY_TEXT_REASON = (
 )
 
 
-def parse_frame(pdf: pd.DataFrame, max_future_skew_s: float | None = None) -> pd.DataFrame:
+def parse_frame(
+    pdf: pd.DataFrame, max_future_skew_s: float | None = None, now: int | None = None
+) -> pd.DataFrame:
     """One row per Kafka record: the event's columns, or ``error`` and ``payload`` (a dead letter).
 
     Dead letters besides invalid payloads: an event whose text is empty once cleaned, and, with
-    ``max_future_skew_s``, one whose ``created_at`` is further ahead than that (:func:`future_reason`).
+    ``max_future_skew_s``, one whose ``created_at`` is further ahead than that (:func:`future_reason`)
+    of ``now`` (the job's clock, microseconds; the current time by default).
+
+    The pure-Python path: the job parses in Spark (:mod:`streamotion_jobs.parse`) and comes here
+    only for the records Spark leaves undecided (:func:`finish_frame`).
     """
     rows = []
-    now = now_us()
+    now = now_us() if now is None else now
     for value, topic, partition, offset in zip(
         pdf["value"], pdf["topic"], pdf["partition"], pdf["offset"], strict=True
     ):
@@ -206,6 +212,94 @@ def parse_frame(pdf: pd.DataFrame, max_future_skew_s: float | None = None) -> pd
             for col in [*EVENT_COLUMNS, "error", "payload", "dropped_fields"]
         }
     )
+
+
+PARSED_COLUMNS = [*EVENT_COLUMNS, "error", "payload", "dropped_fields"]
+
+
+def finish_frame(
+    pdf: pd.DataFrame, max_future_skew_s: float | None = None, now: int | None = None
+) -> pd.DataFrame:
+    """The Python half of parsing, over :func:`streamotion_jobs.parse.native_parse`'s rows: what
+    Spark left undecided (``fallback``: the raw ``value``) through :func:`parse_frame`; for the rows
+    Spark validated but did not clean (``cleaned`` false: entities, non-ASCII words), the cleaned
+    text (an empty one is a dead letter, before the future bound Spark computed), hashtags and
+    terms; rows Spark cleaned pass as they are. Same columns and order as :func:`parse_frame`, plus
+    ``raw_payload`` (the record's text for a later dead letter: a text the model refuses)."""
+    if "fallback" not in pdf:  # Kafka's own columns (value, topic, ...): the whole parse here
+        out = parse_frame(pdf, max_future_skew_s, now)
+        out["raw_payload"] = [_payload(v) for v in pdf["value"]]
+        return out
+    cleaned = (
+        pdf["cleaned"].fillna(False).astype(bool) if "cleaned" in pdf else pd.Series(False, index=pdf.index)
+    )
+    out = pdf.drop(columns=["future_error", "value", "fallback", "cleaned"], errors="ignore").copy()
+    for col in ("hashtags", "terms"):  # Spark's (cleaned rows) or filled below
+        out[col] = (
+            [
+                list(v) if cleaned[i] and v is not None else []
+                for i, v in zip(out.index, out[col], strict=True)
+            ]
+            if col in out
+            else [[] for _ in range(len(out))]
+        )
+    out["clean_text"] = out["clean_text"].astype(object).where(cleaned, None) if "clean_text" in out else None
+    raw_payload = pdf["payload"].copy()
+    undecided = pdf.index[pdf["fallback"].fillna(False).astype(bool)]
+    if len(undecided):
+        sub = pd.DataFrame(
+            {
+                "value": pdf.loc[undecided, "value"].tolist(),
+                "topic": pdf.loc[undecided, "kafka_topic"].tolist(),
+                "partition": pdf.loc[undecided, "kafka_partition"].tolist(),
+                "offset": pdf.loc[undecided, "kafka_offset"].tolist(),
+            }
+        )
+        slow = parse_frame(sub, max_future_skew_s, now)
+        for col in PARSED_COLUMNS:
+            out[col] = out[col].astype(object)
+            out.loc[undecided, col] = pd.Series(slow[col].astype(object).tolist(), index=undecided)
+        raw_payload.loc[undecided] = [_payload(v) for v in pdf.loc[undecided, "value"]]
+    decided = pdf.index[~pdf["fallback"].fillna(False).astype(bool) & pdf["error"].isna() & ~cleaned]
+    errors, cleans, tags, words = [], [], [], []
+    for text, lang, future in zip(
+        pdf.loc[decided, "text"], pdf.loc[decided, "lang"], pdf.loc[decided, "future_error"], strict=True
+    ):
+        clean = clean_text(text)
+        error = EMPTY_TEXT_REASON if not clean else (future if isinstance(future, str) else None)
+        errors.append(error)
+        cleans.append(None if error else clean)
+        tags.append([] if error else hashtags(text))
+        words.append([] if error else terms(clean, lang if isinstance(lang, str) else None))
+    if len(decided):
+        out["error"] = out["error"].astype(object)
+        out.loc[decided, "error"] = pd.Series(errors, index=decided, dtype=object)
+        out.loc[decided, "clean_text"] = pd.Series(cleans, index=decided, dtype=object)
+        out.loc[decided, "hashtags"] = pd.Series(tags, index=decided, dtype=object)
+        out.loc[decided, "terms"] = pd.Series(words, index=decided, dtype=object)
+    bad = out["error"].notna()
+    event_cols = [c for c in EVENT_COLUMNS if not c.startswith("kafka_")]
+    for col in event_cols:  # a dead letter carries its position, reason and payload only
+        out[col] = out[col].astype(object).where(~bad, None)
+    out.loc[bad, "hashtags"] = pd.Series(
+        [[] for _ in range(int(bad.sum()))], index=out.index[bad], dtype=object
+    )
+    out.loc[bad, "terms"] = pd.Series([[] for _ in range(int(bad.sum()))], index=out.index[bad], dtype=object)
+    out.loc[bad, "dropped_fields"] = pd.Series(
+        [[] for _ in range(int(bad.sum()))], index=out.index[bad], dtype=object
+    )
+    out["payload"] = out["payload"].astype(object).where(bad, None)
+    out = out[PARSED_COLUMNS].copy()
+    for col, dtype in (
+        ("created_at_us", "Int64"),
+        ("ingested_at_us", "Int64"),
+        ("kafka_offset", "Int64"),
+        ("kafka_partition", "Int32"),
+        ("text_length", "Int32"),
+    ):
+        out[col] = pd.array([None if pd.isna(v) else int(v) for v in out[col]], dtype=dtype)
+    out["raw_payload"] = raw_payload.astype(object)
+    return out.reset_index(drop=True)
 
 
 def parse_records(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
@@ -301,8 +395,11 @@ def processor(
     per_row: bool = False,
     max_future_skew_s: float | None = None,
     max_length: int = 128,
+    now: int | None = None,
 ) -> Callable:
-    """A ``mapInPandas`` function: Kafka records -> classified events and dead letters.
+    """A ``mapInPandas`` function: Kafka records, or the rows of
+    :func:`streamotion_jobs.parse.native_parse` (``now`` its clock) -> classified events and dead
+    letters (:func:`finish_frame` parses, or completes Spark's parse).
 
     Each Arrow batch's texts are sent to the model (:meth:`ModelClient.submit`) before the previous
     batch's results are awaited, so batch k is classified while batch k+1 is parsed; the output keeps
@@ -324,7 +421,7 @@ def processor(
         try:
             pending = None
             for raw in batches:
-                parsed = parse_frame(raw, max_future_skew_s)  # one row per record, in order
+                parsed = finish_frame(raw, max_future_skew_s, now)  # one row per record, in order
                 ok = parsed[parsed["error"].isna()]
                 call = None
                 if len(ok):
@@ -361,7 +458,7 @@ def _processed(raw: pd.DataFrame, parsed: pd.DataFrame, ok: pd.DataFrame, call, 
         if refused:
             rows = ok.index[refused]
             parsed.loc[rows, "error"] = [results[k].reason for k in refused]
-            parsed.loc[rows, "payload"] = [_payload(raw["value"].iloc[i]) for i in rows]
+            parsed.loc[rows, "payload"] = parsed.loc[rows, "raw_payload"].tolist()
             ok = ok.drop(index=rows)
             results = [r for r in results if not isinstance(r, Refusal)]
         if len(ok):
