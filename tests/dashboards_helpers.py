@@ -173,7 +173,7 @@ def run_pipeline(
 
     p = parse(
         {
-            "apiVersion": "streamotion.io/v1alpha1",
+            "apiVersion": "streamotion.io/v1alpha2",
             "kind": "StreamPipeline",
             "metadata": {"name": f"dash{uuid.uuid4().hex[:6]}", "namespace": "test"},
             "spec": {

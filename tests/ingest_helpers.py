@@ -26,7 +26,7 @@ def pipeline_doc(
     if bootstrap:
         spec["kafka"] = {"bootstrapServers": bootstrap}
     return {
-        "apiVersion": "streamotion.io/v1alpha1",
+        "apiVersion": "streamotion.io/v1alpha2",
         "kind": "StreamPipeline",
         "metadata": {"name": name, "namespace": "test"},
         "spec": spec,

@@ -26,7 +26,7 @@ TABLE = "public.reviews"
 def cdc_pipeline(name: str, host: str = "127.0.0.1", port: int = 5432, sinks=None, **cdc_extra) -> object:
     return parse(
         {
-            "apiVersion": "streamotion.io/v1alpha1",
+            "apiVersion": "streamotion.io/v1alpha2",
             "kind": "StreamPipeline",
             "metadata": {"name": name, "namespace": "test"},
             "spec": {
@@ -94,7 +94,7 @@ def test_a_bad_cdc_block_is_refused_with_the_field_path():
 
     body = yaml.safe_load(
         """
-        apiVersion: streamotion.io/v1alpha1
+        apiVersion: streamotion.io/v1alpha2
         kind: StreamPipeline
         metadata: {name: bad}
         spec:

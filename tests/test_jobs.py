@@ -40,7 +40,7 @@ TEXTS = [
 # ------------------------------------------------------------------------------------- helpers
 def pipeline(name: str, sinks: list[dict], **processing) -> object:
     body = {
-        "apiVersion": "streamotion.io/v1alpha1",
+        "apiVersion": "streamotion.io/v1alpha2",
         "kind": "StreamPipeline",
         "metadata": {"name": name, "namespace": "test"},
         "spec": {

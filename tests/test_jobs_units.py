@@ -239,7 +239,7 @@ def test_durations_and_checkpoint_location(tmp_path, monkeypatch):
     with pytest.raises(ValueError):
         parse_duration("5 s")
     body = {
-        "apiVersion": "streamotion.io/v1alpha1",
+        "apiVersion": "streamotion.io/v1alpha2",
         "kind": "StreamPipeline",
         "metadata": {"name": "demo"},
         "spec": {
@@ -445,7 +445,7 @@ def test_the_model_client_cuts_texts_to_the_pipelines_max_length(gated_server, t
     from streamotion.api.validate import parse
 
     body = {
-        "apiVersion": "streamotion.io/v1alpha1",
+        "apiVersion": "streamotion.io/v1alpha2",
         "kind": "StreamPipeline",
         "metadata": {"name": "short", "namespace": "ns1"},
         "spec": {
@@ -665,7 +665,7 @@ def _job_cfg(tmp_path):
     from streamotion.api.validate import parse
 
     body = {
-        "apiVersion": "streamotion.io/v1alpha1",
+        "apiVersion": "streamotion.io/v1alpha2",
         "kind": "StreamPipeline",
         "metadata": {"name": "metrics", "namespace": "ns1"},
         "spec": {
@@ -850,7 +850,7 @@ def test_build_sinks_follows_spec_sinks_order_and_scopes_the_bigquery_ledger(tmp
     from streamotion.api.validate import parse
 
     body = {
-        "apiVersion": "streamotion.io/v1alpha1",
+        "apiVersion": "streamotion.io/v1alpha2",
         "kind": "StreamPipeline",
         "metadata": {"name": "two", "namespace": "ns1"},
         "spec": {

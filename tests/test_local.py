@@ -26,7 +26,7 @@ HANG_GUARD_S = 600  # a run that never ends fails the test instead of hanging th
 
 def pipeline_doc(name: str, dataset: str, sink: dict, *, rate: float, loop: bool) -> dict:
     return {
-        "apiVersion": "streamotion.io/v1alpha1",
+        "apiVersion": "streamotion.io/v1alpha2",
         "kind": "StreamPipeline",
         "metadata": {"name": name},
         "spec": {

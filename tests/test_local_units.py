@@ -18,7 +18,7 @@ from streamotion.local.runner import local_pipeline, source_is_finite
 def _pipeline(sources):
     return parse(
         {
-            "apiVersion": "streamotion.io/v1alpha1",
+            "apiVersion": "streamotion.io/v1alpha2",
             "kind": "StreamPipeline",
             "metadata": {"name": "p"},
             "spec": {

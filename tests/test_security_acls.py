@@ -29,7 +29,7 @@ def pipeline(name: str = "reviews", namespace: str = "team-a", sources=("replay"
     }
     return StreamPipeline.model_validate(
         {
-            "apiVersion": "streamotion.io/v1alpha1",
+            "apiVersion": "streamotion.io/v1alpha2",
             "kind": "StreamPipeline",
             "metadata": {"name": name, "namespace": namespace},
             "spec": {
