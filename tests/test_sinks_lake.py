@@ -98,12 +98,12 @@ def classified(ids: range, base: datetime = BASE, source_of=lambda i: ("a", "b")
     return pd.DataFrame(rows)
 
 
-def frames(spark, pdf: pd.DataFrame, dead: int = 0):
+def frames(spark, pdf: pd.DataFrame, dead: int = 0, dead_from: int = 1000):
     from streamotion_jobs.job import DEAD_LETTER_COLUMNS
     from streamotion_jobs.transform import CLASSIFIED_SCHEMA
 
     events = spark.createDataFrame(pdf, CLASSIFIED_SCHEMA)
-    dead_rows = [("raw", 0, 1000 + k, "bad json", "{") for k in range(dead)]
+    dead_rows = [("raw", 0, dead_from + k, "bad json", "{") for k in range(dead)]
     dead_df = spark.createDataFrame(
         dead_rows, "kafka_topic string, kafka_partition int, kafka_offset long, error string, payload string"
     ).select(*DEAD_LETTER_COLUMNS)
@@ -181,7 +181,7 @@ def test_replays_and_a_crash_between_writes_leave_every_event_and_aggregate_once
         raise RuntimeError("driver killed")
 
     crashing._append_ledger = crash
-    events, dead = frames(spark, second, dead=1)
+    events, dead = frames(spark, second, dead=1, dead_from=2000)
     crashing.stage(events, dead, info(q, 1, {"raw": {0: 31, 1: 31}}))
     with pytest.raises(RuntimeError, match="driver killed"):
         crashing.commit(info(q, 1, {"raw": {0: 31, 1: 31}}))
@@ -191,7 +191,7 @@ def test_replays_and_a_crash_between_writes_leave_every_event_and_aggregate_once
     restarted = LakeSink(location, "test/unit", spark=spark, maintenance_interval_s=0)
     restarted.open()
     assert restarted.resume_offsets("raw") == {0: 15, 1: 15}
-    events, dead = frames(spark, second, dead=1)
+    events, dead = frames(spark, second, dead=1, dead_from=2000)
     restarted.stage(events, dead, info(q, 1, {"raw": {0: 31, 1: 31}}))
     stats = restarted.commit(info(q, 1, {"raw": {0: 31, 1: 31}}))
     assert stats is not None and stats["lake_inserted"] == 30  # the rows batch 1 inserted, read back by tag
@@ -201,7 +201,7 @@ def test_replays_and_a_crash_between_writes_leave_every_event_and_aggregate_once
 
     # a new query (its checkpoint lost) re-sends 10 stored events and 5 new ones, one of them late
     q2 = str(uuid.uuid4())
-    late_base = BASE - timedelta(hours=1)  # its window ended long before the watermark
+    late_base = BASE - timedelta(seconds=10 * 900 + 3600)  # e900 an hour before e0: its window is final
     again = pd.concat(
         [classified(range(50, 60)), classified(range(60, 64)), classified(range(900, 901), base=late_base)]
     )

@@ -53,6 +53,10 @@ def pipeline_conf(pipeline) -> dict[str, str]:
     if not sinks:
         return {}
     conf = lake.spark_conf(sinks)
+    from streamotion_jobs.config import in_cluster
+
+    if in_cluster():  # spark-submit resolved what the SparkApplication lists (deps): nothing to add
+        return conf
     extra = lake.packages(sinks, delta_in_image=delta_in_image())
     if extra:
         conf["spark.jars.packages"] = ",".join(extra)

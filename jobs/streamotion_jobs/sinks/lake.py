@@ -61,7 +61,7 @@ LEDGER_DDL = (
     "committed_at timestamp"
 )
 _WINDOW = "window_date date, window_start timestamp, window_end timestamp"
-# aggregate -> (DDL, key columns, sum columns, select from the batch's new on-time rows)
+# aggregate -> (DDL, key columns, sum columns); its source: aggregate_source()
 AGGREGATES: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
     "emotion_window": (
         f"{_WINDOW}, source string, channel string, lang string, emotion string, events long, "
@@ -119,6 +119,7 @@ class LakeSink(Sink):
         self._staged: dict[tuple[str, int], tuple] = {}
         self._maintained_at = time.monotonic()
         self._days_written: set = set()
+        self._sessions: dict = {}
 
     # ------------------------------------------------------------------------ tables
     def uri(self, table: str) -> str:
@@ -202,8 +203,12 @@ class LakeSink(Sink):
         events, dead = staged
         started = time.monotonic()
         prepared = self._prepare(events, info, state["watermark_us"])
-        days = [r[0] for r in prepared.select("event_date").distinct().collect()]
-        latest = prepared.agg({"created_at": "max"}).collect()[0][0] if days else None
+        from pyspark.sql import functions as F
+
+        summary = prepared.agg(
+            F.collect_set("event_date").alias("days"), F.max("created_at").alias("latest")
+        ).collect()[0]
+        days, latest = sorted(summary["days"] or []), summary["latest"]
         if days:
             self._merge_events(prepared, days, info)
             inserted, late = self._merge_aggregates(days, info)
@@ -297,76 +302,51 @@ class LakeSink(Sink):
             ),
         )
 
+    def _session(self, table: str):
+        """A session of its own per aggregate table (the same SparkContext): the transaction identifiers
+        are session settings, so the aggregate MERGEs can run side by side."""
+        if table not in self._sessions:
+            self._sessions[table] = self.spark.newSession()
+        return self._sessions[table]
+
     def _merge_aggregates(self, days, info: BatchInfo) -> tuple[int, int]:
-        """The aggregates from exactly the rows this batch inserted (tagged with its query and batch)."""
-        from delta.tables import DeltaTable
+        """The aggregates from exactly the rows this batch inserted (tagged with its query and batch),
+        one MERGE per table, run in parallel (Delta commits each table on its own)."""
+        from concurrent.futures import ThreadPoolExecutor
+
         from pyspark.sql import functions as F
 
         in_days = ", ".join(_sql_date(d) for d in days)
-        new = (
-            self.spark.read.format("delta")
-            .load(self.uri("events"))
-            .where(
-                f"event_date IN ({in_days}) AND query_id = '{info.query_id}' AND batch_id = {info.batch_id}"
-            )
-        )
+        tag = f"event_date IN ({in_days}) AND query_id = '{info.query_id}' AND batch_id = {info.batch_id}"
+        new = self.spark.read.format("delta").load(self.uri("events")).where(tag)
         counts = new.agg(
             F.count(F.lit(1)).alias("n"), F.count(F.when(F.col("late"), True)).alias("late")
         ).collect()[0]
-        on_time = new.where(~F.col("late")).withColumn("window_date", F.to_date("window_start"))
-        window = ("window_date", "window_start", "window_end")
-        sources = {
-            "emotion_window": on_time.groupBy(
-                *window,
-                "source",
-                F.coalesce("channel", F.lit("")).alias("channel"),
-                F.coalesce("lang", F.lit("")).alias("lang"),
-                "emotion",
-            ).agg(
-                F.count(F.lit(1)).alias("events"),
-                F.sum("score").alias("sum_score"),
-                F.sum("sentiment_index").alias("sum_sentiment_index"),
-            ),
-            "hashtag_window": on_time.select(*window, F.explode("hashtags").alias("hashtag"))
-            .groupBy(*window, "hashtag")
-            .agg(F.count(F.lit(1)).alias("events")),
-            "term_window": on_time.select(
-                *window, F.coalesce("lang", F.lit("")).alias("lang"), F.explode("terms").alias("term")
-            )
-            .groupBy(*window, "lang", "term")
-            .agg(F.count(F.lit(1)).alias("events")),
-            "author_activity": on_time.where(F.col("author").isNotNull())
-            .groupBy(*window, "author")
-            .agg(
-                F.count(F.lit(1)).alias("events"), F.sum("text_length").cast("long").alias("sum_text_length")
-            ),
-        }
         if int(counts["n"]) > int(counts["late"]):
-            for table, (_, keys, sums) in AGGREGATES.items():
-                source = sources[table].withColumn("updated_at", F.current_timestamp())
-                target = DeltaTable.forPath(self.spark, self.uri(table))
-                condition = " AND ".join(
-                    [f"t.window_date IN ({in_days})", "t.window_date = s.window_date"]
-                    + [f"t.{k} = s.{k}" for k in keys]
+
+            def merge(table: str) -> None:
+                session = self._session(table)
+                on_time = session.read.format("delta").load(self.uri("events")).where(tag).where("NOT late")
+                _merge_aggregate(
+                    session,
+                    self.uri(table),
+                    table,
+                    on_time,
+                    in_days,
+                    self.app_id(info.query_id),
+                    info.batch_id,
                 )
-                updates = {c: f"t.{c} + s.{c}" for c in sums} | {"updated_at": "s.updated_at"}
-                self._idempotent(
-                    info,
-                    lambda target=target, source=source, condition=condition, updates=updates: (
-                        target.alias("t")
-                        .merge(source.alias("s"), condition)
-                        .whenMatchedUpdate(set=updates)
-                        .whenNotMatchedInsertAll()
-                        .execute()
-                    ),
-                )
+
+            with ThreadPoolExecutor(len(AGGREGATES), thread_name_prefix="lake-aggregates") as pool:
+                list(pool.map(merge, AGGREGATES))
         return int(counts["n"]), int(counts["late"])
 
     def _merge_dead_letters(self, dead, info: BatchInfo) -> int:
         from delta.tables import DeltaTable
         from pyspark.sql import functions as F
 
-        if not dead.take(1):
+        n = dead.count()
+        if not n:
             return 0
         rows = dead.select(
             "kafka_topic",
@@ -387,7 +367,7 @@ class LakeSink(Sink):
             info,
             lambda: target.alias("t").merge(rows.alias("s"), condition).whenNotMatchedInsertAll().execute(),
         )
-        return dead.count()
+        return n
 
     def _append_ledger(self, info: BatchInfo, inserted: int, late: int, dead: int, watermark_us) -> None:
         offsets = [
@@ -431,6 +411,65 @@ class LakeSink(Sink):
         self._maintained_at = time.monotonic()
         self._days_written = set()
         self.log(f"lake: maintenance in {time.monotonic() - started:.1f}s: {json.dumps(stats)}")
+
+
+def aggregate_source(table: str, on_time):
+    """The sums and counts of ``table`` over a batch's new on-time event rows."""
+    from pyspark.sql import functions as F
+
+    window = ("window_date", "window_start", "window_end")
+    rows = on_time.withColumn("window_date", F.to_date("window_start"))
+    n = F.count(F.lit(1)).alias("events")
+    if table == "emotion_window":
+        out = rows.groupBy(
+            *window,
+            "source",
+            F.coalesce("channel", F.lit("")).alias("channel"),
+            F.coalesce("lang", F.lit("")).alias("lang"),
+            "emotion",
+        ).agg(n, F.sum("score").alias("sum_score"), F.sum("sentiment_index").alias("sum_sentiment_index"))
+    elif table == "hashtag_window":
+        out = rows.select(*window, F.explode("hashtags").alias("hashtag")).groupBy(*window, "hashtag").agg(n)
+    elif table == "term_window":
+        out = (
+            rows.select(
+                *window, F.coalesce("lang", F.lit("")).alias("lang"), F.explode("terms").alias("term")
+            )
+            .groupBy(*window, "lang", "term")
+            .agg(n)
+        )
+    else:
+        out = (
+            rows.where(F.col("author").isNotNull())
+            .groupBy(*window, "author")
+            .agg(n, F.sum("text_length").cast("long").alias("sum_text_length"))
+        )
+    return out.withColumn("updated_at", F.current_timestamp())
+
+
+def _merge_aggregate(session, uri: str, table: str, on_time, in_days: str, app_id: str, version: int) -> None:
+    """MERGE one aggregate table under the batch's transaction identifiers (``session``'s own settings)."""
+    from delta.tables import DeltaTable
+
+    _, keys, sums = AGGREGATES[table]
+    condition = " AND ".join(
+        [f"t.window_date IN ({in_days})", "t.window_date = s.window_date"] + [f"t.{k} = s.{k}" for k in keys]
+    )
+    updates = {c: f"t.{c} + s.{c}" for c in sums} | {"updated_at": "s.updated_at"}
+    session.conf.set(TXN_APP_ID_CONF, app_id)
+    session.conf.set(TXN_VERSION_CONF, str(version))
+    try:
+        (
+            DeltaTable.forPath(session, uri)
+            .alias("t")
+            .merge(aggregate_source(table, on_time).alias("s"), condition)
+            .whenMatchedUpdate(set=updates)
+            .whenNotMatchedInsertAll()
+            .execute()
+        )
+    finally:
+        session.conf.unset(TXN_APP_ID_CONF)
+        session.conf.unset(TXN_VERSION_CONF)
 
 
 def maintain(spark, location: str, days, retention_hours: float) -> dict:
