@@ -28,7 +28,7 @@ BASE = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 US = 1_000_000
 
 
-def lake_pipeline(name: str, location: str, **lake_fields) -> object:
+def lake_pipeline(name: str, location: str, max_events: int = 40, **lake_fields) -> object:
     return parse(
         {
             "apiVersion": "streamotion.io/v1alpha1",
@@ -41,7 +41,7 @@ def lake_pipeline(name: str, location: str, **lake_fields) -> object:
                     "trigger": "500ms",
                     "window": "1m",
                     "watermark": "2m",
-                    "maxEventsPerTrigger": 40,
+                    "maxEventsPerTrigger": max_events,
                 },
                 "sinks": [{"type": "lake", "lake": {"location": location, **lake_fields}}],
             },
@@ -277,7 +277,8 @@ def test_killed_job_restarts_without_duplicates_and_another_reader_sees_the_rows
     from streamotion.naming import topic_names
 
     location = str(tmp_path / "lake")
-    p = lake_pipeline("lk" + uuid.uuid4().hex[:6], location, maintenanceInterval="0s")
+    # three micro-batches of 100: killed after the first committed one, two plus the new events after
+    p = lake_pipeline("lk" + uuid.uuid4().hex[:6], location, max_events=100, maintenanceInterval="0s")
     names = topic_names(p)
     kafka.create_topic(names["raw"], partitions=2)
     kafka.create_topic(names["deadLetter"], partitions=1)
@@ -305,11 +306,12 @@ def test_killed_job_restarts_without_duplicates_and_another_reader_sees_the_rows
             producer.produce(names["raw"], key=e.key.encode(), value=e.to_json())
         assert producer.flush(30) == 0
 
-    def count() -> int:
+    def count(table: str = "events") -> int:
         try:
-            return len(read(location, "events"))
+            rows = read(location, table)
         except Exception:  # not created yet
             return 0
+        return int(rows["events"].sum()) if table == "_ledger" else len(rows)
 
     env = {
         **os.environ,
@@ -333,14 +335,19 @@ def test_killed_job_restarts_without_duplicates_and_another_reader_sees_the_rows
     produce(first)
     proc = Process.start("job", argv, log_path=tmp_path / "job1.log", env=env)
     try:
-        wait(lambda: count() >= 40 or (proc.check_alive(), count()), 300, "the first micro-batches")
+        wait(lambda: count() > 0 or (proc.check_alive(), count()), 400, "the first micro-batch")
     finally:
         proc.kill()  # SIGKILL, mid-stream
     assert count() < len(first), "the job finished before it could be killed mid-stream"
     produce(second)
     proc = Process.start("job", argv, log_path=tmp_path / "job2.log", env=env)
     try:
-        wait(lambda: count() == 300 or (proc.check_alive(), count()), 400, "every event after the restart")
+        # the ledger row is each batch's last write: then its events and aggregates are all there
+        wait(
+            lambda: count("_ledger") == 300 or (proc.check_alive(), count(), count("_ledger")),
+            600,
+            "every event after the restart",
+        )
     finally:
         proc.stop(timeout=30)
     events = read(location, "events")
