@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from streamotion import lake
+from streamotion.api.models import API_VERSION
 from streamotion.api.validate import parse
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,7 +32,7 @@ US = 1_000_000
 def lake_pipeline(name: str, location: str, max_events: int = 40, **lake_fields) -> object:
     return parse(
         {
-            "apiVersion": "streamotion.io/v1alpha1",
+            "apiVersion": API_VERSION,
             "kind": "StreamPipeline",
             "metadata": {"name": name, "namespace": "test"},
             "spec": {
