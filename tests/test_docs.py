@@ -241,6 +241,13 @@ COMMANDS: list[tuple[str, Ran | NotHere]] = [
             "runs in tests/test_cdc.py::test_inserted_and_updated_rows_arrive_classified_once_across_a_connect_restart_with_pii_redacted"
         ),
     ),
+    (
+        r"streamotion lake daily .*",
+        Ran(
+            "tests/test_sinks_lake.py::test_replays_and_a_crash_between_writes_leave_every_event_and_aggregate_once",
+            "on the lake the test wrote, --days 0 --json, compared with the events it holds",
+        ),
+    ),
     (r"streamotion dashboards check", Ran(QUICK)),
     (r"streamotion docs check", Ran(QUICK)),
     (r"(\.venv/bin/)?streamotion render examples/full\.yaml -n team-a", Ran(QUICK)),

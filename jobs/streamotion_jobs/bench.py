@@ -28,6 +28,9 @@ GoEmotions here in about 20 s), served by the same app:
   (``--platform-max-events-per-trigger``) large enough not to cap it, PostgreSQL sink;
   platform_p50/p99_latency_s at half that load (platform_p99_latency_over_trigger);
 * raw_linear_model_texts_per_s: the linear model in-process at its best batch size.
+* lake_events_per_s: the platform run again with the lake sink (Delta tables on local disk) instead
+  of PostgreSQL, same model service and micro-batch size; lake_vs_postgres relates the two (``--no-lake``
+  skips it).
 
 The job's parse alone (``--parse-events``, in memory, no Kafka, no model, no sink):
 
@@ -60,12 +63,21 @@ def _log(msg: str) -> None:
     typer.echo(f"[bench pipeline] {msg}", err=True)
 
 
-def _pipeline(name: str, schema: str, trigger: str, max_events: int, bigquery: dict | None = None):
+def _pipeline(
+    name: str,
+    schema: str,
+    trigger: str,
+    max_events: int,
+    bigquery: dict | None = None,
+    lake: dict | None = None,
+):
     from streamotion.api.validate import parse
 
     sink = (
         {"type": "bigquery", "bigquery": bigquery}
         if bigquery
+        else {"type": "lake", "lake": lake}
+        if lake
         else {
             "type": "postgres",
             "postgres": {"host": "127.0.0.1", "schema": schema, "credentialsSecret": "pg"},
@@ -458,6 +470,56 @@ def _bigquery_platform(kafka, spark, work: Path, trigger: str, max_events: int, 
         return rate
 
 
+def _lake_throughput(location: str) -> tuple[int, float]:
+    """(events, rows/s after the first micro-batch that wrote rows) from the lake's ledger, read with
+    deltalake: the same definition as PostgreSQL's figure (its batches' commit times)."""
+    from deltalake import DeltaTable
+
+    try:
+        ledger = DeltaTable(f"{location}/_ledger").to_pandas(columns=["events", "committed_at"])
+    except Exception:  # not created yet
+        return 0, float("nan")
+    ledger = ledger[ledger["events"] > 0].sort_values("committed_at")
+    total = int(ledger["events"].sum())
+    if len(ledger) < 2:
+        return total, float("nan")
+    seconds = (ledger["committed_at"].iloc[-1] - ledger["committed_at"].iloc[0]).total_seconds()
+    return total, (total - int(ledger["events"].iloc[0])) / seconds if seconds > 0 else float("nan")
+
+
+def _lake_platform(kafka, spark, work: Path, trigger: str, max_events: int, events: int, url: str):
+    """The platform run with the lake sink (Delta tables in a local folder), same model service and
+    micro-batch size as PostgreSQL's: rows/s after the first micro-batch, from the lake's ledger."""
+    import dataclasses
+
+    from streamotion.naming import topic_names
+    from streamotion_jobs.config import JobConfig
+
+    location = str(work / f"lake-{uuid.uuid4().hex[:6]}")
+    p = _pipeline(f"blake{uuid.uuid4().hex[:4]}", "unused", trigger, max_events, lake={"location": location})
+    names = topic_names(p)
+    kafka.create_topic(names["raw"], partitions=2)
+    kafka.create_topic(names["deadLetter"])
+    cfg = JobConfig.from_pipeline(p, checkpoint=str(work / f"ckpt-{Path(location).name}"))
+    cfg = dataclasses.replace(cfg, model_url=url)
+    _produce(kafka.bootstrap, names["raw"], 0, events)
+    stop = threading.Event()
+    thread = _run_job(cfg, spark, stop)
+    _log(f"platform (lake, Delta on local disk): {events} events queued, job running...")
+    deadline = time.monotonic() + 1800
+    n = 0
+    while n < events and time.monotonic() < deadline:
+        time.sleep(1)
+        n, _ = _lake_throughput(location)
+    stop.set()
+    thread.join(120)
+    if n < events:
+        raise TimeoutError(f"lake: only {n} of {events} rows after 1800 s")
+    _, rate = _lake_throughput(location)
+    _log(f"platform (lake): {rate:.1f} events/s")
+    return rate
+
+
 def bench_pipeline(
     events: int = typer.Option(
         0, help="Events for the saturation run (0: four micro-batches of maxEventsPerTrigger)."
@@ -494,6 +556,11 @@ def bench_pipeline(
     ),
     bigquery_events: int = typer.Option(
         0, help="Events for the BigQuery platform run (0: three micro-batches of 10,000)."
+    ),
+    lake: bool = typer.Option(
+        True,
+        "--lake/--no-lake",
+        help="Also the platform run with the lake sink (Delta tables on local disk).",
     ),
 ) -> None:
     """End-to-end events/s and latency of the streaming job, against raw model throughput and the
@@ -541,7 +608,11 @@ def bench_pipeline(
             os.environ["STREAMOTION_KAFKA_BOOTSTRAP"] = kafka.bootstrap
             os.environ["STREAMOTION_MODEL_URL"] = model_url
             os.environ["STREAMOTION_PG_DSN"] = pg.dsn
-            spark = session("streamotion-bench", master=master)
+            from streamotion_jobs.spark import pipeline_conf
+
+            # Delta's extension and catalog (static: set when the session starts) for the lake run
+            lake_conf = pipeline_conf(_pipeline("blake", "unused", trigger, 1, lake={"location": "/x"}))
+            spark = session("streamotion-bench", master=master, extra=lake_conf if lake else None)
             partitions = max(1, spark.sparkContext.defaultParallelism)
             parse = parse_throughput(spark, parse_events) if parse_events else None
             if model:
@@ -624,6 +695,17 @@ def bench_pipeline(
                         bigquery_events or 3 * bq_batch,
                         linear_server.url,
                     )
+                plat_lake = None
+                if lake:
+                    plat_lake = _lake_platform(
+                        kafka,
+                        spark,
+                        work,
+                        trigger,
+                        platform_max_events_per_trigger,
+                        platform_events,
+                        linear_server.url,
+                    )
                 platform_config = {
                     "linear_model": linear,
                     "platform_events": platform_events,
@@ -671,6 +753,12 @@ def bench_pipeline(
         ]
         if plat_bq is not None:
             results.append(Result("platform_bigquery_emulator_events_per_s", plat_bq, "events/s"))
+        if plat_lake is not None:
+            results += [
+                Result("lake_events_per_s", plat_lake, "events/s"),
+                Result("lake_vs_postgres", plat_lake / plat, "ratio"),
+            ]
+            targets["lake_vs_postgres"] = ">= 0.8"
         targets.update(
             {
                 "platform_events_per_s": ">= 5000",

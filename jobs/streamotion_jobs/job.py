@@ -49,6 +49,20 @@ def build_sinks(cfg: JobConfig, log=print) -> list[Sink]:
             bq = spec.bigquery
             # the ledger's offsets scoped to this pipeline (a dataset may hold several pipelines')
             sinks.append(BigQuerySink(bq.project, bq.dataset, bq.location, log=log, pipeline=pipeline))
+        elif spec.lake is not None:
+            from streamotion_jobs.config import parse_duration
+            from streamotion_jobs.sinks.lake import LakeSink
+
+            lk = spec.lake
+            sinks.append(
+                LakeSink(
+                    lk.location,
+                    pipeline,
+                    log=log,
+                    maintenance_interval_s=parse_duration(lk.maintenance_interval),
+                    retention_hours=parse_duration(lk.retention) / 3600,
+                )
+            )
     return sinks
 
 

@@ -77,7 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     metrics = JobMetrics(pipeline.namespace, pipeline.name, log=log)
     if args.metrics_port:
         metrics.serve(args.metrics_port, args.metrics_host)
-    extra = dict(c.split("=", 1) for c in args.conf)
+    from streamotion_jobs.spark import pipeline_conf
+
+    extra = {**pipeline_conf(pipeline), **dict(c.split("=", 1) for c in args.conf)}
     spark = session(f"streamotion-{pipeline.name}", master=args.master, extra=extra)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

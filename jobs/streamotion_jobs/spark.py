@@ -38,10 +38,42 @@ def connector_in_image() -> bool:
     return bool(home) and any(Path(home, "jars").glob("spark-sql-kafka-0-10_*.jar"))
 
 
-def base_conf(app_name: str = "streamotion-job", master: str | None = None) -> dict[str, str]:
+def delta_in_image() -> bool:
+    """The job image bakes Delta Lake into $SPARK_HOME/jars as well."""
+    home = os.environ.get("SPARK_HOME")
+    return bool(home) and any(Path(home, "jars").glob("delta-spark_*.jar"))
+
+
+def pipeline_conf(pipeline) -> dict[str, str]:
+    """The Spark configuration a pipeline's sinks need (Delta Lake's extension and catalog, the object
+    store's settings for a lake sink; see :mod:`streamotion.lake`), ``spark.jars.packages`` included."""
+    from streamotion import lake
+
+    sinks = [s.lake for s in pipeline.spec.sinks if s.lake is not None]
+    if not sinks:
+        return {}
+    conf = lake.spark_conf(sinks)
+    from streamotion_jobs.config import in_cluster
+
+    if in_cluster():  # spark-submit resolved what the SparkApplication lists (deps): nothing to add
+        return conf
+    extra = lake.packages(sinks, delta_in_image=delta_in_image())
+    if extra:
+        conf["spark.jars.packages"] = ",".join(extra)
+    if lake.jars(sinks):
+        conf["spark.jars"] = ",".join(lake.jars(sinks))
+    return conf
+
+
+def base_conf(
+    app_name: str = "streamotion-job", master: str | None = None, packages: str | None = None
+) -> dict[str, str]:
     conf = {"spark.app.name": app_name}
-    if not connector_in_image():
-        conf["spark.jars.packages"] = kafka_package()
+    wanted = ([] if connector_in_image() else [kafka_package()]) + [
+        p for p in (packages or "").split(",") if p
+    ]
+    if wanted:
+        conf["spark.jars.packages"] = ",".join(wanted)
         conf["spark.jars.ivy"] = str(ivy_dir())
     conf |= {
         "spark.sql.session.timeZone": "UTC",
@@ -66,6 +98,8 @@ def base_conf(app_name: str = "streamotion-job", master: str | None = None) -> d
                 "spark.driver.bindAddress": "127.0.0.1",
                 "spark.driver.memory": os.environ.get("STREAMOTION_SPARK_DRIVER_MEMORY", "1g"),
                 "spark.sql.streaming.stopTimeout": "30s",
+                # a lake sink's Delta log read in as few tasks as the machine has cores (default 50)
+                "spark.databricks.delta.snapshotPartitions": "2",
             }
         )
     return conf
@@ -85,8 +119,10 @@ def session(
         extra = {**for_spark_local(), **local_cluster_conf(master), **(extra or {})}
     from pyspark.sql import SparkSession
 
+    extra = dict(extra or {})
+    packages = extra.pop("spark.jars.packages", None)  # added to the Kafka connector's, not instead
     builder = SparkSession.builder
-    for key, value in {**base_conf(app_name, master), **(extra or {})}.items():
+    for key, value in {**base_conf(app_name, master, packages), **extra}.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(os.environ.get("STREAMOTION_SPARK_LOG_LEVEL", "WARN"))
@@ -110,6 +146,27 @@ def local_cluster_conf(master: str) -> dict[str, str]:
 
     conf["spark.executor.extraJavaOptions"] = " ".join(jvm_flags())
     return conf
+
+
+def ensure_delta_jars() -> str:
+    """Resolve Delta Lake (``streamotion.lake.DELTA_PACKAGE``) into the Ivy cache (``make prepare``):
+    a local lake sink and its tests then start without the network."""
+    from streamotion import lake
+
+    jars = ivy_dir() / "jars"
+    wanted = f"io.delta_delta-spark_{SCALA_BINARY}-{lake.DELTA_VERSION}.jar"
+    if (jars / wanted).exists():
+        return f"{lake.DELTA_PACKAGE} cached in {jars}"
+    spark = session(
+        "streamotion-prepare", master="local[1]", extra={"spark.jars.packages": lake.DELTA_PACKAGE}
+    )
+    try:
+        spark.range(1).count()
+    finally:
+        spark.stop()
+    if not (jars / wanted).exists():
+        raise RuntimeError(f"{lake.DELTA_PACKAGE} was not resolved into {jars}")
+    return f"resolved {lake.DELTA_PACKAGE} into {jars}"
 
 
 def ensure_kafka_connector() -> str:

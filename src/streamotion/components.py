@@ -26,6 +26,7 @@ COMPONENTS: dict[str, tuple[str, str]] = {
     "source_filters": ("ingest", "Filters: Filters.of(source).apply(event) -> (event | None, reason)"),
     "reconvert": ("ingest", "reconvert(source, payload: str) -> Event | Malformed | None"),
     "spark_kafka_connector": ("jobs", "ensure_kafka_connector() -> str, the Spark Kafka connector"),
+    "spark_delta_jars": ("jobs", "ensure_delta_jars() -> str, Delta Lake for the lake sink"),
 }
 
 

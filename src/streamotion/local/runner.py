@@ -412,6 +412,8 @@ class LocalRun:
             self._guard("bigquery", emulator.start)
             self.components.append(Component("bigquery", emulator.process, stop=emulator.stop))
             self.env.update(emulator.env())
+        for lk in (s.lake for s in sinks if s.lake is not None):
+            self.say(f"lake: Delta tables under {lk.location} (written by the job; read them with deltalake)")
         if pg is None and bq is None:
             self.notes.append("no PostgreSQL or BigQuery sink: events out are not counted")
 
