@@ -297,7 +297,7 @@ def test_contract_schema_is_derived_from_the_pydantic_model():
     assert read.fieldNames() == [*Event.model_fields, CORRUPT]
     assert all(isinstance(f.dataType, VariantType) for f in read.fields[:-1])
     fields = {f.name: f for f in contract_fields()}
-    assert fields["platform"].choices == ("reddit", "mastodon", "bluesky", "x", "http", "replay")
+    assert fields["platform"].choices == ("reddit", "mastodon", "bluesky", "x", "http", "replay", "cdc")
     assert fields["text"].max_length == 100_000 and fields["text"].too_long_msg.endswith("100000 characters")
     assert fields["id"].missing_msg == "Field required"
 
@@ -335,7 +335,7 @@ def test_spark_path_gives_the_pydantic_paths_rows_and_reasons_for_hostile_messag
     assert not _differences(new, old, values, now, after)
     # the generated batch reaches every outcome
     reasons = old["error"].dropna()
-    assert old["error"].isna().sum() > 50
+    assert old["error"].isna().sum() > 20  # some valid rows (about 15% of a generated batch)
     for part in (
         "not JSON",
         "not UTF-8",

@@ -204,16 +204,10 @@ def test_unauthenticated_and_foreign_clients_are_refused(broker, pipes, tmp_path
         None,
         broker.client_env(scram=(a.producer_user, "not-the-password")),
     ) | {"bootstrap.servers": broker.scram_bootstrap, **fast}
-    refused: list = []
-    threads = [
-        threading.Thread(target=lambda c=conf: refused.append(produce_one(c, raw, timeout=6)))
-        for conf in (plain, no_cert, foreign, wrong_password)
-    ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
-    assert len(refused) == 4 and None not in refused, refused
+    refused = [produce_one(conf, raw, timeout=6) for conf in (plain, no_cert, foreign, wrong_password)]
+    # `is`, never `in`/`==`: confluent-kafka's KafkaError compared with None leaves a TypeError pending
+    # ("'NoneType' object cannot be interpreted as an integer") that surfaces at a later, unrelated line
+    assert len(refused) == 4 and all(r is not None for r in refused), refused
     # the same producer with its real credentials gets in, over mTLS and over SCRAM
     assert produce_one(broker.client_config(broker.issue(a.producer_user)), raw) is None
     assert (

@@ -90,25 +90,21 @@ def pipeline_doc(name: str, schema: str, bootstrap: str, trigger: str) -> dict[s
     }
 
 
-def _proc_cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
 def run_pids(run_id: str, needle: str) -> list[int]:
-    """Live processes of this run (they carry ``STREAMOTION_CHAOS_RUN``) whose command line holds ``needle``."""
+    """Live processes of this run (they carry ``STREAMOTION_CHAOS_RUN``) whose command line holds
+    ``needle`` (psutil: Linux and macOS alike)."""
+    import psutil
+
     from streamotion.dev.procs import pids_with_env
 
     out = []
     for pid in pids_with_env(RUN_ENV, run_id):
         try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
+            proc = psutil.Process(pid)
+            if proc.status() != psutil.STATUS_ZOMBIE and needle in " ".join(proc.cmdline()):
+                out.append(pid)
+        except (psutil.Error, OSError):
             continue
-        if state != "Z" and needle in _proc_cmdline(pid):
-            out.append(pid)
     return sorted(out)
 
 
@@ -529,7 +525,7 @@ def run_chaos(
     from streamotion_jobs.bench import serve_args
 
     run_id = uuid.uuid4().hex[:8]
-    os.environ[RUN_ENV] = run_id  # every child (and its children) carries it: found by /proc environ
+    os.environ[RUN_ENV] = run_id  # every child (and its children) carries it: found by its environment
     work = workdir or Path(tempfile.mkdtemp(prefix="streamotion-chaos-"))
     work.mkdir(parents=True, exist_ok=True)
     stop = threading.Event()
