@@ -47,6 +47,8 @@ def test_a_short_chaos_run_of_every_fault_loses_and_duplicates_nothing(tmp_path,
     assert result.exit_code == 0, result.output[-3000:]
     doc = json.loads(result.output.strip().splitlines()[-1])
     assert doc["benchmark"] == "chaos"
+    # saved where the environment says, read when written: never over the repository's bench/results
+    assert json.loads((tmp_path / "results" / "chaos.json").read_text())["date"] == doc["date"]
     faults = {row["fault"]: row for row in doc["faults"]}
     assert set(faults) == {*FAULTS, "total"}
     for name, row in faults.items():

@@ -14,6 +14,12 @@ from typing import Any
 RESULTS_DIR = Path(os.environ.get("STREAMOTION_BENCH_DIR", "bench/results"))
 
 
+def results_dir() -> Path:
+    """Where results go: $STREAMOTION_BENCH_DIR read when a result is written (a test sets it after
+    this module was imported), else bench/results."""
+    return Path(os.environ.get("STREAMOTION_BENCH_DIR", "bench/results"))
+
+
 @dataclass
 class Result:
     name: str
@@ -71,7 +77,8 @@ def emit(benchmark: str, results: list[Result], **extra: Any) -> dict[str, Any]:
         "results": [r.as_dict() for r in results],
         **extra,
     }
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    (RESULTS_DIR / f"{benchmark}.json").write_text(json.dumps(doc, indent=2) + "\n")
+    out = results_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{benchmark}.json").write_text(json.dumps(doc, indent=2) + "\n")
     print(json.dumps(doc), flush=True)
     return doc
