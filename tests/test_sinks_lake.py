@@ -50,10 +50,28 @@ def lake_pipeline(name: str, location: str, max_events: int = 40, **lake_fields)
     )
 
 
+def _fresh_jvm() -> None:
+    """Delta's jars join the driver's classpath only when its JVM starts (spark.jars.packages): an
+    earlier test module's session leaves PySpark's JVM running without them ('JavaPackage' object is
+    not callable). Stop it and its gateway, so the next session starts a JVM of its own."""
+    from pyspark import SparkContext
+    from pyspark.sql import SparkSession
+
+    if SparkContext._active_spark_context is not None:
+        SparkContext._active_spark_context.stop()
+    if SparkContext._gateway is not None:
+        SparkContext._gateway.shutdown()
+        SparkContext._gateway = None
+        SparkContext._jvm = None
+    SparkSession._instantiatedSession = None
+    SparkSession._activeSession = None
+
+
 @pytest.fixture(scope="module")
 def spark():
     from streamotion_jobs.spark import session
 
+    _fresh_jvm()
     p = lake_pipeline("unit", "/unused")
     from streamotion_jobs.spark import pipeline_conf
 
