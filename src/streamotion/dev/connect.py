@@ -33,19 +33,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from streamotion.dev.kafka import EXTRA_ARTIFACTS, KAFKA_VERSION, cache_dir
+from streamotion.dev.kafka import EXTRA_ARTIFACTS, KAFKA_VERSION, LOG4J2_CONSOLE, cache_dir
 from streamotion.dev.procs import Process, Server, free_port
 
 MAIN_CLASS = "org.apache.kafka.connect.cli.ConnectStandalone"
 
-_LOG4J2 = """status = warn
-appender.console.type = Console
-appender.console.name = STDOUT
-appender.console.layout.type = PatternLayout
-appender.console.layout.pattern = [%d] %p %m (%c)%n
-rootLogger.level = INFO
-rootLogger.appenderRef.stdout.ref = STDOUT
-logger.kafka.name = org.apache.kafka
+_LOG4J2 = (
+    LOG4J2_CONSOLE
+    + """logger.kafka.name = org.apache.kafka
 logger.kafka.level = WARN
 logger.connect.name = org.apache.kafka.connect.runtime.Worker
 logger.connect.level = INFO
@@ -54,6 +49,7 @@ logger.debezium.level = INFO
 logger.reflections.name = org.reflections
 logger.reflections.level = ERROR
 """
+)
 
 
 def connect_libs(version: str = KAFKA_VERSION) -> Path:

@@ -45,14 +45,18 @@ EXTRA_ARTIFACTS = (
 MAIN_CLASS = "kafka.Kafka"
 STORAGE_TOOL = "kafka.tools.StorageTool"
 
-_LOG4J2 = """status = warn
+# Log4j 2 to the console at INFO: what every JVM we start here shares (broker, Connect)
+LOG4J2_CONSOLE = """status = warn
 appender.console.type = Console
 appender.console.name = STDOUT
 appender.console.layout.type = PatternLayout
 appender.console.layout.pattern = [%d] %p %m (%c)%n
 rootLogger.level = INFO
 rootLogger.appenderRef.stdout.ref = STDOUT
-logger.kafka.name = kafka
+"""
+_LOG4J2 = (
+    LOG4J2_CONSOLE
+    + """logger.kafka.name = kafka
 logger.kafka.level = INFO
 logger.apache.name = org.apache.kafka
 logger.apache.level = WARN
@@ -61,6 +65,7 @@ logger.controller.level = WARN
 logger.request.name = kafka.request.logger
 logger.request.level = WARN
 """
+)
 
 
 def cache_dir() -> Path:
