@@ -167,3 +167,41 @@ def test_the_jobs_client_classifies_with_it(linear_server, linear_model):
     expected = local.classify([truncate_text(t, 128) for t in texts])
     assert [r["label"] for r in results] == [e["label"] for e in expected]
     assert results[-1]["scores"] == pytest.approx(expected[-1]["scores"], abs=1e-5)
+
+
+def test_a_linear_pipeline_sends_the_largest_requests_the_service_takes(linear_server, linear_model):
+    """A linear model classifies a whole request in milliseconds, so per-request overhead (HTTP, Ray
+    Serve's proxy, JSON) dominates: the job sends ``MAX_TEXTS`` texts a request to it, and a
+    transformer keeps four model batches a request. The service answers such a request in order."""
+    from streamotion_jobs.classify import ModelClient
+    from streamotion_jobs.config import JobConfig
+
+    from streamotion.api.validate import parse
+    from streamotion.model_api import MAX_TEXTS
+
+    def job_config(model: dict) -> JobConfig:
+        doc = {
+            "apiVersion": "streamotion.io/v1alpha2",
+            "kind": "StreamPipeline",
+            "metadata": {"name": "chunks", "namespace": "t"},
+            "spec": {
+                "sources": [{"name": "h", "type": "http", "http": {"tokenSecret": "t"}}],
+                "sinks": [{"type": "postgres", "postgres": {"host": "h", "credentialsSecret": "pg"}}],
+                "model": model,
+            },
+        }
+        return JobConfig.from_pipeline(parse(doc), need_checkpoint=False)
+
+    assert job_config({"arch": "linear"}).model_batch_size == MAX_TEXTS
+    assert job_config({}).model_batch_size == 4 * 64  # the default maxBatchSize
+    assert job_config({"maxBatchSize": 512}).model_batch_size == MAX_TEXTS  # never over the API's limit
+    texts = [f"{TEXTS[i % len(TEXTS)]} #{i}" for i in range(MAX_TEXTS)]
+    client = ModelClient(linear_server.url, batch_size=job_config({"arch": "linear"}).model_batch_size)
+    try:
+        results = client.classify(texts)
+    finally:
+        client.close()
+    from streamotion_serving.model import ModelConfig, load_model
+
+    expected = load_model(ModelConfig(model=str(linear_model))).classify(texts)
+    assert [r["label"] for r in results] == [e["label"] for e in expected]

@@ -293,3 +293,15 @@ def test_heldout_estimate_shows_what_tuning_on_dev_overstates():
         gold, predicted_matrix(scores, True, tune_thresholds(scores, gold)), average="macro", zero_division=0
     )
     assert in_sample - 0.03 < heldout_macro_f1(scores, gold, repeats=2) <= in_sample
+
+
+def test_the_benchmarks_raw_limit_tries_overlapped_tokenizing_and_gets_the_same_results(tiny_models):
+    """``bench pipeline``'s raw limit must be the best in-process configuration of the model: the
+    service tokenizes the next batch while the model runs this one, so the raw grid tries that too
+    (else the service could beat its own "limit"); overlapped or not, the results are the same."""
+    from streamotion_jobs.bench import _overlapped
+    from streamotion_serving.model import load_model
+
+    local = load_model(ModelConfig(model=str(tiny_models["ekman"]), bucket_size=8))
+    texts = [f"{t} {i}" for i, t in enumerate(TEXTS * 30)]
+    assert _overlapped(local, texts, 64) == local.classify(texts)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from streamotion import naming
-from streamotion.api.models import BigQuerySink, PostgresSink, StreamPipeline
+from streamotion.api.models import BigQuerySink, ModelSpec, PostgresSink, StreamPipeline
 
 KAFKA_BOOTSTRAP_ENV = "STREAMOTION_KAFKA_BOOTSTRAP"
 MODEL_URL_ENV = "STREAMOTION_MODEL_URL"
@@ -78,6 +78,18 @@ def postgres_dsn(sink: PostgresSink) -> str:
     )
 
 
+def model_chunk_size(model: ModelSpec) -> int:
+    """Texts per model request. A transformer's service cuts requests into ``maxBatchSize`` model
+    batches, and four of them per request keep its queue fed; a linear model classifies a whole
+    request at once in a few milliseconds, so the request's own overhead (HTTP, Ray Serve's proxy,
+    JSON) dominates and the largest request the API takes (``MAX_TEXTS``) is the fastest."""
+    from streamotion.model_api import MAX_TEXTS
+
+    if model.arch == "linear":
+        return MAX_TEXTS
+    return min(max(model.max_batch_size * 4, 64), MAX_TEXTS)
+
+
 @dataclass
 class JobConfig:
     pipeline: StreamPipeline
@@ -118,7 +130,7 @@ class JobConfig:
             starting_offsets=proc.starting_offsets,
             sentiment_threshold=proc.sentiment_threshold,
             topics=naming.topic_names(p),
-            model_batch_size=max(p.spec.model.max_batch_size * 4, 64),
+            model_batch_size=model_chunk_size(p.spec.model),
             model_max_length=p.spec.model.max_length,
         )
         for key, value in overrides.items():
