@@ -60,6 +60,8 @@ def pipeline_conf(pipeline) -> dict[str, str]:
     extra = lake.packages(sinks, delta_in_image=delta_in_image())
     if extra:
         conf["spark.jars.packages"] = ",".join(extra)
+    if lake.excludes(sinks):  # the AWS SDK bundle hadoop-aws names: the SDK modules S3A uses instead
+        conf["spark.jars.excludes"] = ",".join(lake.excludes(sinks))
     if lake.jars(sinks):
         conf["spark.jars"] = ",".join(lake.jars(sinks))
     return conf
@@ -167,6 +169,34 @@ def ensure_delta_jars() -> str:
     if not (jars / wanted).exists():
         raise RuntimeError(f"{lake.DELTA_PACKAGE} was not resolved into {jars}")
     return f"resolved {lake.DELTA_PACKAGE} into {jars}"
+
+
+def ensure_s3a_jars() -> str:
+    """Resolve hadoop-aws and the AWS SDK modules S3A uses (``streamotion.lake.S3A_PACKAGES``, the SDK's
+    bundle excluded) into the Ivy cache (``make prepare``): a lake on s3a and its tests then start
+    without the network."""
+    from streamotion import lake
+
+    jars = ivy_dir() / "jars"
+    wanted = [f"{c.split(':')[0]}_{c.split(':')[1]}-{c.split(':')[2]}.jar" for c in lake.S3A_PACKAGES]
+    if all((jars / w).exists() for w in wanted):
+        return f"hadoop-aws {lake.HADOOP_VERSION}, AWS SDK {lake.AWS_SDK_VERSION} cached in {jars}"
+    spark = session(
+        "streamotion-prepare",
+        master="local[1]",
+        extra={
+            "spark.jars.packages": ",".join(lake.S3A_PACKAGES),
+            "spark.jars.excludes": ",".join(lake.S3A_EXCLUDES),
+        },
+    )
+    try:
+        spark.range(1).count()
+    finally:
+        spark.stop()
+    missing = [w for w in wanted if not (jars / w).exists()]
+    if missing:
+        raise RuntimeError(f"{', '.join(missing)} not resolved into {jars}")
+    return f"resolved hadoop-aws {lake.HADOOP_VERSION} and AWS SDK {lake.AWS_SDK_VERSION} modules into {jars}"
 
 
 def ensure_kafka_connector() -> str:

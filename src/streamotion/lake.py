@@ -15,10 +15,24 @@ DELTA_VERSION = "4.0.0"
 SCALA_BINARY = "2.13"
 DELTA_PACKAGE = f"io.delta:delta-spark_{SCALA_BINARY}:{DELTA_VERSION}"
 # The object-store connectors (not in Spark's distribution): hadoop-aws of Spark 4.0.0's Hadoop (3.4.1,
-# pyspark's hadoop-client-api-3.4.1.jar), which pulls the AWS SDK v2 bundle (about 560 MB); the shaded
-# Cloud Storage connector (one jar, about 37 MB).
+# pyspark's hadoop-client-api-3.4.1.jar) and the shaded Cloud Storage connector (one jar, about 37 MB).
 HADOOP_VERSION = "3.4.1"
 HADOOP_AWS_PACKAGE = f"org.apache.hadoop:hadoop-aws:{HADOOP_VERSION}"
+# hadoop-aws 3.4.1 depends on the AWS SDK v2 ``bundle`` (2.24.6, hadoop-project 3.4.1 pom
+# aws-java-sdk-v2.version; 558 MB, every AWS service shaded into one jar). S3A needs only the SDK's s3 and
+# s3-transfer-manager modules (and sts for web identity: the SDK's WebIdentityCredentialsUtils loads it by
+# reflection), with their own dependencies, about 9 MB in all: the bundle is excluded and those modules
+# resolved instead. S3A links the bundle's shaded Apache HTTP classes only in an optional binding
+# (hadoop-aws 3.4.1 NetworkBinding.java, ConfigureShadedAWSSocketFactory: fs.s3a.ssl.channel.mode is
+# ignored without them). 2.24.8: the 2.24 release nearest after 2.24.6 whose every module our Maven
+# Central mirror serves (it lacks s3-transfer-manager 2.24.6). Netty is Spark's own (jars/netty-*).
+AWS_SDK_VERSION = "2.24.8"
+AWS_SDK_MODULES = ("s3", "s3-transfer-manager", "sts")
+S3A_PACKAGES = (
+    HADOOP_AWS_PACKAGE,
+    *(f"software.amazon.awssdk:{m}:{AWS_SDK_VERSION}" for m in AWS_SDK_MODULES),
+)
+S3A_EXCLUDES = ("software.amazon.awssdk:bundle", "io.netty:*")
 GCS_CONNECTOR_VERSION = "3.0.4"
 GCS_CONNECTOR_JAR = (
     "https://repo1.maven.org/maven2/com/google/cloud/bigdataoss/gcs-connector/"
@@ -89,13 +103,19 @@ def spark_conf(sinks: list[LakeSink]) -> dict[str, str]:
 
 def packages(sinks: list[LakeSink], delta_in_image: bool = False) -> list[str]:
     """Maven coordinates to resolve (``spark.jars.packages``): Delta unless the image has it, hadoop-aws
-    for s3a locations."""
+    and the AWS SDK modules S3A uses for s3a locations (see :data:`S3A_PACKAGES`)."""
     out: list[str] = []
     if sinks and not delta_in_image:
         out.append(DELTA_PACKAGE)
     if any(scheme(s.location) == "s3a" for s in sinks):
-        out.append(HADOOP_AWS_PACKAGE)
+        out.extend(S3A_PACKAGES)
     return out
+
+
+def excludes(sinks: list[LakeSink]) -> list[str]:
+    """``groupId:artifactId`` left out of that resolution (``spark.jars.excludes``): the AWS SDK bundle
+    hadoop-aws depends on, and Netty (Spark ships it)."""
+    return list(S3A_EXCLUDES) if any(scheme(s.location) == "s3a" for s in sinks) else []
 
 
 def jars(sinks: list[LakeSink]) -> list[str]:
@@ -127,10 +147,29 @@ def secret_env(sink: LakeSink) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------------- reading it back
+def reader_options(sink: LakeSink) -> dict[str, str]:
+    """delta-rs (``deltalake``) storage options for the sink's store, from the spec settings s3a gets:
+    the endpoint (plain HTTP allowed when it is http://) and the region. No credentials: delta-rs reads
+    AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (and AWS_ENDPOINT_URL, AWS_REGION, ...) from the
+    environment as the AWS SDK does. It requests path-style unless told otherwise, as s3a with
+    pathStyleAccess. Reading needs no AWS_S3_ALLOW_UNSAFE_RENAME (only delta-rs's own writes do)."""
+    if scheme(sink.location) != "s3a":
+        return {}
+    options: dict[str, str] = {}
+    if sink.endpoint:
+        options["AWS_ENDPOINT_URL"] = sink.endpoint
+        if sink.endpoint.startswith("http://"):
+            options["AWS_ALLOW_HTTP"] = "true"
+    if sink.region:
+        options["AWS_REGION"] = sink.region
+    return options
+
+
 def daily_views(location: str, days: int | None = None, today=None) -> dict:
     """The daily views of the PostgreSQL sink (``v_emotion_daily``, ``v_sentiment_daily``: every event
     row, late ones included) computed from the lake's ``events`` table with delta-rs (the ``deltalake``
-    package, no Spark), reading only the event days asked for (``days``: the last N UTC days)."""
+    package, no Spark), reading only the event days asked for (``days``: the last N UTC days); an
+    object store's settings and keys come from the environment (see :func:`reader_options`)."""
     from datetime import UTC, datetime, timedelta
 
     try:

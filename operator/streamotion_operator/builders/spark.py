@@ -189,6 +189,8 @@ def spark_application(p: StreamPipeline, cfg: OperatorConfig) -> dict[str, Any]:
     deps: dict[str, Any] = {}
     if packages := lake.packages(lake_sinks, delta_in_image=True):  # hadoop-aws for s3a, resolved at submit
         deps["packages"] = packages
+        if excluded := lake.excludes(lake_sinks):  # the AWS SDK bundle: S3A's own SDK modules instead
+            deps["excludePackages"] = excluded
         spec["sparkConf"]["spark.jars.ivy"] = "/tmp/.ivy2"  # the image's HOME is read-only
     if jars := lake.jars(lake_sinks):  # the Cloud Storage connector for gs
         deps["jars"] = jars

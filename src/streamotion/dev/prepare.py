@@ -34,6 +34,10 @@ STEPS: list[tuple[str, str]] = [
         "Delta Lake for the lake sink (Maven Central via Ivy, the release for pyspark's Spark)",
         "streamotion_jobs.spark:ensure_delta_jars",
     ),
+    (
+        "hadoop-aws and the AWS SDK modules S3A uses (Maven Central via Ivy; the lake's s3a tests)",
+        "streamotion_jobs.spark:ensure_s3a_jars",
+    ),
     ("BigQuery emulator (bqemulator from PyPI, own venv)", "streamotion.dev.bigquery:ensure_bqemulator"),
 ]
 
