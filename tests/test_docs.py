@@ -242,6 +242,20 @@ COMMANDS: list[tuple[str, Ran | NotHere]] = [
         ),
     ),
     (
+        r"export AWS_ENDPOINT_URL=\S+ AWS_ALLOW_HTTP=true AWS_REGION=\S+|export AWS_ACCESS_KEY_ID=\S+ AWS_SECRET_ACCESS_KEY=\S+",
+        Ran(
+            "tests/test_sinks_lake_s3.py::test_s3a_lake_counts_exact_replay_writes_nothing_twice_and_deltalake_reads_the_same_rows",
+            "the loopback S3 server's endpoint and region, the keys the test's job has, set in the environment",
+        ),
+    ),
+    (
+        r"streamotion lake daily s3a://\S+ --days \d+",
+        Ran(
+            "tests/test_sinks_lake_s3.py::test_s3a_lake_counts_exact_replay_writes_nothing_twice_and_deltalake_reads_the_same_rows",
+            "on the s3a lake the test wrote in the loopback S3 server, --days 0 --json",
+        ),
+    ),
+    (
         r"streamotion lake daily .*",
         Ran(
             "tests/test_sinks_lake.py::test_replays_and_a_crash_between_writes_leave_every_event_and_aggregate_once",

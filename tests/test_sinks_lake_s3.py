@@ -226,3 +226,16 @@ def test_s3a_resolves_the_sdk_modules_s3a_uses_instead_of_the_558_mb_bundle(s3_s
     assert factory.encode() in utils
     with zipfile.ZipFile(sts) as z:
         assert factory.replace(".", "/") + ".class" in z.namelist()
+
+
+def test_delta_writes_s3a_through_its_single_driver_log_store(s3_spark):
+    """Upstream rule (delta-io/delta v4.0.0 spark/src/main/scala/org/apache/spark/sql/delta/storage/
+    DelegatingLogStore.scala: s3, s3a and s3n default to io.delta.storage.S3SingleDriverLogStore;
+    docs/source/delta-storage.md "Single-cluster setup (default)": concurrent writes to one table on S3
+    must come from a single Spark driver): the sink sets no other log store, so one job (one driver)
+    writes a pipeline's tables, as the docs say; readers may be many."""
+    jvm = s3_spark.sparkContext._jvm
+    store = jvm.org.apache.spark.sql.delta.storage.DelegatingLogStore.getDefaultLogStoreClassName("s3a")
+    assert store.get() == "io.delta.storage.S3SingleDriverLogStore"
+    conf = dict(s3_spark.sparkContext.getConf().getAll())
+    assert not [k for k in conf if k.startswith(("spark.delta.logStore", "spark.databricks.delta.logStore"))]
