@@ -38,7 +38,7 @@ Kafka, Spark, the job and the sink rather than the model.
 | result | what it is |
 |---|---|
 | `platform_events_per_s` | events already in Kafka, rows landing in PostgreSQL per second, linear model, `maxEventsPerTrigger` 50,000 (`--platform-max-events-per-trigger`) so it does not cap throughput; target ≥ 5,000 |
-| `linear_model_service_texts_per_s` | the linear model service alone, called as the job calls it (one client per partition, four chunks of 256 in flight each) |
+| `linear_model_service_texts_per_s` | the linear model service alone, called as the job calls it (one client per partition, four chunks of 1,024 texts in flight each) |
 | `linear_service_over_platform` | the two above; ≥ 5, or the platform figure measures the model again |
 | `raw_linear_model_texts_per_s` | the linear model in-process at its best batch size |
 | `platform_p50_latency_s`, `platform_p99_latency_s`, `platform_p99_latency_over_trigger` | event time to commit while producing at half `platform_events_per_s`; target p99 ≤ 3 × trigger |
