@@ -56,3 +56,119 @@ def test_a_short_chaos_run_of_every_fault_loses_and_duplicates_nothing(tmp_path,
         assert row["lost"] == 0, (name, row, doc["actions"])
         assert row["duplicated"] == 0, (name, row)
     assert doc["actions"]["postgres_restart_in_commit"].startswith("PostgreSQL immediate shutdown")
+
+
+def _mem(t: float, **roles: float) -> tuple[float, dict[str, float]]:
+    return (t, roles)
+
+
+def test_soak_verdict_ignores_warm_up_and_fails_on_growth_over_20_percent_of_a_judged_role():
+    from streamotion_jobs.chaos_watch import score_soak
+
+    # 20 samples: the first two (10%) are warm-up (the JVMs filling their heaps), then flat
+    flat = [_mem(0, broker_1=100, spark_executors=200), _mem(1, broker_1=300, spark_executors=400)]
+    flat += [
+        _mem(t, broker_1=500 + t % 3, spark_executors=800, load_generator=100 + 50 * t) for t in range(2, 20)
+    ]
+    ok = score_soak(flat, p99_first_s=3.0, p99_last_s=3.2, trigger_s=2.0)
+    assert ok["failed"] == [] and ok["warmup_samples"] == 2 and ok["samples"] == 20
+    assert ok["roles"]["broker_1"]["rss_mb_start"] == 501.0  # median of the first three after warm-up
+    assert abs(ok["roles"]["broker_1"]["growth_pct"]) < 1
+    # the load generator keeps every acknowledged id by design: reported, never judged
+    assert ok["roles"]["load_generator"]["growth_pct"] > 100 and not ok["roles"]["load_generator"]["judged"]
+    # an executor growing 25% after warm-up fails the soak; one noisy sample at the end does not
+    leak = [(t, {**m, "spark_executors": 800 * (1 + 0.25 * (t - 2) / 17)}) for t, m in flat]
+    bad = score_soak(leak, 3.0, 3.2, 2.0)
+    assert bad["roles"]["spark_executors"]["growth_pct"] > 20
+    assert len(bad["failed"]) == 1 and bad["failed"][0].startswith("memory: spark_executors grew")
+    noisy = [*flat[:-1], (19, {**flat[-1][1], "spark_executors": 2000})]
+    assert score_soak(noisy, 3.0, 3.2, 2.0)["failed"] == []
+    # 19% is within the limit
+    edge = [(t, {**m, "spark_executors": 800 * (1 + 0.19 * (t - 2) / 17)}) for t, m in flat]
+    assert score_soak(edge, 3.0, 3.2, 2.0)["failed"] == []
+    # too few samples to judge is a failure, not a pass
+    assert "too few" in score_soak(flat[:2], 3.0, 3.2, 2.0)["failed"][0]
+
+
+def test_soak_verdict_p99_drift_needs_both_20_percent_and_one_trigger_interval():
+    from streamotion_jobs.chaos_watch import post_warmup_span, score_soak
+
+    flat = [_mem(t, postgresql=100) for t in range(20)]
+    assert score_soak(flat, 2.0, 2.9, trigger_s=2.0)["p99_drift"] is False  # +45%, but < one trigger
+    assert score_soak(flat, 20.0, 23.0, trigger_s=2.0)["p99_drift"] is False  # +3 s, but only 15%
+    drift = score_soak(flat, 3.0, 5.5, trigger_s=2.0)
+    assert drift["p99_drift"] is True and drift["failed"][0].startswith("latency: p99 drifted")
+    assert "no events" in score_soak(flat, None, 3.0, 2.0)["failed"][0]
+    # thirds of the load after its first 10%
+    assert post_warmup_span(0.0, 100.0) == [10.0, 40.0, 70.0, 100.0]
+
+
+def test_roles_alerts_in_windows_and_the_soak_schedule():
+    from streamotion_jobs.chaos import _soak_schedule
+    from streamotion_jobs.chaos_watch import alerts_in, role_of
+
+    brokers = {"broker_1": "/w/kafka/node-0/server.properties"}
+    cases = {
+        "java -Xmx256m kafka.Kafka /w/kafka/node-0/server.properties": "broker_1",
+        "java -cp /x/postgresql-42.jar org.apache.spark.executor.CoarseGrainedExecutorBackend": "spark_executors",
+        "java -cp /x/postgresql-42.jar org.apache.spark.deploy.SparkSubmit pyspark-shell": "spark_driver",
+        "python -m streamotion_jobs.main --pipeline /w/pipeline.yaml": "spark_driver",
+        "python -m pyspark.daemon": "spark_python_workers",
+        "ray::ServeReplica:streamotion:Model": "model_replica",
+        "/ray/core/src/ray/raylet/raylet --node": "model_ray",
+        "postgres: chaos streamotion 127.0.0.1(5555) idle": "postgresql",
+        "python -m streamotion produce --source ingest --pipeline /w/p.yaml": "ingest",
+        "/usr/bin/prometheus --config.file=/w/prometheus/prometheus.yml": "prometheus",
+    }
+    for cmdline, role in cases.items():
+        assert role_of(cmdline, brokers) == role, cmdline
+    obs = [
+        (1.0, {}),
+        (2.0, {"A": "pending"}),
+        (3.0, {"A": "firing", "B": "pending"}),
+        (9.0, {"C": "pending"}),
+    ]
+    assert alerts_in(obs, 0.0, 2.5) == {"A": "pending"}
+    assert alerts_in(obs, 0.0, 5.0) == {"A": "firing", "B": "pending"}
+    assert alerts_in(obs, 4.0, 5.0) == {}
+    assert _soak_schedule(["x", "y"], 60, 250) == [("x", "x"), ("y", "y"), ("x#2", "x"), ("y#2", "y")]
+    assert _soak_schedule([], 60, 250) == []
+
+
+def test_memory_by_role_reads_the_rss_of_the_runs_processes(monkeypatch):
+    """Real processes carrying the run's variable, found and measured (psutil, and /proc without it)."""
+    import subprocess
+    import sys
+
+    from streamotion_jobs import chaos_watch
+
+    env = {"STREAMOTION_CHAOS_RUN": "t3st", "PATH": "/usr/bin:/bin"}
+    code = "import time; b = bytearray(64 * 2**20); time.sleep(30)  # streamotion_jobs.main"
+    child = subprocess.Popen([sys.executable, "-c", code], env=env)
+    try:
+        import time
+
+        for _ in range(50):
+            mem = chaos_watch.memory_by_role("STREAMOTION_CHAOS_RUN", "t3st", {})
+            if mem.get("spark_driver", 0) > 64:
+                break
+            time.sleep(0.1)
+        assert mem["spark_driver"] > 64 and mem["load_generator"] > 10
+        assert set(mem) == {"spark_driver", "load_generator"}  # nothing else carries the variable
+        if chaos_watch.os.path.isdir("/proc/self"):  # the fallback reads the same process
+            via_proc = list(chaos_watch._proc_processes("STREAMOTION_CHAOS_RUN", "t3st"))
+            assert [p for p, _, _ in via_proc] == [child.pid] and via_proc[0][2] > 64 * 2**20
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_soak_options_are_checked_before_anything_starts():
+    from typer.testing import CliRunner
+
+    from streamotion.cli import app
+
+    bad = CliRunner().invoke(app, ["bench", "chaos", "--duration", "ten minutes"])
+    assert bad.exit_code == 2 and "not a duration" in bad.output
+    bad = CliRunner().invoke(app, ["bench", "chaos", "--duration", "1m", "--sample-interval", "0s"])
+    assert bad.exit_code == 2 and "sample-interval" in bad.output

@@ -302,6 +302,9 @@ def create_app(
             )
         if len(publisher.producer) + len(events) > queue_max_messages:
             return _problem(429, "ingest queue is full; retry later", {"Retry-After": "1"})
+        # read from the platform (filtered ones included, as a streaming source counts them): what
+        # StreamotionSourceSilent watches; a refused request is not counted, its retry is
+        metrics.received.inc(len(events))
 
         now = utcnow()
         out: list[Event] = []

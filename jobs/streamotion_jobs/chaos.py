@@ -34,6 +34,7 @@ Targets: ``lost`` = 0 and ``duplicated`` = 0 for every fault, ``recovery_s`` <= 
 
 from __future__ import annotations
 
+import bisect
 import http.client
 import json
 import os
@@ -70,8 +71,16 @@ def _log(msg: str) -> None:
     print(f"{datetime.now(UTC).strftime('%H:%M:%S')} chaos: {msg}", file=sys.stderr, flush=True)
 
 
-def pipeline_doc(name: str, schema: str, bootstrap: str, trigger: str) -> dict[str, Any]:
-    """The pipeline under test: one HTTP source, PostgreSQL, a three-broker Kafka."""
+def pipeline_doc(
+    name: str, schema: str, bootstrap: str, trigger: str, lake: str | None = None
+) -> dict[str, Any]:
+    """The pipeline under test: one HTTP source, PostgreSQL (and a Delta lake under ``lake``), a
+    three-broker Kafka."""
+    sinks: list[dict[str, Any]] = [
+        {"type": "postgres", "postgres": {"host": "127.0.0.1", "schema": schema, "credentialsSecret": "pg"}}
+    ]
+    if lake:
+        sinks.append({"type": "lake", "lake": {"location": lake}})
     return {
         "apiVersion": "streamotion.io/v1alpha2",
         "kind": "StreamPipeline",
@@ -80,14 +89,22 @@ def pipeline_doc(name: str, schema: str, bootstrap: str, trigger: str) -> dict[s
             "kafka": {"bootstrapServers": bootstrap, "partitions": 3, "replicas": 3},
             "sources": [{"name": "ingest", "type": "http", "http": {"tokenSecret": "t"}}],
             "processing": {"trigger": trigger, "window": "1m", "watermark": "10m"},
-            "sinks": [
-                {
-                    "type": "postgres",
-                    "postgres": {"host": "127.0.0.1", "schema": schema, "credentialsSecret": "pg"},
-                }
-            ],
+            "sinks": sinks,
         },
     }
+
+
+def lake_rows(location: Path) -> list[tuple[str, float]]:
+    """The lake's events table as (event_id, 0.0) rows, read with ``deltalake`` (a second reader,
+    not Spark); [] while the table does not exist."""
+    from deltalake import DeltaTable
+    from deltalake.exceptions import TableNotFoundError
+
+    try:
+        table = DeltaTable(str(location / "events"))
+    except TableNotFoundError:
+        return []
+    return [(i, 0.0) for i in table.to_pyarrow_table(columns=["event_id"]).column("event_id").to_pylist()]
 
 
 def run_pids(run_id: str, needle: str) -> list[int]:
@@ -304,6 +321,16 @@ class Sink:
     def rows(self) -> list[tuple[str, float]]:
         return [(r[0], r[1].timestamp()) for r in self._query("SELECT event_id, written_at FROM events")]
 
+    def p99_latency(self, start: float, end: float) -> float | None:
+        """p99 of event time to commit (``written_at - created_at``, as ``bench pipeline`` measures it)
+        of the events created in [start, end); None when there are none."""
+        rows = self._query(
+            """SELECT percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM written_at - created_at))
+               FROM events WHERE created_at >= to_timestamp(%s) AND created_at < to_timestamp(%s)""",
+            (start, end),
+        )
+        return float(rows[0][0]) if rows and rows[0][0] is not None else None
+
     def dead_letters(self) -> list[float]:
         return [r[0].timestamp() for r in self._query("SELECT failed_at FROM dead_letters")]
 
@@ -459,16 +486,21 @@ def score(
         count[event_id] = count.get(event_id, 0) + 1
         written[event_id] = min(at, written.get(event_id, at))
     commit_times = sorted(written.values())
+    # acknowledgements in time order, with the latest commit among the first k (a soak's hours of
+    # acknowledgements are sliced per window, not scanned once per window)
+    by_time = sorted(acks.items(), key=lambda kv: kv[1])
+    ack_times = [t for _, t in by_time]
+    latest_commit = [float("-inf")]
+    for i, _ in by_time:
+        latest_commit.append(max(latest_commit[-1], written.get(i, float("inf"))))
     out = []
     for name, start, end in windows:
-        ids = [i for i, t in acks.items() if start <= t < end]
+        lo, hi = bisect.bisect_left(ack_times, start), bisect.bisect_left(ack_times, end)
+        ids = [i for i, _ in by_time[lo:hi]]
         in_sink = [i for i in ids if i in count]
-        before = [t for i, t in acks.items() if t < start]
-        caught_up = max((written.get(i, float("inf")) for i, t in acks.items() if t < start), default=start)
+        caught_up = latest_commit[lo] if lo else start
         recovery: float | None = None  # not back within the window (and two minutes after it)
         if caught_up != float("inf"):
-            import bisect
-
             t = max(caught_up, start)
             while t < end + 120:
                 n = bisect.bisect_left(commit_times, t) - bisect.bisect_left(commit_times, t - 5)
@@ -487,7 +519,7 @@ def score(
                 "dead_lettered": sum(1 for t in dead if start <= t < end),
                 "recovery_s": None if recovery is None else round(recovery, 1),
                 "max_lag": max(lags, default=0),
-                "acked_before": len(before),
+                "acked_before": lo,
             }
         )
     total_dup = sum(c - 1 for c in count.values()) + max(aggregate_excess, 0)
@@ -514,15 +546,30 @@ def run_chaos(
     trigger: str,
     drain_timeout_s: float,
     workdir: Path | None = None,
+    duration_s: float | None = None,
+    sample_interval_s: float = 60.0,
+    lake: bool = False,
+    alerts: bool = True,
 ) -> dict[str, Any]:
+    """One run. ``duration_s`` (soak): the load runs that long, ``faults`` (may be empty) injected
+    over and over, ``recover_s`` apart; memory sampled every ``sample_interval_s`` and judged."""
     import yaml
     from streamotion_serving.server import ServeProcess
     from streamotion_serving.tiny import build_tiny_model
 
+    from streamotion.api.models import duration_seconds
     from streamotion.dev.kafka import KafkaCluster
     from streamotion.dev.postgres import PostgresServer
     from streamotion.dev.procs import Process, free_port, wait_for_http
     from streamotion_jobs.bench import serve_args
+    from streamotion_jobs.chaos_watch import (
+        MemorySampler,
+        alerts_in,
+        memory_by_role,
+        post_warmup_span,
+        score_soak,
+        window_metrics,
+    )
 
     run_id = uuid.uuid4().hex[:8]
     os.environ[RUN_ENV] = run_id  # every child (and its children) carries it: found by its environment
@@ -533,12 +580,16 @@ def run_chaos(
     samples: list[tuple[float, int, int]] = []
     windows: list[tuple[str, float, float]] = []
     actions: dict[str, str] = {}
+    lake_dir = (work / "lake") if lake else None
+    prom, alert_watch, window_obs = None, None, {}
+    memory: MemorySampler | None = None
+    soak: dict[str, Any] | None = None
     with (
         KafkaCluster(brokers=3, workdir=work / "kafka", heap="256m") as kafka,
         PostgresServer(workdir=work / "pg", durable=True) as pg,
     ):
         name, schema = f"chaos{run_id}", f"chaos_{run_id}"
-        doc = pipeline_doc(name, schema, kafka.bootstrap, trigger)
+        doc = pipeline_doc(name, schema, kafka.bootstrap, trigger, str(lake_dir) if lake_dir else None)
         topics = _create_topics(kafka, doc)
         raw = topic_names_of(doc)["raw"]
         (work / "pipeline.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
@@ -548,6 +599,9 @@ def run_chaos(
         model = ServeProcess({**serve_args(str(model_dir)), "num_replicas": 2}, log_path=work / "model.log")
         _log("model service: 2 replicas of a tiny model...")
         model.start()
+        job_metrics_port, ingest_metrics_port = free_port(), free_port()
+        if alerts:
+            prom, alert_watch = _start_prometheus(work, doc, stop)
         env = {
             **os.environ,
             "STREAMOTION_KAFKA_BOOTSTRAP": kafka.bootstrap,
@@ -567,7 +621,7 @@ def run_chaos(
                 "--checkpoint",
                 str(work / "checkpoint"),
                 "--metrics-port",
-                "0",
+                str(job_metrics_port),
             ],
             env,
             work / "job.log",
@@ -592,7 +646,7 @@ def run_chaos(
                 "--port",
                 str(ingest_port),
                 "--metrics-port",
-                str(free_port()),
+                str(ingest_metrics_port),
             ],
             work / "ingest.log",
             env=env,
@@ -604,6 +658,11 @@ def run_chaos(
         later.start()
         t = Topology(run_id, work, kafka, pg, model, job, ingest, http, sink, raw, later)
         try:
+            if prom is not None:
+                labels = {"namespace": doc["metadata"]["namespace"], "pipeline": name}
+                prom.add_targets("job", [f"127.0.0.1:{job_metrics_port}"], labels)
+                prom.add_targets("producer", [f"127.0.0.1:{ingest_metrics_port}"], labels)
+                prom.add_targets("model", [f"127.0.0.1:{model.metrics_port}"], labels)
             wait_for_http(f"http://127.0.0.1:{ingest_port}/healthz", timeout=120, proc=ingest, what="ingest")
             job.start()
             _log("job: local-cluster[2,1,1024]; waiting until it commits a first probe batch...")
@@ -615,13 +674,34 @@ def run_chaos(
             sampler = threading.Thread(target=_sample, args=(sink, acks, samples, stop), daemon=True)
             sampler.start()
             _log(f"load: {rate:g} events/s (half Kafka, half HTTP); warm-up {warmup_s:g} s")
+            brokers = {f"broker_{n.node_id}": str(n.config_path) for n in kafka.nodes}
+            memory = MemorySampler(
+                lambda: memory_by_role(RUN_ENV, run_id, brokers), sample_interval_s, load_stop
+            )
+            memory.start()
+            load_start = time.time()
             time.sleep(warmup_s)
-            for fault in faults:
+            if duration_s is None:
+                schedule = [(f, f) for f in faults]
+            else:  # the faults over and over (none: load alone) until the duration is over
+                soak_end = load_start + duration_s
+                schedule = _soak_schedule(faults, recover_s, soak_end - time.time())
+                if not schedule:
+                    time.sleep(max(soak_end - time.time(), 0))
+                    windows.append(("soak", load_start, time.time()))
+                    if prom is not None:
+                        window_obs["soak"] = window_metrics(prom, _selector(doc), time.time() - load_start)
+            for label, fault in schedule:
                 start = time.time()
-                actions[fault] = inject(fault, t)
-                _log(f"{fault}: {actions[fault]}")
+                actions[label] = inject(fault, t)
+                _log(f"{label}: {actions[label]}")
                 time.sleep(recover_s)
-                windows.append((fault, start, time.time()))
+                windows.append((label, start, time.time()))
+                if prom is not None:
+                    window_obs[label] = window_metrics(prom, _selector(doc), time.time() - start)
+            if duration_s is not None and schedule:
+                time.sleep(max(load_start + duration_s - time.time(), 0))
+            load_end = time.time()
             load_stop.set()
             kload.join(200)
             http.join(120)
@@ -629,15 +709,37 @@ def run_chaos(
             _log(f"load stopped: {total} events acknowledged; draining the sink...")
             stored_ids = _wait_drain(sink, acks, drain_timeout_s)
             _log(f"sink: {stored_ids} of {total} acknowledged events stored")
+            acked = acks.snapshot()
             results = score(
-                windows,
-                acks.snapshot(),
-                sink.rows(),
-                sink.dead_letters(),
-                samples,
-                rate,
-                sink.aggregate_excess(),
+                windows, acked, sink.rows(), sink.dead_letters(), samples, rate, sink.aggregate_excess()
             )
+            if lake_dir is not None:
+                _wait_lake(lake_dir, acked, drain_timeout_s)
+                in_lake = score(windows, acked, lake_rows(lake_dir), [], [], rate, 0)
+                for row, lake_row in zip(results, in_lake, strict=True):
+                    for key in ("rows_in_sink", "lost", "duplicated"):
+                        row[f"lake_{key}"] = lake_row[key]
+            for row in results:
+                if row["fault"] == "total":
+                    continue
+                window = next(w for w in windows if w[0] == row["fault"])
+                if alert_watch is not None:
+                    states = alerts_in(alert_watch.observations, window[1], window[2])
+                    row["alerts"] = sorted(states)
+                    row["alert_states"] = states
+                if row["fault"] in window_obs:
+                    row["metrics"] = window_obs[row["fault"]]
+            if memory is not None:  # judged in a soak; in a fault run only reported
+                memory.join(sample_interval_s + 30)
+                bounds = post_warmup_span(load_start, load_end)
+                soak = score_soak(
+                    memory.samples,
+                    sink.p99_latency(bounds[0], bounds[1]),
+                    sink.p99_latency(bounds[2], bounds[3]),
+                    duration_seconds(trigger),
+                )
+                soak["interval_s"] = sample_interval_s
+                soak["duration_s"] = round(load_end - load_start, 1)
         finally:
             stop.set()
             load_stop.set()
@@ -645,6 +747,8 @@ def run_chaos(
                 job.join(90)
             ingest.stop(timeout=30)
             model.stop()
+            if prom is not None:
+                prom.stop()
         return {
             "results": results,
             "actions": actions,
@@ -652,7 +756,61 @@ def run_chaos(
             "http_unread_requests": http.unread,
             "kafka_load_failed": kload.failed,
             "rate": rate,
+            "soak": soak,
+            "lake": str(lake_dir) if lake_dir else None,
+            "alerts_evaluated": alert_watch is not None,
         }
+
+
+def _soak_schedule(faults: list[str], recover_s: float, seconds: float) -> list[tuple[str, str]]:
+    """(label, fault) for the faults repeated as often as whole windows fit in ``seconds``; a
+    repeat's label carries its round (``executor_kill#2``)."""
+    if not faults:
+        return []
+    n = max(int(seconds // recover_s), 0)
+    return [
+        (fault if i < len(faults) else f"{fault}#{i // len(faults) + 1}", fault)
+        for i, fault in ((i, faults[i % len(faults)]) for i in range(n))
+    ]
+
+
+def _selector(doc: dict[str, Any]) -> str:
+    return f'namespace="{doc["metadata"]["namespace"]}",pipeline="{doc["metadata"]["name"]}"'
+
+
+def _start_prometheus(work: Path, doc: dict[str, Any], stop: threading.Event):
+    """A real Prometheus with the pipeline's alert rules as the operator ships them (the rules'
+    ``for:`` untouched), scraping every second, evaluating every second; None, None when Prometheus
+    is not installed (the run goes on without alerts)."""
+    from streamotion_operator.builders import prometheus_rule
+
+    from streamotion.api.validate import parse
+    from streamotion.dev.prometheus import PrometheusServer, binary
+    from streamotion_jobs.chaos_watch import AlertWatcher
+
+    try:
+        binary()
+    except RuntimeError as exc:
+        _log(f"alerts: not evaluated ({exc})")
+        return None, None
+    groups = prometheus_rule(parse(doc))["spec"]["groups"]
+    prom = PrometheusServer(
+        scrape_interval="1s", evaluation_interval="1s", rules=groups, workdir=work / "prometheus"
+    )
+    prom.start()
+    watch = AlertWatcher(prom, stop)
+    watch.start()
+    _log(f"prometheus: {prom.url}, the pipeline's {sum(len(g['rules']) for g in groups)} alert rules loaded")
+    return prom, watch
+
+
+def _wait_lake(location: Path, acked: dict[str, float], timeout: float) -> None:
+    """Until every acknowledged id is in the lake's events table (or ``timeout``)."""
+    wanted, deadline = set(acked), time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if wanted <= {i for i, _ in lake_rows(location)}:
+            return
+        time.sleep(3)
 
 
 def topic_names_of(doc: dict[str, Any]) -> dict[str, str]:
@@ -725,29 +883,61 @@ def _wait_drain(sink: Sink, acks: Acks, timeout: float) -> int:
 
 def bench_chaos(
     short: bool = typer.Option(False, "--short", help="A few minutes: short windows (the test suite's run)."),
-    fault: list[str] = typer.Option(
-        list(FAULTS), "--fault", help=f"Faults to inject, in order (default all: {', '.join(FAULTS)})."
+    fault: list[str] | None = typer.Option(
+        None,
+        "--fault",
+        help=f"Faults to inject, in order (default all: {', '.join(FAULTS)}; with --duration none).",
     ),
     rate: float = typer.Option(200.0, help="Events per second of load (half Kafka, half HTTP)."),
     recover_s: float = typer.Option(0.0, help="Seconds after each fault (default 60, --short 20)."),
     trigger: str = typer.Option("2s", help="The job's trigger interval."),
     workdir: Path | None = typer.Option(None, help="Keep the run's files (logs) here."),
+    duration: str | None = typer.Option(
+        None,
+        "--duration",
+        help="Soak: run the load this long (90s, 10m, 2h), memory of every process sampled; faults "
+        "only those given with --fault, repeated. Saved as chaos_soak; fails on a leak or p99 drift.",
+    ),
+    sample_interval: str | None = typer.Option(
+        None, "--sample-interval", help="Memory sampled this often (default 1m with --duration, else 5s)."
+    ),
+    lake: bool = typer.Option(
+        False,
+        "--lake",
+        help="A Delta lake sink beside PostgreSQL, lost/duplicated counted in it too (slow on 2 cores: "
+        "use --rate 50 or less).",
+    ),
+    alerts: bool = typer.Option(
+        True, "--alerts/--no-alerts", help="Evaluate the pipeline's alert rules in a real Prometheus."
+    ),
 ) -> None:
-    """Faults under load: broker, executor, model replica, database, stall, retrying client; lost/duplicated per fault."""
+    """Faults under load: broker, executor, model replica, database, stall, retrying client; lost/duplicated
+    per fault. With --duration: a soak (memory and p99 over time)."""
     from streamotion.bench import Result, emit
+    from streamotion.local.cli import parse_duration
 
-    unknown = [f for f in fault if f not in FAULTS]
+    faults = list(FAULTS) if fault is None and duration is None else list(fault or [])
+    unknown = [f for f in faults if f not in FAULTS]
     if unknown:
         raise typer.BadParameter(f"unknown fault {unknown[0]!r}; known: {', '.join(FAULTS)}")
+    duration_s = parse_duration(duration) if duration else None
+    interval_s = parse_duration(sample_interval or ("1m" if duration_s is not None else "5s"))
+    if interval_s <= 0:
+        raise typer.BadParameter("--sample-interval must be longer than 0")
     recover = recover_s or (20.0 if short else 60.0)
+    with_lake = lake
     out = run_chaos(
-        fault,
+        faults,
         rate,
         recover,
         warmup_s=5.0 if short else 30.0,
         trigger=trigger,
         drain_timeout_s=180.0 if short else 600.0,
         workdir=workdir,
+        duration_s=duration_s,
+        sample_interval_s=interval_s,
+        lake=with_lake,
+        alerts=alerts,
     )
     results: list[Result] = []
     for row in out["results"]:
@@ -755,28 +945,70 @@ def bench_chaos(
             if row.get(key) is not None:
                 unit = "s" if key == "recovery_s" else "events"
                 results.append(Result(f"{row['fault']}.{key}", row[key], unit))
+        for key in ("lake_lost", "lake_duplicated"):
+            if key in row:
+                results.append(Result(f"{row['fault']}.{key}", row[key], "events"))
         if row["fault"] == "postgres_restart_in_commit":  # 1: the shutdown hit an open commit transaction
             caught = int(
                 out["actions"].get(row["fault"], "").startswith("PostgreSQL immediate shutdown (during")
             )
             results.append(Result(f"{row['fault']}.caught_in_commit", caught, "bool"))
-        if row["fault"] != "total":  # 0: the sink was not back to the load's rate within the window
+        if row["fault"] not in ("total", "soak"):  # 0: the sink was not back to the load's rate in time
             results.append(Result(f"{row['fault']}.recovered", int(row["recovery_s"] is not None), "bool"))
-    ok = all(r["lost"] == 0 and r["duplicated"] == 0 for r in out["results"])
-    emit(
-        "chaos",
+    data_keys = ("lost", "duplicated", "lake_lost", "lake_duplicated")
+    ok = all(r.get(k, 0) == 0 for r in out["results"] for k in data_keys)
+    targets = {
+        f"{row['fault']}.{key}": limit
+        for row in out["results"]
+        for key, limit in {**TARGETS, "lake_lost": "== 0", "lake_duplicated": "== 0"}.items()
+        if row.get(key) is not None and not (key == "recovery_s" and row["fault"] == "soak")
+    } | {
+        f"{row['fault']}.recovered": "== 1" for row in out["results"] if row["fault"] not in ("total", "soak")
+    }
+    extra: dict[str, Any] = {}
+    soak = out["soak"]
+    if duration_s is not None:
+        failed = [
+            f"data: {row['fault']}: {k} = {row[k]}" for row in out["results"] for k in data_keys if row.get(k)
+        ]
+        if soak is None:
+            failed.append("memory: not sampled")
+        else:
+            failed += soak["failed"]
+            for role, m in soak["roles"].items():
+                results.append(Result(f"soak.{role}.rss_mb_start", m["rss_mb_start"], "MB"))
+                results.append(Result(f"soak.{role}.rss_mb_end", m["rss_mb_end"], "MB"))
+                results.append(Result(f"soak.{role}.growth_pct", m["growth_pct"], "%"))
+                if m["judged"]:
+                    targets[f"soak.{role}.growth_pct"] = f"<= {soak['growth_limit_pct']:g}"
+            for key in ("p99_first_s", "p99_last_s"):
+                if soak[key] is not None:
+                    results.append(Result(f"soak.{key}", soak[key], "s"))
+        ok = ok and not failed
+        extra = {"soak": soak, "failed": failed}
+    elif soak is not None:  # a fault run: memory and p99 reported, not judged (faults restart processes)
+        extra = {"memory": {**{k: v for k, v in soak.items() if k != "failed"}, "findings": soak["failed"]}}
+    doc = emit(
+        "chaos" if duration_s is None else "chaos_soak",
         results,
-        targets={
-            f"{row['fault']}.{key}": limit
-            for row in out["results"]
-            for key, limit in TARGETS.items()
-            if row.get(key) is not None
-        }
-        | {f"{row['fault']}.recovered": "== 1" for row in out["results"] if row["fault"] != "total"},
+        targets=targets,
         ok=ok,
         faults=out["results"],
         actions=out["actions"],
-        config={"short": short, "rate": rate, "recover_s": recover, "trigger": trigger},
+        config={
+            "short": short,
+            "rate": rate,
+            "recover_s": recover,
+            "trigger": trigger,
+            "duration_s": duration_s,
+            "sample_interval_s": interval_s,
+            "lake": with_lake,
+            "alerts": out["alerts_evaluated"],
+        },
         job_restarts=out["job_restarts"],
         http_unread_requests=out["http_unread_requests"],
+        **extra,
     )
+    if doc.get("failed"):
+        _log("soak FAILED: " + "; ".join(doc["failed"]))
+        raise typer.Exit(1)
