@@ -56,6 +56,34 @@ def test_a_short_chaos_run_of_every_fault_loses_and_duplicates_nothing(tmp_path,
         assert row["lost"] == 0, (name, row, doc["actions"])
         assert row["duplicated"] == 0, (name, row)
     assert doc["actions"]["postgres_restart_in_commit"].startswith("PostgreSQL immediate shutdown")
+    # the pipeline's alert rules, as the operator ships them, evaluated by a real Prometheus during the run
+    assert doc["config"]["alerts"] is True
+    for name in FAULTS:
+        row = faults[name]
+        assert isinstance(row["alerts"], list) and set(row["metrics"]) >= {"job_sink_errors", "model_errors"}
+        # every rule waits 10 minutes or more (`for:`): a 20 s fault never pages anyone
+        assert "firing" not in row["alert_states"].values(), (name, row["alert_states"])
+        # a busy HTTP source is not silent (before ingest counted HTTP payloads, it was pending in every
+        # window; the first may still see the seconds before the load's first request)
+        if name != FAULTS[0]:
+            assert "StreamotionSourceSilent" not in row["alerts"], (name, row["alert_states"])
+    # what the reliability page says moves: the producers' delivery latency while a leader is gone,
+    # the job's sink errors while PostgreSQL is down
+    assert faults["broker_leader_kill"]["metrics"]["producer_delivery_p99_s"] > 1.0, faults[
+        "broker_leader_kill"
+    ]
+    assert faults["postgres_restart_in_commit"]["metrics"]["job_sink_errors"] >= 1, faults[
+        "postgres_restart_in_commit"
+    ]
+    # ... and the model service's scrape target down while it is stopped (a stall, not a crash)
+    assert faults["model_stall"]["metrics"]["model_scrape_up_min"] == 0, faults["model_stall"]
+    # memory of every process of the topology, per role (judged only in a soak)
+    roles = doc["memory"]["roles"]
+    wanted = {"broker_1", "broker_2", "broker_3", "spark_driver", "spark_executors", "spark_python_workers"}
+    wanted |= {"model_replica_1", "model_replica_2", "model_ray", "postgresql", "ingest"}
+    assert wanted <= set(roles), sorted(roles)
+    assert all(roles[r]["rss_mb_start"] > 5 and roles[r]["judged"] for r in wanted), roles
+    assert doc["memory"]["p99_first_s"] > 0 and doc["memory"]["p99_last_s"] > 0
 
 
 def _mem(t: float, **roles: float) -> tuple[float, dict[str, float]]:

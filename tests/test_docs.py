@@ -375,6 +375,18 @@ COMMANDS: list[tuple[str, Ran | NotHere]] = [
         ),
     ),
     (
+        r"streamotion bench chaos --lake --rate \d+",
+        NotHere(
+            "the lake sink's MERGEs make a short run 8 minutes on 2 cores (a benchmark for a quiet machine); the lake sink's exactly-once is tested in tests/test_sinks_lake.py, the chaos scoring of a second table in tests/test_chaos.py"
+        ),
+    ),
+    (
+        r"streamotion bench chaos --duration \w+( --sample-interval \w+)?( --fault \w+)*",
+        NotHere(
+            "a soak runs for its duration (minutes to hours); its verdict is tested on synthetic samples, its memory sampling and p99 in the short chaos run, its options in tests/test_chaos.py"
+        ),
+    ),
+    (
         r"streamotion bench chaos( --fault \w+)*( --rate \d+)?",
         NotHere(
             "the full run takes about ten minutes of full load: a benchmark for a quiet machine; the short run (every fault, same code) is tested"

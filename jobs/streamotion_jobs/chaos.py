@@ -30,6 +30,14 @@ aggregate counts beyond a ``GROUP BY`` over the stored events), ``dead_lettered`
 (from the fault until every event acknowledged before it is in the sink and the sink's rate over
 5 s is back within 20% of the load), ``max_lag`` (acknowledged minus stored, sampled every second).
 Targets: ``lost`` = 0 and ``duplicated`` = 0 for every fault, ``recovery_s`` <= 60.
+
+Besides the sink, each window records what users would see (:mod:`streamotion_jobs.chaos_watch`):
+the alerts of the pipeline's ``PrometheusRule`` (as the operator renders it) that a real Prometheus,
+scraping the job, the ingest service and the model service every second, had pending or firing, and
+the metrics the reliability page names. ``--lake`` adds a Delta lake sink, scored the same way
+(read back with ``deltalake``). ``--duration`` makes it a soak: the load (and the faults given, over
+and over) for that long, the memory of every process sampled per role, failing on a leak or a p99
+drift (:func:`streamotion_jobs.chaos_watch.score_soak`); saved as ``chaos_soak``.
 """
 
 from __future__ import annotations

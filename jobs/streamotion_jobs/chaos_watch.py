@@ -250,6 +250,13 @@ METRIC_QUERIES = {
     "job_sink_errors": "sum(increase(streamotion_job_sink_errors_total{{{sel}}}[{w}s]))",
     "model_requests": "sum(increase(streamotion_model_requests_total{{{sel}}}[{w}s]))",
     "model_errors": "sum(increase(streamotion_model_errors_total{{{sel}}}[{w}s]))",
+    # Ray Serve's own (ray 2.60.0 python/ray/serve/_private/replica.py serve_deployment_replica_starts,
+    # request_ingress_metrics.py serve_num_http_error_requests), exported with Ray's ray_ prefix
+    # (one series per replica: a replaced replica shows as one more series in the window)
+    "serve_replicas_seen": 'count(count_over_time({{__name__=~"ray_serve_deployment_replica_starts(_total)?",{sel}}}[{w}s]))',
+    "serve_http_errors": 'sum(increase({{__name__=~"ray_serve_num_http_error_requests(_total)?",{sel}}}[{w}s]))',
+    # 0: some scrape of the model service's metrics agent failed in the window (the service stalled)
+    "model_scrape_up_min": 'min(min_over_time(up{{job="model",{sel}}}[{w}s]))',
     "producer_delivery_p99_s": "histogram_quantile(0.99, sum by (le) "
     "(rate(streamotion_producer_delivery_latency_seconds_bucket{{{sel}}}[{w}s])))",
 }
