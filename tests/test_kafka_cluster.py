@@ -214,3 +214,21 @@ def test_a_cluster_that_fails_to_start_leaves_no_broker_running(tmp_path):
     assert _jvms_under(tmp_path) == []
     assert not any(n.alive() for n in kafka.nodes)
     assert len(list(tmp_path.glob("node-*/broker.log"))) == 3  # all three had been started
+
+
+def test_a_broker_in_a_small_heap_starts_its_log_cleaner(tmp_path):
+    """The log cleaner allocates its whole dedupe buffer as one array when the broker starts
+    (apache/kafka 4.3.1 storage/.../internals/log/LogCleaner.java ``startup`` -> ``SkimpyOffsetMap``
+    ``ByteBuffer.allocate``; ``log.cleaner.dedupe.buffer.size`` 128 MiB by default in CleanerConfig.java).
+    The chaos benchmark's 256 MiB brokers died at start with ``OutOfMemoryError: Java heap space``
+    there; the dev brokers use 16 MiB, so even a 128 MiB heap starts and takes writes."""
+    from streamotion.dev.kafka import DEDUPE_BUFFER_BYTES, KafkaBroker
+
+    with KafkaBroker(tmp_path / "small", heap="128m") as broker:
+        props = dict(
+            line.split("=", 1) for line in broker.config_path.read_text().splitlines() if "=" in line
+        )
+        assert int(props["log.cleaner.dedupe.buffer.size"]) == DEDUPE_BUFFER_BYTES <= 32 * 1024 * 1024
+        name = broker.create_topic(f"small-{uuid.uuid4().hex[:6]}")
+        errors = _produce(broker.bootstrap, name, 1, 3, acks="all")
+        assert all(e is None for errs in errors.values() for e in errs), errors

@@ -124,6 +124,9 @@ def replication_defaults(brokers: int) -> tuple[int, int]:
     return rf, min(2, rf)
 
 
+DEDUPE_BUFFER_BYTES = 16 * 1024 * 1024  # log.cleaner.dedupe.buffer.size of the dev brokers
+
+
 def _config_value(value: Any) -> str:
     """A KafkaTopic spec.config value as Strimzi's Topic Operator passes it to Kafka (configValueAsString)."""
     if isinstance(value, bool):
@@ -308,6 +311,9 @@ class KafkaBroker(_Topics, Server):
             "num.network.threads": "2",
             "num.io.threads": "4",
             "log.retention.check.interval.ms": "60000",
+            # the log cleaner allocates its whole dedupe buffer at start (one array; 128 MiB by
+            # default): in a 256 MiB heap that allocation can fail and stop the broker
+            "log.cleaner.dedupe.buffer.size": str(DEDUPE_BUFFER_BYTES),
             "controlled.shutdown.enable": "true",
         }
         if self.secure:
