@@ -175,7 +175,7 @@ def test_roles_alerts_in_windows_and_the_soak_schedule():
 
 
 def test_memory_by_role_reads_the_rss_of_the_runs_processes(monkeypatch):
-    """Real processes carrying the run's variable, found and measured (psutil, and /proc without it)."""
+    """Real processes carrying the run's variable, found and measured (psutil)."""
     import subprocess
     import sys
 
@@ -194,9 +194,8 @@ def test_memory_by_role_reads_the_rss_of_the_runs_processes(monkeypatch):
             time.sleep(0.1)
         assert mem["spark_driver"] > 64 and mem["load_generator"] > 10
         assert set(mem) == {"spark_driver", "load_generator"}  # nothing else carries the variable
-        if chaos_watch.os.path.isdir("/proc/self"):  # the fallback reads the same process
-            via_proc = list(chaos_watch._proc_processes("STREAMOTION_CHAOS_RUN", "t3st"))
-            assert [p for p, _, _ in via_proc] == [child.pid] and via_proc[0][2] > 64 * 2**20
+        found = list(chaos_watch._processes("STREAMOTION_CHAOS_RUN", "t3st"))
+        assert [p for p, _, _ in found] == [child.pid] and found[0][2] > 64 * 2**20
     finally:
         child.kill()
         child.wait()

@@ -3,7 +3,7 @@ topology (the soak mode's leak check), end-to-end p99 drift, and the pipeline's 
 by a real Prometheus while faults run.
 
 Memory: every ``interval`` seconds the RSS of each process of the run (found by the run's
-environment variable; psutil when installed, else ``/proc``) is summed per role (:func:`role_of`):
+environment variable, with psutil) is summed per role (:func:`role_of`):
 each broker, the Spark driver (the job's Python process and its JVM), the executors, the Python
 workers, each model replica, the rest of Ray, PostgreSQL (postmaster and backends), the HTTP ingest
 service; Prometheus and the load generator (this process: it records every acknowledged id by
@@ -59,12 +59,10 @@ def role_of(cmdline: str, broker_dirs: dict[str, str]) -> str:
 
 
 def _processes(env_key: str, env_value: str) -> Iterator[tuple[int, str, int]]:
-    """(pid, command line, RSS bytes) of every process whose environment has ``env_key=env_value``."""
-    try:
-        import psutil
-    except ImportError:  # Linux without psutil: the same from /proc
-        yield from _proc_processes(env_key, env_value)
-        return
+    """(pid, command line, RSS bytes) of every process whose environment has ``env_key=env_value``
+    (psutil, a dependency of the project: Linux and macOS alike)."""
+    import psutil
+
     me = os.getpid()
     for proc in psutil.process_iter(["pid"]):
         if proc.pid == me:
@@ -77,33 +75,10 @@ def _processes(env_key: str, env_value: str) -> Iterator[tuple[int, str, int]]:
             continue
 
 
-def _proc_processes(env_key: str, env_value: str) -> Iterator[tuple[int, str, int]]:
-    want = f"{env_key}={env_value}".encode()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as f:
-                if want not in f.read().split(b"\0"):
-                    continue
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
-            with open(f"/proc/{entry}/status") as f:
-                rss = next((int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:")), 0)
-        except OSError:
-            continue
-        if rss:  # zombies and kernel threads have none
-            yield int(entry), cmdline, rss
-
-
 def self_rss() -> int:
-    try:
-        import psutil
+    import psutil
 
-        return psutil.Process().memory_info().rss
-    except ImportError:
-        with open("/proc/self/status") as f:
-            return next((int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:")), 0)
+    return psutil.Process().memory_info().rss
 
 
 def memory_by_role(env_key: str, env_value: str, broker_dirs: dict[str, str]) -> dict[str, float]:
