@@ -290,7 +290,7 @@ def _raw_model(model: str, n: int) -> tuple[float, int, dict]:
     linear = model_arch(model) == "linear"
     texts = [_text(i) for i in range(n)]
     if linear:
-        grid = [(1, batch, 0) for batch in (256, 1024, 4096)]
+        grid = [(1, batch, 0, False) for batch in (256, 1024, 4096)]
     else:
         grid = [
             (threads, batch, bucket, overlap)
@@ -300,8 +300,7 @@ def _raw_model(model: str, n: int) -> tuple[float, int, dict]:
             for overlap in (False, True)
         ]
     best = (0.0, 1, {})
-    for threads, batch, bucket, *rest in grid:
-        overlap = bool(rest and rest[0])
+    for threads, batch, bucket, overlap in grid:
         local = load_model(
             ModelConfig(
                 model=model,
