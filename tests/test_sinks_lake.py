@@ -178,14 +178,15 @@ def assert_aggregates_match(location: str, storage_options: dict | None = None) 
 
 def test_replays_and_a_crash_between_writes_leave_every_event_and_aggregate_once(spark, tmp_path):
     """A batch replayed after a crash anywhere between its writes (here: after the events and aggregates
-    MERGEs, before the ledger row) completes without counting anything twice: Delta skips the writes it
-    has the batch's txnAppId/txnVersion for (delta-io/delta v4.0.0 DeltaCommand.scala hasBeenExecuted;
+    writes, before the ledger row; aggregates every batch) completes without counting anything twice:
+    the events MERGE keeps one row per event id and Delta skips the aggregate MERGEs it has the batch's
+    txnAppId/txnVersion for (delta-io/delta v4.0.0 DeltaCommand.scala hasBeenExecuted;
     MergeIntoCommand.scala); a new query (checkpoint lost) re-sending stored events adds none; a late
     event is stored but leaves final windows alone. A second reader (deltalake) sees the same rows."""
     from streamotion_jobs.sinks.lake import LakeSink
 
     location = str(tmp_path / "lake")
-    sink = LakeSink(location, "test/unit", spark=spark, maintenance_interval_s=0)
+    sink = LakeSink(location, "test/unit", spark=spark, maintenance_interval_s=0, aggregate_interval_s=0)
     sink.open()
     q = str(uuid.uuid4())
     events, dead = frames(spark, classified(range(0, 30)), dead=2)
@@ -195,7 +196,7 @@ def test_replays_and_a_crash_between_writes_leave_every_event_and_aggregate_once
 
     # batch 1 crashes after its data writes, before its ledger row
     second = classified(range(30, 60))
-    crashing = LakeSink(location, "test/unit", spark=spark, maintenance_interval_s=0)
+    crashing = LakeSink(location, "test/unit", spark=spark, maintenance_interval_s=0, aggregate_interval_s=0)
     crashing.open()
 
     def crash(*_a, **_k):
@@ -209,7 +210,7 @@ def test_replays_and_a_crash_between_writes_leave_every_event_and_aggregate_once
     assert len(read(location, "events")) == 60  # the MERGE committed, the ledger did not
 
     # the restarted job replays batch 1 (same query id and batch id): nothing written twice
-    restarted = LakeSink(location, "test/unit", spark=spark, maintenance_interval_s=0)
+    restarted = LakeSink(location, "test/unit", spark=spark, maintenance_interval_s=0, aggregate_interval_s=0)
     restarted.open()
     assert restarted.resume_offsets("raw") == {0: 15, 1: 15}
     events, dead = frames(spark, second, dead=1, dead_from=2000)
@@ -267,6 +268,77 @@ def test_replays_and_a_crash_between_writes_leave_every_event_and_aggregate_once
         assert abs(sum(shares) - 1) < 1e-9
 
 
+def test_aggregates_merged_at_an_interval_are_completed_after_a_crash_and_at_stop(
+    spark, tmp_path, monkeypatch
+):
+    """aggregateInterval: the events of every batch at once, the aggregates of several batches in one
+    MERGE per table. Whatever a crash leaves out (a round never run; a round that reached only some
+    tables) is completed from each table's own transaction version (Delta's SetTransaction actions,
+    delta-io/delta v4.0.0 spark/src/main/scala/org/apache/spark/sql/delta/SnapshotState.scala
+    ``transactions``, what OptimisticTransaction.txnVersion reads to skip a write): nothing lost,
+    nothing counted twice. After the first batch a process commits, new events are appended (an
+    anti-join instead of a MERGE): a re-sent event is still stored once."""
+    from streamotion_jobs.sinks import lake as lake_sink
+    from streamotion_jobs.sinks.lake import AGGREGATES, LakeSink, _txn_versions
+
+    location = str(tmp_path / "lake")
+    q = str(uuid.uuid4())
+    app = f"streamotion:test/unit:{q}"
+
+    def commit(sink, batch: int, ids) -> dict:
+        events, dead = frames(spark, classified(ids))
+        sink.stage(events, dead, info(q, batch))
+        return sink.commit(info(q, batch))
+
+    first = LakeSink(location, "test/unit", spark=spark, maintenance_interval_s=0, aggregate_interval_s=3600)
+    first.open()
+    assert commit(first, 0, range(0, 20))["lake_events_write"] == "merge"  # the first batch here
+    stats = commit(first, 1, range(20, 40))
+    assert stats["lake_events_write"] == "append" and stats["lake_aggregated"] == 0
+    assert all(len(read(location, t)) == 0 for t in AGGREGATES)  # not due yet
+    # killed: no close(); the next process completes the aggregates from the ledger when it opens
+    second = LakeSink(location, "test/unit", spark=spark, maintenance_interval_s=0, aggregate_interval_s=3600)
+    second.open()
+    assert_aggregates_match(location)
+    assert {t: _txn_versions(spark, f"{location}/{t}").get(app) for t in AGGREGATES} == dict.fromkeys(
+        AGGREGATES, 1
+    )
+
+    assert commit(second, 2, range(40, 60))["lake_inserted"] == 20
+    # batch 3 re-sends five events of batch 2 (a producer retry): appended once
+    stats = commit(second, 3, [*range(55, 60), *range(60, 80)])
+    assert stats["lake_events_write"] == "append" and stats["lake_inserted"] == 20
+    # batch 4's round reaches three tables, then the process dies before its ledger row
+    second.aggregate_interval_s = 0
+    merge = lake_sink._merge_aggregate
+
+    def dies_on_terms(session, uri, table, *args, **kwargs):
+        if table == "term_window":
+            raise RuntimeError("executor lost")
+        return merge(session, uri, table, *args, **kwargs)
+
+    monkeypatch.setattr(lake_sink, "_merge_aggregate", dies_on_terms)
+    with pytest.raises(RuntimeError, match="executor lost"):
+        commit(second, 4, range(80, 100))
+    monkeypatch.setattr(lake_sink, "_merge_aggregate", merge)
+    versions = {t: _txn_versions(spark, f"{location}/{t}").get(app) for t in AGGREGATES}
+    assert versions == {**dict.fromkeys(AGGREGATES, 4), "term_window": 1}
+
+    third = LakeSink(location, "test/unit", spark=spark, maintenance_interval_s=0, aggregate_interval_s=3600)
+    third.open()  # term_window: batches 2 and 3 (the ledger's); the others already have batch 4
+    versions = {t: _txn_versions(spark, f"{location}/{t}").get(app) for t in AGGREGATES}
+    assert versions == {**dict.fromkeys(AGGREGATES, 4), "term_window": 3}
+    stats = commit(third, 4, range(80, 100))  # the replay: its events are there, read back by their tag
+    assert stats["lake_inserted"] == 20 and stats["lake_aggregated"] == 0
+    third.close()  # the stop completes term_window with batch 4
+    assert _txn_versions(spark, f"{location}/term_window").get(app) == 4
+    stored = read(location, "events")
+    assert len(stored) == 100 and stored["event_id"].is_unique
+    assert_aggregates_match(location)
+    terms = read(location, "term_window")
+    assert terms["events"].sum() == sum(len(t) for t in stored["terms"])  # every term once, none twice
+
+
 def test_maintenance_compacts_the_written_days_and_keeps_every_row(spark, tmp_path):
     """OPTIMIZE bin-packs the small files a 5-second trigger leaves; rows unchanged; VACUUM runs."""
     from deltalake import DeltaTable
@@ -299,7 +371,13 @@ def test_killed_job_restarts_without_duplicates_and_another_reader_sees_the_rows
 
     location = str(tmp_path / "lake")
     # three micro-batches of 100: killed after the first committed one, two plus the new events after
-    p = lake_pipeline("lk" + uuid.uuid4().hex[:6], location, max_events=100, maintenanceInterval="0s")
+    p = lake_pipeline(
+        "lk" + uuid.uuid4().hex[:6],
+        location,
+        max_events=100,
+        maintenanceInterval="0s",
+        aggregateInterval="5s",
+    )
     names = topic_names(p)
     kafka.create_topic(names["raw"], partitions=2)
     kafka.create_topic(names["deadLetter"], partitions=1)
@@ -334,6 +412,13 @@ def test_killed_job_restarts_without_duplicates_and_another_reader_sees_the_rows
             return 0
         return int(rows["events"].sum()) if table == "_ledger" else len(rows)
 
+    def on_time() -> int:
+        rows = read(location, "events")
+        return int((~rows["late"]).sum())
+
+    def aggregated() -> int:
+        return int(read(location, "emotion_window")["events"].sum())
+
     env = {
         **os.environ,
         "STREAMOTION_KAFKA_BOOTSTRAP": kafka.bootstrap,
@@ -363,11 +448,17 @@ def test_killed_job_restarts_without_duplicates_and_another_reader_sees_the_rows
     produce(second)
     proc = Process.start("job", argv, log_path=tmp_path / "job2.log", env=env)
     try:
-        # the ledger row is each batch's last write: then its events and aggregates are all there
+        # the ledger row is each batch's last write; the aggregates (here every 5 s) are completed
+        # when the job starts (the killed one's), every 5 s, and when no micro-batch comes any more
         wait(
             lambda: count("_ledger") == 300 or (proc.check_alive(), count(), count("_ledger")),
             600,
             "every event after the restart",
+        )
+        wait(
+            lambda: aggregated() == on_time() or (proc.check_alive(), aggregated(), on_time()),
+            120,
+            "the aggregates of the last micro-batches (the idle merge)",
         )
     finally:
         proc.stop(timeout=30)

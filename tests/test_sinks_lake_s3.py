@@ -76,9 +76,11 @@ def test_s3a_lake_counts_exact_replay_writes_nothing_twice_and_deltalake_reads_t
 ):
     """On an S3-compatible store with the real s3a connector: a batch crashed after its data writes and
     before its ledger row, replayed with the same batch id, completes without writing anything twice
-    (Delta skips the events and aggregate MERGEs it has the batch's txnAppId/txnVersion for:
-    delta-io/delta v4.0.0 spark/src/main/scala/org/apache/spark/sql/delta/commands/DeltaCommand.scala
-    hasBeenExecuted; none of those tables gets a new version); a second replay is skipped whole. The objects are in the store,
+    (its events MERGE inserts nothing and commits nothing: delta-io/delta v4.0.0
+    spark/src/main/scala/org/apache/spark/sql/delta/OptimisticTransaction.scala commitIfNeeded; Delta
+    skips the aggregate MERGEs it has the batch's txnAppId/txnVersion for:
+    spark/src/main/scala/org/apache/spark/sql/delta/commands/DeltaCommand.scala hasBeenExecuted; none
+    of those tables gets a new version); a second replay is skipped whole. The objects are in the store,
     and delta-rs (storage options from the same spec: lake.reader_options) reads the same rows as
     Spark, the aggregates a GROUP BY over them; `streamotion lake daily` reads it with the store's
     settings from the environment."""
@@ -97,7 +99,7 @@ def test_s3a_lake_counts_exact_replay_writes_nothing_twice_and_deltalake_reads_t
     for key, var in lake.S3A_SECRET_KEYS.items():  # delta-rs: the keys as the job gets them
         options[var] = SECRET[key]
 
-    sink = LakeSink(location, "test/unit", spark=s3_spark, maintenance_interval_s=0)
+    sink = LakeSink(location, "test/unit", spark=s3_spark, maintenance_interval_s=0, aggregate_interval_s=0)
     sink.open()
     q = str(uuid.uuid4())
     events, dead = frames(s3_spark, classified(range(0, 20)))
@@ -126,7 +128,9 @@ def test_s3a_lake_counts_exact_replay_writes_nothing_twice_and_deltalake_reads_t
     assert len(read(location, "events", options)) == 30
 
     # the restarted job replays batch 1 under the same query and batch id
-    restarted = LakeSink(location, "test/unit", spark=s3_spark, maintenance_interval_s=0)
+    restarted = LakeSink(
+        location, "test/unit", spark=s3_spark, maintenance_interval_s=0, aggregate_interval_s=0
+    )
     restarted.open()
     assert restarted.resume_offsets("raw") == {0: 10, 1: 10}
     events, dead = frames(s3_spark, second)

@@ -61,6 +61,7 @@ def build_sinks(cfg: JobConfig, log=print) -> list[Sink]:
                     log=log,
                     maintenance_interval_s=parse_duration(lk.maintenance_interval),
                     retention_hours=parse_duration(lk.retention) / 3600,
+                    aggregate_interval_s=parse_duration(lk.aggregate_interval),
                 )
             )
     return sinks

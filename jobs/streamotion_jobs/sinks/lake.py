@@ -11,32 +11,38 @@ Layout under ``spec.sinks[].lake.location``::
     dead_letters/      invalid records, keyed by topic/partition/offset
     _ledger/           one row per committed micro-batch: counts, watermark, end offsets
 
-Exactly once, per micro-batch (:meth:`LakeSink.commit`), with Delta's idempotent writes: every write
-of a batch carries the transaction identifier ``txnAppId`` = ``streamotion:<pipeline>:<query id>`` and
-``txnVersion`` = the batch id; Delta records them in the table's log with the commit and skips a
-later write whose version is not above the one recorded for that app id (delta-io/delta v4.0.0
-docs/source/delta-streaming.md "Idempotent table writes in foreachBatch"; for MERGE through the
-session's ``spark.databricks.delta.write.txnAppId`` / ``txnVersion``,
-spark/.../commands/DeltaCommand.scala ``hasBeenExecuted``, MergeIntoCommand.scala). The writes run
-in this order, so that a replay after a crash between any two of them completes the batch:
+Exactly once, per micro-batch (:meth:`LakeSink.commit`), in this order, so that a replay after a crash
+between any two writes completes the batch and counts nothing twice:
 
-1. events: MERGE on event_id (insert when not matched; the batch's event days only), each inserted
-   row tagged with the batch's (query_id, batch_id);
-2. each aggregate table: MERGE of the sums and counts of exactly the rows step 1 inserted (read back
-   by their batch tag, on time ones only: the replay of a batch reads the same rows, whether step 1
-   ran in this attempt or in the crashed one);
-3. dead letters: MERGE on (topic, partition, offset);
+1. events, each row tagged with the batch's (query_id, batch_id): after a batch this process committed
+   (nothing of the next can be stored yet: one writer per pipeline) the rows whose event_id is not in
+   the batch's event days are found by an anti-join and appended; otherwise (the first batch after
+   open or after a failure, possibly a replay) a MERGE on event_id inserts the missing ones: idempotent
+   by itself, and an insert-nothing MERGE commits nothing (delta-io/delta v4.0.0
+   OptimisticTransaction.scala ``commitIfNeeded``);
+2. when ``aggregate_interval_s`` has passed: each aggregate table, a MERGE of the sums of the on-time
+   rows of every batch of the query it does not have yet (the kept rows of this batch, or read back by
+   their tags), under Delta's transaction identifiers ``txnAppId`` = ``streamotion:<pipeline>:<query
+   id>`` and ``txnVersion`` = the last batch id merged: Delta records them with the commit and skips a
+   later write whose version is not above the recorded one (spark/.../commands/DeltaCommand.scala
+   ``hasBeenExecuted``, MergeIntoCommand.scala; the session's ``spark.databricks.delta.write.txnAppId``
+   / ``txnVersion``). What each table has is read back from those records (``_txn_versions``) when the
+   sink opens and after a failure, and what the ledger has but a table lacks is merged then and when
+   the job stops;
+3. dead letters: MERGE on (topic, partition, offset), idempotent by its key (beside step 2);
 4. the ledger row, with the batch's end offsets (the job resumes from them when its checkpoint is
-   gone) and its watermark (late = the event's window ended at or before it, as in PostgreSQL).
+   gone) and its watermark (late = the event's window ended at or before it, as in PostgreSQL): a
+   batch in the ledger is skipped whole.
 
-Only the driver's state (watermark, offsets, last batch per query) is read from the ledger, once, when
-the sink opens. One job writes a pipeline's tables (Delta's optimistic concurrency refuses a second
-writer's conflicting MERGE rather than duplicating rows).
+The driver's state (watermark, offsets, last batch per query) is read from the ledger when the sink
+opens and after a failure. One job writes a pipeline's tables (Delta's optimistic concurrency refuses
+a second writer's conflicting MERGE rather than duplicating rows).
 """
 
 from __future__ import annotations
 
 import json
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -108,6 +114,7 @@ class LakeSink(Sink):
         log=print,
         maintenance_interval_s: float = 3600.0,
         retention_hours: float = 168.0,
+        aggregate_interval_s: float = 60.0,
     ) -> None:
         self.location = location.rstrip("/")
         self.pipeline = pipeline
@@ -120,6 +127,12 @@ class LakeSink(Sink):
         self._maintained_at = time.monotonic()
         self._days_written: set = set()
         self._sessions: dict = {}
+        self._chain: tuple[str, int] | None = None  # the batch last committed here
+        self.aggregate_interval_s = aggregate_interval_s
+        self._aggregated: dict[str, dict[str, int]] | None = None
+        self._aggregated_at = time.monotonic()
+        self._lock = threading.RLock()  # a commit and the idle flush never overlap
+        self._idle: threading.Event | None = None
 
     # ------------------------------------------------------------------------ tables
     def uri(self, table: str) -> str:
@@ -156,7 +169,46 @@ class LakeSink(Sink):
                 builder = builder.partitionedBy(*partitions)
             builder.execute()
         self._state = None
+        self._aggregated = None
+        self._chain = None
         self._load_state()
+        n = self.flush_aggregates()  # the rounds a crash left out (their batches are in the ledger)
+        if n:
+            self.log(f"lake: {n} aggregate table(s) brought up to the ledger's last batch")
+        if self.aggregate_interval_s > 0 and self._idle is None:
+            self._idle = threading.Event()
+            threading.Thread(
+                target=self._idle_flush, args=(self._idle,), name="lake-idle", daemon=True
+            ).start()
+
+    def _idle_flush(self, stop: threading.Event) -> None:
+        """A stream with no new records runs no micro-batch: the aggregates of its last batches are merged
+        once ``aggregate_interval_s`` has passed without a round."""
+        tick = min(self.aggregate_interval_s, 5.0)
+        while not stop.wait(tick):
+            with self._lock:
+                if time.monotonic() - self._aggregated_at < self.aggregate_interval_s or not self._pending():
+                    continue
+                try:
+                    n = self.flush_aggregates()
+                    if n:
+                        self.log(
+                            f"lake: no micro-batch for a while: {n} aggregate table(s) brought up to date"
+                        )
+                except Exception as exc:  # the next round or start merges them
+                    self._aggregated = None
+                    self._aggregated_at = time.monotonic()
+                    self.log(f"lake: idle aggregate merge failed: {type(exc).__name__}: {exc}")
+
+    def _pending(self) -> bool:
+        """Whether a batch in the ledger is missing from an aggregate table (in memory: no Spark job)."""
+        if self._state is None or self._aggregated is None:
+            return self._state is not None
+        return any(
+            self._aggregated[t].get(self.app_id(q), -1) < last
+            for q, last in self._state["batches"].items()
+            for t in AGGREGATES
+        )
 
     def _load_state(self) -> dict:
         """Watermark (each batch's, at most its commit time minus the delay), furthest end offset per
@@ -194,30 +246,81 @@ class LakeSink(Sink):
         self._staged[(info.query_id, info.batch_id)] = (events, dead_letters)
 
     def commit(self, info: BatchInfo) -> dict | None:
+        with self._lock:
+            return self._commit_locked(info)
+
+    def _commit_locked(self, info: BatchInfo) -> dict | None:
         staged = self._staged.pop((info.query_id, info.batch_id), None)
         if staged is None:
             raise RuntimeError(f"lake: batch {info.batch_id} of query {info.query_id} was not staged")
         state = self._load_state()
         if state["batches"].get(info.query_id, -1) >= info.batch_id:
             return None  # in the ledger: a replay of a committed batch
-        events, dead = staged
-        started = time.monotonic()
-        prepared = self._prepare(events, info, state["watermark_us"])
+        # the previous batch of this query committed here, with no failure since: nothing of this batch
+        # can be in the tables yet (one writer per pipeline), so its new events are found by an anti-join
+        # and appended; otherwise (the first batch after open or after a failure: possibly the replay of
+        # a batch that crashed between its writes) MERGE on the event id and read back by the batch's tag
+        fast = self._chain == (info.query_id, info.batch_id - 1)
+        self._chain = None
+        try:
+            stats = self._commit(*staged, info, state, fast)
+        except BaseException:
+            # what was written is not known: state, ledger and aggregate progress are read again
+            self._state = None
+            self._aggregated = None
+            raise
+        self._chain = (info.query_id, info.batch_id)
+        return stats
+
+    def _commit(self, events, dead, info: BatchInfo, state: dict, fast: bool) -> dict:
+        from pyspark import StorageLevel
         from pyspark.sql import functions as F
 
-        summary = prepared.agg(
-            F.collect_set("event_date").alias("days"), F.max("created_at").alias("latest")
-        ).collect()[0]
-        days, latest = sorted(summary["days"] or []), summary["latest"]
-        if days:
-            self._merge_events(prepared, days, info)
-            inserted, late = self._merge_aggregates(days, info)
-        else:
-            inserted, late = 0, 0
-        dead_n = self._merge_dead_letters(dead, info)
+        started = time.monotonic()
+        steps: dict[str, float] = {}
+        mark = started
+
+        def step(name: str) -> None:
+            nonlocal mark
+            now = time.monotonic()
+            steps[name] = round(now - mark, 3)
+            mark = now
+
+        prepared = self._prepare(events, info, state["watermark_us"]).persist(StorageLevel.MEMORY_AND_DISK)
+        new, new_days = None, []
+        try:
+            summary = prepared.agg(
+                F.collect_set("event_date").alias("days"), F.max("created_at").alias("latest")
+            ).collect()[0]
+            days, latest = sorted(summary["days"] or []), summary["latest"]
+            inserted = late = 0
+            if days:
+                if fast:
+                    new = self._append_new_events(prepared, days)
+                else:
+                    self._merge_events(prepared, days)
+                    new = self._read_back(info.query_id, info.batch_id - 1, info.batch_id, days)
+                counts = new.agg(
+                    F.count(F.lit(1)).alias("n"),
+                    F.count(F.when(F.col("late"), True)).alias("late"),
+                    F.collect_set(F.when(~F.col("late"), F.to_date("window_start"))).alias("window_days"),
+                ).collect()[0]
+                inserted, late = int(counts["n"]), int(counts["late"])
+                new_days = sorted(counts["window_days"])
+            step("events_s")
+            due = self.aggregate_interval_s <= 0 or (
+                time.monotonic() - self._aggregated_at >= self.aggregate_interval_s
+            )
+            dead_n, rounds = self._merge_side_tables(info, dead, new, new_days, due)
+            step("aggregates_s" if rounds else "dead_letters_s")
+        finally:
+            if new is not None:
+                new.unpersist()
+            prepared.unpersist()
         latest_us = None if latest is None else int(latest.timestamp() * US)
         watermark_us = _watermark_after(state["watermark_us"], latest_us, info.watermark_s, info.now_us)
         self._append_ledger(info, inserted, late, dead_n, watermark_us)
+        step("ledger_s")
         state["batches"][info.query_id] = info.batch_id
         state["watermark_us"] = watermark_us
         for topic, parts in info.offsets.items():
@@ -231,6 +334,9 @@ class LakeSink(Sink):
             "lake_inserted": inserted,
             "lake_late": late,
             "lake_dead_letters": dead_n,
+            "lake_aggregated": rounds,
+            "lake_events_write": "append" if fast else "merge",
+            "lake_steps": steps,
         }
 
     def _prepare(self, events, info: BatchInfo, watermark_us: int | None):
@@ -275,101 +381,178 @@ class LakeSink(Sink):
             F.to_date(ts("created_at_us")).alias("event_date"),
         )
 
-    def _idempotent(self, info: BatchInfo, write) -> None:
-        """Run ``write`` (a MERGE) under the batch's transaction identifiers (the session's, reset after)."""
-        conf = self.spark.conf
-        conf.set(TXN_APP_ID_CONF, self.app_id(info.query_id))
-        conf.set(TXN_VERSION_CONF, str(info.batch_id))
-        try:
-            write()
-        finally:
-            conf.unset(TXN_APP_ID_CONF)
-            conf.unset(TXN_VERSION_CONF)
-
-    def _merge_events(self, prepared, days, info: BatchInfo) -> None:
+    # ------------------------------------------------------------------------ events
+    def _merge_events(self, prepared, days) -> None:
+        """Insert the batch's events whose id is not stored yet (the batch's event days only). A MERGE on
+        the event id is idempotent by itself: a replay inserts nothing twice, and the rows an earlier
+        attempt inserted keep its batch tag."""
         from delta.tables import DeltaTable
 
-        target = DeltaTable.forPath(self.spark, self.uri("events"))
-        in_days = ", ".join(_sql_date(d) for d in days)
         condition = (
-            f"t.event_date IN ({in_days}) AND t.event_date = s.event_date AND t.source = s.source "
-            "AND t.event_id = s.event_id"
+            f"t.{_days_filter('event_date', days)} AND t.event_date = s.event_date "
+            "AND t.source = s.source AND t.event_id = s.event_id"
         )
-        self._idempotent(
-            info,
-            lambda: (
-                target.alias("t").merge(prepared.alias("s"), condition).whenNotMatchedInsertAll().execute()
-            ),
+        (
+            DeltaTable.forPath(self.spark, self.uri("events"))
+            .alias("t")
+            .merge(prepared.alias("s"), condition)
+            .whenNotMatchedInsertAll()
+            .execute()
         )
 
+    def _append_new_events(self, prepared, days):
+        """The rows a MERGE would insert, in one pass and a plain commit: the batch's events whose id is
+        not stored yet (an anti-join with the event days of the table's current version), kept, then
+        appended. The table is read at a fixed version, so recomputing the kept rows (a lost block) gives
+        the same rows after the append."""
+        from delta.tables import DeltaTable
+        from pyspark import StorageLevel
+
+        uri = self.uri("events")
+        version = DeltaTable.forPath(self.spark, uri).history(1).select("version").head()[0]
+        stored = (
+            self.spark.read.format("delta")
+            .option("versionAsOf", version)
+            .load(uri)
+            .where(_days_filter("event_date", days))
+            .select("event_date", "source", "event_id")
+        )
+        keys = ["event_date", "source", "event_id"]
+        new = prepared.join(stored, keys, "left_anti").select(*prepared.columns)
+        new = new.persist(StorageLevel.MEMORY_AND_DISK)
+        try:
+            new.write.format("delta").mode("append").save(uri)
+        except BaseException:
+            new.unpersist()
+            raise
+        return new
+
+    def _read_back(self, query_id: str, after: int, through: int, days=None, session=None):
+        """The event rows the query's batches ``after`` < batch <= ``through`` inserted (in this attempt or
+        in one that crashed after its events write: the rows carry their batch's tag), kept."""
+        from pyspark import StorageLevel
+
+        where = f"query_id = '{query_id}' AND batch_id > {after} AND batch_id <= {through}"
+        if days:
+            where = f"{_days_filter('event_date', days)} AND {where}"
+        rows = (session or self.spark).read.format("delta").load(self.uri("events")).where(where)
+        return rows.persist(StorageLevel.MEMORY_AND_DISK)
+
+    # ------------------------------------------------------------------------ aggregates, dead letters
     def _session(self, table: str):
-        """A session of its own per aggregate table (the same SparkContext): the transaction identifiers
-        are session settings, so the aggregate MERGEs can run side by side."""
+        """A session of its own per table written side by side (the same SparkContext): the transaction
+        identifiers of a MERGE are session settings."""
         if table not in self._sessions:
             self._sessions[table] = self.spark.newSession()
         return self._sessions[table]
 
-    def _merge_aggregates(self, days, info: BatchInfo) -> tuple[int, int]:
-        """The aggregates from exactly the rows this batch inserted (tagged with its query and batch),
-        one MERGE per table, run in parallel (Delta commits each table on its own)."""
+    def aggregated(self) -> dict[str, dict[str, int]]:
+        """Per aggregate table, the last batch merged per transaction app id: the ``txn`` actions of the
+        table's current snapshot (Delta's own record, so it is right whatever crashed where). Read when
+        the sink opens and after a failure; kept up to date by the merges."""
+        if self._aggregated is None:
+            self._aggregated = {table: _txn_versions(self.spark, self.uri(table)) for table in AGGREGATES}
+        return self._aggregated
+
+    def _merge_side_tables(self, info: BatchInfo, dead, new, new_days, due: bool) -> tuple[int, int]:
+        """The dead letters' MERGE and, when ``due``, the aggregates' MERGEs of every batch of this query
+        not merged into each table yet, side by side (``new``: this batch's inserted rows, kept, and
+        ``new_days`` their on-time window days: used when the batch is a table's only one pending).
+        Returns (dead letters, aggregate tables merged)."""
         from concurrent.futures import ThreadPoolExecutor
 
-        from pyspark.sql import functions as F
+        app = self.app_id(info.query_id)
+        done = self.aggregated()
+        pending = [t for t in AGGREGATES if done[t].get(app, -1) < info.batch_id] if due else []
 
-        in_days = ", ".join(_sql_date(d) for d in days)
-        tag = f"event_date IN ({in_days}) AND query_id = '{info.query_id}' AND batch_id = {info.batch_id}"
-        new = self.spark.read.format("delta").load(self.uri("events")).where(tag)
-        counts = new.agg(
-            F.count(F.lit(1)).alias("n"), F.count(F.when(F.col("late"), True)).alias("late")
-        ).collect()[0]
-        if int(counts["n"]) > int(counts["late"]):
-
-            def merge(table: str) -> None:
-                session = self._session(table)
-                on_time = session.read.format("delta").load(self.uri("events")).where(tag).where("NOT late")
-                _merge_aggregate(
-                    session,
-                    self.uri(table),
-                    table,
-                    on_time,
-                    in_days,
-                    self.app_id(info.query_id),
-                    info.batch_id,
-                )
-
-            with ThreadPoolExecutor(len(AGGREGATES), thread_name_prefix="lake-aggregates") as pool:
-                list(pool.map(merge, AGGREGATES))
-        return int(counts["n"]), int(counts["late"])
-
-    def _merge_dead_letters(self, dead, info: BatchInfo) -> int:
-        from delta.tables import DeltaTable
-        from pyspark.sql import functions as F
-
-        n = dead.count()
-        if not n:
+        def run(table: str) -> int:
+            session = self._session(table)
+            if table == "dead_letters":
+                return _merge_dead_letters(session, self.uri(table), dead, info)
+            after = done[table].get(app, -1)
+            only = new is not None and after == info.batch_id - 1
+            self._merge_aggregate_range(
+                session, table, info.query_id, after, info.batch_id, new if only else None, new_days
+            )
             return 0
-        rows = dead.select(
-            "kafka_topic",
-            "kafka_partition",
-            F.col("kafka_offset").cast("long").alias("kafka_offset"),
-            F.col("error").alias("reason"),
-            "payload",
-            F.lit(info.query_id).alias("query_id"),
-            F.lit(info.batch_id).cast("long").alias("batch_id"),
-            F.current_timestamp().alias("staged_at"),
-        )
-        target = DeltaTable.forPath(self.spark, self.uri("dead_letters"))
-        condition = (
-            "t.kafka_topic = s.kafka_topic AND t.kafka_partition = s.kafka_partition "
-            "AND t.kafka_offset = s.kafka_offset"
-        )
-        self._idempotent(
-            info,
-            lambda: target.alias("t").merge(rows.alias("s"), condition).whenNotMatchedInsertAll().execute(),
-        )
-        return n
+
+        with ThreadPoolExecutor(len(pending) + 1, thread_name_prefix="lake-merges") as pool:
+            dead_n = sum(pool.map(run, [*pending, "dead_letters"]))
+        if due:
+            self._aggregated_at = time.monotonic()
+        return dead_n, len(pending)
+
+    def _merge_aggregate_range(
+        self, session, table: str, query_id: str, after: int, through: int, rows=None, days=None
+    ) -> None:
+        """MERGE into ``table`` the sums of the on-time rows of the query's batches ``after`` < batch <=
+        ``through`` (``rows``, or read back by their tags) under transaction version ``through``: Delta
+        skips it when the table has that version or a later one for the query, so a replay adds nothing
+        twice. Only the target's window ``days`` are scanned (from the rows when not given)."""
+        from pyspark.sql import functions as F
+
+        kept = rows is None
+        if kept:
+            rows = self._read_back(query_id, after, through, session=session)
+        try:
+            on_time = rows.where("NOT late")
+            if kept or days is None:
+                days = sorted(
+                    r[0] for r in on_time.select(F.to_date("window_start")).distinct().collect() if r[0]
+                )
+            if days:
+                _merge_aggregate(
+                    session, self.uri(table), table, on_time, days, self.app_id(query_id), through
+                )
+        finally:
+            if kept:
+                rows.unpersist()
+        self._aggregated[table][self.app_id(query_id)] = through
+
+    def flush_aggregates(self) -> int:
+        """Merge every batch in the ledger that an aggregate table does not have yet (the pending rounds of
+        every query, as after a crash or before a stop). Returns the tables merged."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        state = self._load_state()
+        done = self.aggregated()
+        work = [
+            (table, query_id, done[table].get(self.app_id(query_id), -1), last)
+            for query_id, last in sorted(state["batches"].items())
+            for table in AGGREGATES
+            if done[table].get(self.app_id(query_id), -1) < last
+        ]
+        if not work:
+            return 0
+
+        def run(item) -> None:
+            table, query_id, after, through = item
+            self._merge_aggregate_range(self._session(table), table, query_id, after, through)
+
+        with ThreadPoolExecutor(min(len(work), len(AGGREGATES)), thread_name_prefix="lake-flush") as pool:
+            list(pool.map(run, work))
+        self._aggregated_at = time.monotonic()
+        return len(work)
+
+    def close(self) -> None:
+        """A stopping job merges what the aggregates lack (best effort: on a SIGTERM Spark may be gone
+        already; then the next start does)."""
+        if self._idle is not None:
+            self._idle.set()
+            self._idle = None
+        if self._state is None or self._spark is None:
+            return
+        with self._lock:
+            try:
+                n = self.flush_aggregates()
+                if n:
+                    self.log(f"lake: {n} aggregate table(s) brought up to the last committed batch")
+            except Exception as exc:  # the next start completes them (from the ledger and the tables' txns)
+                self.log(f"lake: aggregates not completed at stop: {type(exc).__name__}: {exc}")
 
     def _append_ledger(self, info: BatchInfo, inserted: int, late: int, dead: int, watermark_us) -> None:
+        """The batch's ledger row, its last write: a replay of a batch in the ledger is skipped (the
+        driver's state says so; after a failure it is read from the ledger again)."""
         offsets = [
             (topic, int(p), int(o)) for topic, parts in sorted(info.offsets.items()) for p, o in parts.items()
         ]
@@ -386,10 +569,9 @@ class LakeSink(Sink):
         )
         (
             self.spark.createDataFrame([row], LEDGER_DDL)
+            .coalesce(1)
             .write.format("delta")
             .mode("append")
-            .option("txnAppId", self.app_id(info.query_id))
-            .option("txnVersion", str(info.batch_id))
             .save(self.uri("_ledger"))
         )
 
@@ -447,13 +629,37 @@ def aggregate_source(table: str, on_time):
     return out.withColumn("updated_at", F.current_timestamp())
 
 
-def _merge_aggregate(session, uri: str, table: str, on_time, in_days: str, app_id: str, version: int) -> None:
-    """MERGE one aggregate table under the batch's transaction identifiers (``session``'s own settings)."""
+def _days_filter(column: str, days) -> str:
+    return f"{column} IN ({', '.join(_sql_date(d) for d in days)})"
+
+
+def _txn_versions(spark, uri: str) -> dict[str, int]:
+    """The table's transaction versions by app id (Delta's ``SetTransaction`` actions of the current
+    snapshot: delta-io/delta v4.0.0 spark/.../SnapshotState.scala ``transactions``, the map
+    OptimisticTransaction.txnVersion reads to skip a write). Through the JVM: delta-spark has no Python
+    API for it."""
+    jvm = spark._jvm
+    none = jvm.scala.Option.empty()
+    snapshot = jvm.org.apache.spark.sql.delta.DeltaLog.forTable(spark._jsparkSession, uri).update(
+        False, none, none
+    )
+    it = snapshot.transactions().iterator()
+    out: dict[str, int] = {}
+    while it.hasNext():
+        pair = it.next()
+        out[str(pair._1())] = int(pair._2())
+    return out
+
+
+def _merge_aggregate(session, uri: str, table: str, on_time, days, app_id: str, version: int) -> None:
+    """MERGE one aggregate table under transaction identifiers (``session``'s own settings); only the
+    target's window days are scanned."""
     from delta.tables import DeltaTable
 
     _, keys, sums = AGGREGATES[table]
     condition = " AND ".join(
-        [f"t.window_date IN ({in_days})", "t.window_date = s.window_date"] + [f"t.{k} = s.{k}" for k in keys]
+        [f"t.{_days_filter('window_date', days)}", "t.window_date = s.window_date"]
+        + [f"t.{k} = s.{k}" for k in keys]
     )
     updates = {c: f"t.{c} + s.{c}" for c in sums} | {"updated_at": "s.updated_at"}
     session.conf.set(TXN_APP_ID_CONF, app_id)
@@ -470,6 +676,38 @@ def _merge_aggregate(session, uri: str, table: str, on_time, in_days: str, app_i
     finally:
         session.conf.unset(TXN_APP_ID_CONF)
         session.conf.unset(TXN_VERSION_CONF)
+
+
+def _merge_dead_letters(session, uri: str, dead, info: BatchInfo) -> int:
+    """MERGE the batch's dead letters on (topic, partition, offset): idempotent by its key."""
+    from delta.tables import DeltaTable
+    from pyspark.sql import functions as F
+
+    n = dead.count()
+    if not n:
+        return 0
+    rows = dead.select(
+        "kafka_topic",
+        "kafka_partition",
+        F.col("kafka_offset").cast("long").alias("kafka_offset"),
+        F.col("error").alias("reason"),
+        "payload",
+        F.lit(info.query_id).alias("query_id"),
+        F.lit(info.batch_id).cast("long").alias("batch_id"),
+        F.current_timestamp().alias("staged_at"),
+    )
+    condition = (
+        "t.kafka_topic = s.kafka_topic AND t.kafka_partition = s.kafka_partition "
+        "AND t.kafka_offset = s.kafka_offset"
+    )
+    (
+        DeltaTable.forPath(session, uri)
+        .alias("t")
+        .merge(rows.alias("s"), condition)
+        .whenNotMatchedInsertAll()
+        .execute()
+    )
+    return n
 
 
 def maintain(spark, location: str, days, retention_hours: float) -> dict:

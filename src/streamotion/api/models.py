@@ -549,6 +549,11 @@ class LakeSink(ApiModel):
     retention: Duration = "168h"
     """How long VACUUM keeps files that older table versions still use (time travel and slow readers);
     Delta refuses less than 168h unless its retention check is turned off."""
+    aggregate_interval: Duration = "1m"
+    """How often the window aggregates are merged: at the first micro-batch after this much time, for
+    every batch since the last merge (each MERGE is a Delta commit per aggregate table, the lake's main
+    cost per batch). The events table is written every batch; the aggregates are at most this much
+    behind it, and complete when the job stops. 0s: every micro-batch."""
 
 
 class Sink(ApiModel):
