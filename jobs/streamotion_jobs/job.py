@@ -236,6 +236,7 @@ class StreamingJob:
                 watermark_s=cfg.watermark_s,
                 now_us=now_us(),
                 offsets=counts["offsets"],
+                dead_letters=counts["dead_letters"],
             )
             events, dead = split_batch(processed)
             if self.dead_letter_topic and counts["dead_letters"]:

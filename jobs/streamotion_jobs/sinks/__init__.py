@@ -46,6 +46,7 @@ class BatchInfo:
     watermark_s: float
     now_us: int  # the batch's processing time (driver clock): bounds the watermark
     offsets: dict[str, dict[int, int]] = field(default_factory=dict)  # topic -> partition -> end offset
+    dead_letters: int | None = None  # the batch's invalid records, when the job has counted them
 
     def __post_init__(self) -> None:
         if not self.query_id or self.query_id == "unknown":

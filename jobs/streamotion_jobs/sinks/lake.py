@@ -405,11 +405,10 @@ class LakeSink(Sink):
         not stored yet (an anti-join with the event days of the table's current version), kept, then
         appended. The table is read at a fixed version, so recomputing the kept rows (a lost block) gives
         the same rows after the append."""
-        from delta.tables import DeltaTable
         from pyspark import StorageLevel
 
         uri = self.uri("events")
-        version = DeltaTable.forPath(self.spark, uri).history(1).select("version").head()[0]
+        version = _snapshot(self.spark, uri).version()
         stored = (
             self.spark.read.format("delta")
             .option("versionAsOf", version)
@@ -633,6 +632,16 @@ def _days_filter(column: str, days) -> str:
     return f"{column} IN ({', '.join(_sql_date(d) for d in days)})"
 
 
+def _snapshot(spark, uri: str):
+    """The table's current Delta snapshot (JVM object; DeltaLog.update: delta-io/delta v4.0.0
+    spark/src/main/scala/org/apache/spark/sql/delta/SnapshotManagement.scala)."""
+    jvm = spark._jvm
+    none = jvm.scala.Option.empty()
+    return jvm.org.apache.spark.sql.delta.DeltaLog.forTable(spark._jsparkSession, uri).update(
+        False, none, none
+    )
+
+
 def _txn_versions(spark, uri: str) -> dict[str, int]:
     """The table's transaction versions by app id (Delta's ``SetTransaction`` actions of the current
     snapshot: delta-io/delta v4.0.0 spark/.../SnapshotState.scala ``transactions``, the map
@@ -683,7 +692,7 @@ def _merge_dead_letters(session, uri: str, dead, info: BatchInfo) -> int:
     from delta.tables import DeltaTable
     from pyspark.sql import functions as F
 
-    n = dead.count()
+    n = dead.count() if info.dead_letters is None else info.dead_letters
     if not n:
         return 0
     rows = dead.select(
