@@ -273,7 +273,6 @@ class LakeSink(Sink):
         return stats
 
     def _commit(self, events, dead, info: BatchInfo, state: dict, fast: bool) -> dict:
-        from pyspark import StorageLevel
         from pyspark.sql import functions as F
 
         started = time.monotonic()
@@ -286,13 +285,16 @@ class LakeSink(Sink):
             steps[name] = round(now - mark, 3)
             mark = now
 
-        prepared = self._prepare(events, info, state["watermark_us"]).persist(StorageLevel.MEMORY_AND_DISK)
+        # not kept: the summary is one cheap aggregate, and the rows are read once more, by the anti-join
+        # (whose result is kept) or the MERGE; caching them costs more than that second read
+        prepared = self._prepare(events, info, state["watermark_us"])
         new, new_days = None, []
         try:
             summary = prepared.agg(
                 F.collect_set("event_date").alias("days"), F.max("created_at").alias("latest")
             ).collect()[0]
             days, latest = sorted(summary["days"] or []), summary["latest"]
+            step("summary_s")
             inserted = late = 0
             if days:
                 if fast:
@@ -300,6 +302,7 @@ class LakeSink(Sink):
                 else:
                     self._merge_events(prepared, days)
                     new = self._read_back(info.query_id, info.batch_id - 1, info.batch_id, days)
+                step("events_s")
                 counts = new.agg(
                     F.count(F.lit(1)).alias("n"),
                     F.count(F.when(F.col("late"), True)).alias("late"),
@@ -307,7 +310,7 @@ class LakeSink(Sink):
                 ).collect()[0]
                 inserted, late = int(counts["n"]), int(counts["late"])
                 new_days = sorted(counts["window_days"])
-            step("events_s")
+            step("counts_s")
             due = self.aggregate_interval_s <= 0 or (
                 time.monotonic() - self._aggregated_at >= self.aggregate_interval_s
             )
@@ -316,7 +319,6 @@ class LakeSink(Sink):
         finally:
             if new is not None:
                 new.unpersist()
-            prepared.unpersist()
         latest_us = None if latest is None else int(latest.timestamp() * US)
         watermark_us = _watermark_after(state["watermark_us"], latest_us, info.watermark_s, info.now_us)
         self._append_ledger(info, inserted, late, dead_n, watermark_us)
