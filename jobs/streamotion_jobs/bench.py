@@ -33,9 +33,11 @@ GoEmotions here in about 20 s), served by the same app:
 * raw_linear_model_texts_per_s: the linear model in-process at its best batch size.
 * lake_events_per_s: the platform run again with the lake sink (Delta tables on local disk) instead
   of PostgreSQL, same model service and micro-batch size, the aggregates merged every minute (the
-  spec's default ``aggregateInterval``); lake_vs_postgres relates the two (``--no-lake`` skips both lake
-  runs); lake_every_batch_aggregates_events_per_s: again with the aggregates merged every micro-batch
-  (``aggregateInterval: 0s``).
+  spec's default ``aggregateInterval``), over about two minutes (``--lake-events``) and until the job
+  has stopped, so that its aggregate merges (every minute and the last one at the stop) are in the
+  figure; lake_vs_postgres relates the two (``--no-lake`` skips both lake runs);
+  lake_every_batch_aggregates_events_per_s: the three micro-batches of the platform run with the
+  aggregates merged every micro-batch (``aggregateInterval: 0s``), until the job has stopped.
 
 The job's parse alone (``--parse-events``, in memory, no Kafka, no model, no sink):
 
@@ -505,9 +507,10 @@ def _bigquery_platform(kafka, spark, work: Path, trigger: str, max_events: int, 
         return rate
 
 
-def _lake_throughput(location: str) -> tuple[int, float]:
+def _lake_throughput(location: str, end=None) -> tuple[int, float]:
     """(events, rows/s after the first micro-batch that wrote rows) from the lake's ledger, read with
-    deltalake: the same definition as PostgreSQL's figure (its batches' commit times)."""
+    deltalake: the same definition as PostgreSQL's figure (its batches' commit times), up to ``end``
+    (a UTC datetime: when the aggregates were complete too) or the last batch's commit."""
     from deltalake import DeltaTable
 
     try:
@@ -518,7 +521,8 @@ def _lake_throughput(location: str) -> tuple[int, float]:
     total = int(ledger["events"].sum())
     if len(ledger) < 2:
         return total, float("nan")
-    seconds = (ledger["committed_at"].iloc[-1] - ledger["committed_at"].iloc[0]).total_seconds()
+    last = ledger["committed_at"].iloc[-1] if end is None else end
+    seconds = (last - ledger["committed_at"].iloc[0]).total_seconds()
     return total, (total - int(ledger["events"].iloc[0])) / seconds if seconds > 0 else float("nan")
 
 
@@ -533,8 +537,9 @@ def _lake_platform(
     aggregate_interval: str = "1m",
 ):
     """The platform run with the lake sink (Delta tables in a local folder), same model service and
-    micro-batch size as PostgreSQL's: rows/s after the first micro-batch, from the lake's ledger, with
-    the aggregates merged every ``aggregate_interval`` (the spec's default, or 0s: every batch)."""
+    micro-batch size as PostgreSQL's, the aggregates merged every ``aggregate_interval`` (the spec's
+    default, or 0s: every batch): rows/s after the first micro-batch, from the lake's ledger, until the
+    job has stopped (its last aggregate merge included: every event's aggregates are then stored)."""
     import dataclasses
 
     from streamotion.naming import topic_names
@@ -567,10 +572,11 @@ def _lake_platform(
         time.sleep(1)
         n, _ = _lake_throughput(location)
     stop.set()
-    thread.join(120)
+    thread.join(120)  # the job's stop merges the aggregates the last batches lack
+    done = datetime.now(UTC)
     if n < events:
         raise TimeoutError(f"lake: only {n} of {events} rows after 1800 s")
-    _, rate = _lake_throughput(location)
+    _, rate = _lake_throughput(location, done)
     _log(f"platform (lake, aggregates every {aggregate_interval}): {rate:.1f} events/s")
     return rate
 
@@ -615,6 +621,11 @@ def bench_pipeline(
     ),
     bigquery_events: int = typer.Option(
         0, help="Events for the BigQuery platform run (0: three micro-batches of 10,000)."
+    ),
+    lake_events: int = typer.Option(
+        0,
+        help="Events for the lake run with the default aggregateInterval (0: twelve micro-batches of "
+        "--platform-max-events-per-trigger, about two minutes, so that its aggregate merges are in it).",
     ),
     lake: bool = typer.Option(
         True,
@@ -764,6 +775,9 @@ def bench_pipeline(
                     )
                 plat_lake = plat_lake_every = None
                 if lake:
+                    # the default interval over about two minutes (twelve micro-batches): its merges
+                    # every minute and the last one at the stop are in the figure
+                    lake_events = lake_events or 12 * platform_max_events_per_trigger
                     plat_lake, plat_lake_every = (
                         _lake_platform(
                             kafka,
@@ -771,11 +785,11 @@ def bench_pipeline(
                             work,
                             trigger,
                             platform_max_events_per_trigger,
-                            platform_events,
+                            n,
                             linear_server.url,
                             interval,
                         )
-                        for interval in ("1m", "0s")
+                        for interval, n in (("1m", lake_events), ("0s", platform_events))
                     )
                 platform_config = {
                     "linear_model": linear,
