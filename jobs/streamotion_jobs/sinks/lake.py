@@ -91,6 +91,22 @@ AGGREGATES: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
         ("events", "sum_text_length"),
     ),
 }
+# the events columns the aggregates read (aggregate_source), and the late flag
+AGGREGATE_COLUMNS = (
+    "window_start",
+    "window_end",
+    "source",
+    "channel",
+    "lang",
+    "emotion",
+    "score",
+    "sentiment_index",
+    "hashtags",
+    "terms",
+    "author",
+    "text_length",
+    "late",
+)
 TXN_APP_ID_CONF = "spark.databricks.delta.write.txnAppId"
 TXN_VERSION_CONF = "spark.databricks.delta.write.txnVersion"
 
@@ -301,7 +317,9 @@ class LakeSink(Sink):
                     new = self._append_new_events(prepared, days)
                 else:
                     self._merge_events(prepared, days)
-                    new = self._read_back(info.query_id, info.batch_id - 1, info.batch_id, days)
+                    new = self._read_back(
+                        info.query_id, info.batch_id - 1, info.batch_id, days, columns=AGGREGATE_COLUMNS
+                    )
                 step("events_s")
                 counts = new.agg(
                     F.count(F.lit(1)).alias("n"),
@@ -428,7 +446,7 @@ class LakeSink(Sink):
             raise
         return new
 
-    def _read_back(self, query_id: str, after: int, through: int, days=None, session=None):
+    def _read_back(self, query_id: str, after: int, through: int, days=None, columns=None):
         """The event rows the query's batches ``after`` < batch <= ``through`` inserted (in this attempt or
         in one that crashed after its events write: the rows carry their batch's tag), kept."""
         from pyspark import StorageLevel
@@ -436,7 +454,9 @@ class LakeSink(Sink):
         where = f"query_id = '{query_id}' AND batch_id > {after} AND batch_id <= {through}"
         if days:
             where = f"{_days_filter('event_date', days)} AND {where}"
-        rows = (session or self.spark).read.format("delta").load(self.uri("events")).where(where)
+        rows = self.spark.read.format("delta").load(self.uri("events")).where(where)
+        if columns:
+            rows = rows.select(*columns)
         return rows.persist(StorageLevel.MEMORY_AND_DISK)
 
     # ------------------------------------------------------------------------ aggregates, dead letters
@@ -465,49 +485,60 @@ class LakeSink(Sink):
         app = self.app_id(info.query_id)
         done = self.aggregated()
         pending = [t for t in AGGREGATES if done[t].get(app, -1) < info.batch_id] if due else []
+        sources: dict[tuple[str, int, int], tuple] = {}
+        if new is not None:
+            sources[(info.query_id, info.batch_id - 1, info.batch_id)] = (new, new_days)
+        read = self._shared_sources(
+            [(info.query_id, done[t].get(app, -1), info.batch_id) for t in pending], sources
+        )
 
         def run(table: str) -> int:
             session = self._session(table)
             if table == "dead_letters":
                 return _merge_dead_letters(session, self.uri(table), dead, info)
-            after = done[table].get(app, -1)
-            only = new is not None and after == info.batch_id - 1
-            self._merge_aggregate_range(
-                session, table, info.query_id, after, info.batch_id, new if only else None, new_days
-            )
+            rows, days = sources[(info.query_id, done[table].get(app, -1), info.batch_id)]
+            self._merge_aggregate_range(session, table, info.query_id, info.batch_id, rows, days)
             return 0
 
-        with ThreadPoolExecutor(len(pending) + 1, thread_name_prefix="lake-merges") as pool:
-            dead_n = sum(pool.map(run, [*pending, "dead_letters"]))
+        try:
+            with ThreadPoolExecutor(len(pending) + 1, thread_name_prefix="lake-merges") as pool:
+                dead_n = sum(pool.map(run, [*pending, "dead_letters"]))
+        finally:
+            for rows in read:
+                rows.unpersist()
         if due:
             self._aggregated_at = time.monotonic()
         return dead_n, len(pending)
 
-    def _merge_aggregate_range(
-        self, session, table: str, query_id: str, after: int, through: int, rows=None, days=None
-    ) -> None:
-        """MERGE into ``table`` the sums of the on-time rows of the query's batches ``after`` < batch <=
-        ``through`` (``rows``, or read back by their tags) under transaction version ``through``: Delta
-        skips it when the table has that version or a later one for the query, so a replay adds nothing
-        twice. Only the target's window ``days`` are scanned (from the rows when not given)."""
+    def _shared_sources(self, ranges, sources: dict) -> list:
+        """Read back, once per distinct (query, after, through) not in ``sources``, the rows of those
+        batches and their on-time window days (one read shared by every table that lacks the same
+        batches). Returns the DataFrames read (kept: the caller unpersists them)."""
         from pyspark.sql import functions as F
 
-        kept = rows is None
-        if kept:
-            rows = self._read_back(query_id, after, through, session=session)
-        try:
-            on_time = rows.where("NOT late")
-            if kept or days is None:
-                days = sorted(
-                    r[0] for r in on_time.select(F.to_date("window_start")).distinct().collect() if r[0]
-                )
-            if days:
-                _merge_aggregate(
-                    session, self.uri(table), table, on_time, days, self.app_id(query_id), through
-                )
-        finally:
-            if kept:
-                rows.unpersist()
+        read = []
+        for key in dict.fromkeys(ranges):
+            if key in sources:
+                continue
+            rows = self._read_back(*key, columns=AGGREGATE_COLUMNS)
+            read.append(rows)
+            days = sorted(
+                r[0]
+                for r in rows.where("NOT late").select(F.to_date("window_start")).distinct().collect()
+                if r[0]
+            )
+            sources[key] = (rows, days)
+        return read
+
+    def _merge_aggregate_range(self, session, table: str, query_id: str, through: int, rows, days) -> None:
+        """MERGE into ``table`` the sums of the on-time ``rows`` (the query's batches the table lacks, up
+        to ``through``) under transaction version ``through``: Delta skips it when the table has that
+        version or a later one for the query, so a replay adds nothing twice. Only the target's window
+        ``days`` are scanned."""
+        if days:
+            _merge_aggregate(
+                session, self.uri(table), table, rows.where("NOT late"), days, self.app_id(query_id), through
+            )
         self._aggregated[table][self.app_id(query_id)] = through
 
     def flush_aggregates(self) -> int:
@@ -525,13 +556,20 @@ class LakeSink(Sink):
         ]
         if not work:
             return 0
+        sources: dict[tuple[str, int, int], tuple] = {}
+        read = self._shared_sources([(q, after, through) for _, q, after, through in work], sources)
 
         def run(item) -> None:
             table, query_id, after, through = item
-            self._merge_aggregate_range(self._session(table), table, query_id, after, through)
+            rows, days = sources[(query_id, after, through)]
+            self._merge_aggregate_range(self._session(table), table, query_id, through, rows, days)
 
-        with ThreadPoolExecutor(min(len(work), len(AGGREGATES)), thread_name_prefix="lake-flush") as pool:
-            list(pool.map(run, work))
+        try:
+            with ThreadPoolExecutor(min(len(work), len(AGGREGATES)), thread_name_prefix="lake-flush") as pool:
+                list(pool.map(run, work))
+        finally:
+            for rows in read:
+                rows.unpersist()
         self._aggregated_at = time.monotonic()
         return len(work)
 

@@ -552,8 +552,9 @@ class LakeSink(ApiModel):
     aggregate_interval: Duration = "1m"
     """How often the window aggregates are merged: at the first micro-batch after this much time, for
     every batch since the last merge (each MERGE is a Delta commit per aggregate table, the lake's main
-    cost per batch). The events table is written every batch; the aggregates are at most this much
-    behind it, and complete when the job stops. 0s: every micro-batch."""
+    cost per batch). The events table is written every batch; the aggregates are at most about this
+    much behind it (also when no record comes: the job merges them then), and what a stop or crash
+    left out is merged when the job starts. 0s: every micro-batch."""
 
 
 class Sink(ApiModel):
