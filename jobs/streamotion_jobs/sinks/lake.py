@@ -148,6 +148,7 @@ class LakeSink(Sink):
         self._aggregated: dict[str, dict[str, int]] | None = None
         self._aggregated_at = time.monotonic()
         self._lock = threading.RLock()  # a commit and the idle flush never overlap
+        self._committed_at = time.monotonic()
         self._idle: threading.Event | None = None
 
     # ------------------------------------------------------------------------ tables
@@ -199,11 +200,17 @@ class LakeSink(Sink):
 
     def _idle_flush(self, stop: threading.Event) -> None:
         """A stream with no new records runs no micro-batch: the aggregates of its last batches are merged
-        once ``aggregate_interval_s`` has passed without a round."""
+        once ``aggregate_interval_s`` has passed without a commit and without a round (a busy stream's
+        rounds run in its commits)."""
         tick = min(self.aggregate_interval_s, 5.0)
         while not stop.wait(tick):
             with self._lock:
-                if time.monotonic() - self._aggregated_at < self.aggregate_interval_s or not self._pending():
+                now = time.monotonic()
+                if (
+                    now - self._committed_at < self.aggregate_interval_s
+                    or now - self._aggregated_at < self.aggregate_interval_s
+                    or not self._pending()
+                ):
                     continue
                 try:
                     n = self.flush_aggregates()
@@ -286,6 +293,7 @@ class LakeSink(Sink):
             self._aggregated = None
             raise
         self._chain = (info.query_id, info.batch_id)
+        self._committed_at = time.monotonic()
         return stats
 
     def _commit(self, events, dead, info: BatchInfo, state: dict, fast: bool) -> dict:
