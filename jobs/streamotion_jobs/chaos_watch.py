@@ -220,16 +220,20 @@ def alerts_in(observations: list[tuple[float, dict[str, str]]], start: float, en
 
 
 # What the reliability page says moves, per fault window of ``w`` seconds ending now ({sel}: the pipeline).
+# Counter increases look back ``wl`` = ``w`` + COUNTER_LOOKBACK_S: increase() needs a sample from before
+# the step inside its range, and a fault's first error often comes before the window's first scrape
+# (a PostgreSQL shutdown in a commit fails it at once).
+COUNTER_LOOKBACK_S = 3  # three scrapes (1 s) before the window
 METRIC_QUERIES = {
     "job_consumer_lag_max": "max_over_time(sum(streamotion_job_consumer_lag{{{sel}}})[{w}s:1s])",
-    "job_sink_errors": "sum(increase(streamotion_job_sink_errors_total{{{sel}}}[{w}s]))",
-    "model_requests": "sum(increase(streamotion_model_requests_total{{{sel}}}[{w}s]))",
-    "model_errors": "sum(increase(streamotion_model_errors_total{{{sel}}}[{w}s]))",
+    "job_sink_errors": "sum(increase(streamotion_job_sink_errors_total{{{sel}}}[{wl}s]))",
+    "model_requests": "sum(increase(streamotion_model_requests_total{{{sel}}}[{wl}s]))",
+    "model_errors": "sum(increase(streamotion_model_errors_total{{{sel}}}[{wl}s]))",
     # Ray Serve's own (ray 2.60.0 python/ray/serve/_private/replica.py serve_deployment_replica_starts,
     # request_ingress_metrics.py serve_num_http_error_requests), exported with Ray's ray_ prefix
     # (one series per replica: a replaced replica shows as one more series in the window)
     "serve_replicas_seen": 'count(count_over_time({{__name__=~"ray_serve_deployment_replica_starts(_total)?",{sel}}}[{w}s]))',
-    "serve_http_errors": 'sum(increase({{__name__=~"ray_serve_num_http_error_requests(_total)?",{sel}}}[{w}s]))',
+    "serve_http_errors": 'sum(increase({{__name__=~"ray_serve_num_http_error_requests(_total)?",{sel}}}[{wl}s]))',
     # 0: some scrape of the model service's metrics agent failed in the window (the service stalled)
     "model_scrape_up_min": 'min(min_over_time(up{{job="model",{sel}}}[{w}s]))',
     "producer_delivery_p99_s": "histogram_quantile(0.99, sum by (le) "
@@ -243,7 +247,7 @@ def window_metrics(prometheus: Any, sel: str, seconds: float) -> dict[str, float
     w = max(int(seconds), 2)
     for name, template in METRIC_QUERIES.items():
         try:
-            result = prometheus.query(template.format(sel=sel, w=w))
+            result = prometheus.query(template.format(sel=sel, w=w, wl=w + COUNTER_LOOKBACK_S))
             value = float(result[0]["value"][1]) if result else None
             out[name] = None if value is None or value != value else round(value, 3)  # NaN: no rate
         except Exception:
