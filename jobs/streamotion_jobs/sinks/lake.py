@@ -488,35 +488,53 @@ class LakeSink(Sink):
         not merged into each table yet, side by side (``new``: this batch's inserted rows, kept, and
         ``new_days`` their on-time window days: used when the batch is a table's only one pending).
         Returns (dead letters, aggregate tables merged)."""
+        work = self._lacking({info.query_id: info.batch_id}) if due else []
+        sources = {} if new is None else {(info.query_id, info.batch_id - 1, info.batch_id): (new, new_days)}
+        dead_n = self._merge_rounds(
+            work,
+            sources,
+            lambda: _merge_dead_letters(self._session("dead_letters"), self.uri("dead_letters"), dead, info),
+        )
+        if due:
+            self._aggregated_at = time.monotonic()
+        return dead_n, len(work)
+
+    def _lacking(self, batches: dict[str, int]) -> list[tuple[str, str, int, int]]:
+        """(table, query id, last batch the table has, last batch) for every aggregate table that lacks
+        batches of a query (``batches``: the last batch per query)."""
+        done = self.aggregated()
+        return [
+            (table, query_id, done[table].get(self.app_id(query_id), -1), last)
+            for query_id, last in sorted(batches.items())
+            for table in AGGREGATES
+            if done[table].get(self.app_id(query_id), -1) < last
+        ]
+
+    def _merge_rounds(self, work, sources: dict, side=None) -> int:
+        """The aggregate MERGEs of ``work`` (from :meth:`_lacking`), side by side with ``side`` (another
+        write returning a count), the rows of each distinct batch range read once (unless in
+        ``sources``). Returns what ``side`` returned (0 without it)."""
         from concurrent.futures import ThreadPoolExecutor
 
-        app = self.app_id(info.query_id)
-        done = self.aggregated()
-        pending = [t for t in AGGREGATES if done[t].get(app, -1) < info.batch_id] if due else []
-        sources: dict[tuple[str, int, int], tuple] = {}
-        if new is not None:
-            sources[(info.query_id, info.batch_id - 1, info.batch_id)] = (new, new_days)
-        read = self._shared_sources(
-            [(info.query_id, done[t].get(app, -1), info.batch_id) for t in pending], sources
-        )
+        read = self._shared_sources([(q, after, through) for _, q, after, through in work], sources)
 
-        def run(table: str) -> int:
-            session = self._session(table)
-            if table == "dead_letters":
-                return _merge_dead_letters(session, self.uri(table), dead, info)
-            rows, days = sources[(info.query_id, done[table].get(app, -1), info.batch_id)]
-            self._merge_aggregate_range(session, table, info.query_id, info.batch_id, rows, days)
+        def run(item) -> int:
+            if item is None:
+                return side()
+            table, query_id, after, through = item
+            rows, days = sources[(query_id, after, through)]
+            self._merge_aggregate_range(self._session(table), table, query_id, through, rows, days)
             return 0
 
+        items = [*work, None] if side is not None else work
+        if not items:
+            return 0
         try:
-            with ThreadPoolExecutor(len(pending) + 1, thread_name_prefix="lake-merges") as pool:
-                dead_n = sum(pool.map(run, [*pending, "dead_letters"]))
+            with ThreadPoolExecutor(len(items), thread_name_prefix="lake-merges") as pool:
+                return sum(pool.map(run, items))
         finally:
             for rows in read:
                 rows.unpersist()
-        if due:
-            self._aggregated_at = time.monotonic()
-        return dead_n, len(pending)
 
     def _shared_sources(self, ranges, sources: dict) -> list:
         """Read back, once per distinct (query, after, through) not in ``sources``, the rows of those
@@ -552,33 +570,10 @@ class LakeSink(Sink):
     def flush_aggregates(self) -> int:
         """Merge every batch in the ledger that an aggregate table does not have yet (the pending rounds of
         every query, as after a crash or before a stop). Returns the tables merged."""
-        from concurrent.futures import ThreadPoolExecutor
-
-        state = self._load_state()
-        done = self.aggregated()
-        work = [
-            (table, query_id, done[table].get(self.app_id(query_id), -1), last)
-            for query_id, last in sorted(state["batches"].items())
-            for table in AGGREGATES
-            if done[table].get(self.app_id(query_id), -1) < last
-        ]
-        if not work:
-            return 0
-        sources: dict[tuple[str, int, int], tuple] = {}
-        read = self._shared_sources([(q, after, through) for _, q, after, through in work], sources)
-
-        def run(item) -> None:
-            table, query_id, after, through = item
-            rows, days = sources[(query_id, after, through)]
-            self._merge_aggregate_range(self._session(table), table, query_id, through, rows, days)
-
-        try:
-            with ThreadPoolExecutor(min(len(work), len(AGGREGATES)), thread_name_prefix="lake-flush") as pool:
-                list(pool.map(run, work))
-        finally:
-            for rows in read:
-                rows.unpersist()
-        self._aggregated_at = time.monotonic()
+        work = self._lacking(self._load_state()["batches"])
+        if work:
+            self._merge_rounds(work, {})
+            self._aggregated_at = time.monotonic()
         return len(work)
 
     def close(self) -> None:
@@ -779,9 +774,9 @@ def maintain(spark, location: str, days, retention_hours: float) -> dict:
         target = DeltaTable.forPath(spark, f"{location.rstrip('/')}/{table}")
         optimizer = target.optimize()
         if table == "events" and days:
-            optimizer = optimizer.where(f"event_date IN ({', '.join(_sql_date(d) for d in days)})")
+            optimizer = optimizer.where(_days_filter("event_date", days))
         elif table in AGGREGATES and window_days:
-            optimizer = optimizer.where(f"window_date IN ({', '.join(_sql_date(d) for d in window_days)})")
+            optimizer = optimizer.where(_days_filter("window_date", window_days))
         metrics = optimizer.executeCompaction().collect()
         removed = metrics[0]["metrics"]["numFilesRemoved"] if metrics else 0
         out[table] = int(removed or 0)
