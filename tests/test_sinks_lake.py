@@ -339,6 +339,63 @@ def test_aggregates_merged_at_an_interval_are_completed_after_a_crash_and_at_sto
     assert terms["events"].sum() == sum(len(t) for t in stored["terms"])  # every term once, none twice
 
 
+def test_aggregate_rounds_run_beside_the_stream_and_a_failed_round_is_retried(spark, tmp_path, monkeypatch):
+    """With an aggregateInterval the aggregates are merged by a thread of the driver beside the stream:
+    a micro-batch's commit does not wait for a round in progress (here, one stuck in a MERGE), and a
+    round that fails is retried at the next interval from what each table's transaction records say it
+    has: nothing lost, nothing counted twice."""
+    import threading
+
+    from streamotion_jobs.sinks import lake as lake_sink
+    from streamotion_jobs.sinks.lake import AGGREGATES, LakeSink, _txn_versions
+
+    location = str(tmp_path / "lake")
+    q = str(uuid.uuid4())
+    app = f"streamotion:test/unit:{q}"
+    merge = lake_sink._merge_aggregate
+    stuck, release, unstuck, attempts = threading.Event(), threading.Event(), threading.Event(), []
+
+    def stuck_then_lost(session, uri, table, *args, **kwargs):
+        if table == "hashtag_window" and not attempts:
+            attempts.append(table)
+            stuck.set()
+            release.wait(120)
+            unstuck.set()
+            raise RuntimeError("executor lost")
+        return merge(session, uri, table, *args, **kwargs)
+
+    def commit(sink, batch: int, ids) -> dict:
+        events, dead = frames(spark, classified(ids))
+        sink.stage(events, dead, info(q, batch))
+        return sink.commit(info(q, batch))
+
+    def versions() -> dict:
+        return {t: _txn_versions(spark, f"{location}/{t}").get(app) for t in AGGREGATES}
+
+    monkeypatch.setattr(lake_sink, "_merge_aggregate", stuck_then_lost)
+    sink = LakeSink(location, "test/unit", spark=spark, maintenance_interval_s=0, aggregate_interval_s=1)
+    sink.open()
+    try:
+        commit(sink, 0, range(0, 20))
+        assert stuck.wait(300), "no aggregate round after the first batch"
+        # the round merging batch 0 is stuck in its hashtag MERGE: the next batch is committed anyway
+        stats = commit(sink, 1, range(20, 40))
+        assert not unstuck.is_set(), "the commit waited for the aggregate round"
+        assert stats["lake_inserted"] == 20 and stats["lake_aggregated"] == 0
+        assert versions()["hashtag_window"] is None
+        release.set()  # that MERGE fails; the next round merges batches 0 and 1 where they lack
+        wait(lambda: versions() == dict.fromkeys(AGGREGATES, 1) or versions(), 300, "the retried round")
+    finally:
+        release.set()
+        sink.close()
+    assert attempts == ["hashtag_window"]
+    stored = read(location, "events")
+    assert len(stored) == 40 and stored["event_id"].is_unique
+    assert_aggregates_match(location)
+    hashtags = read(location, "hashtag_window")
+    assert hashtags["events"].sum() == sum(len(h) for h in stored["hashtags"])  # each once, none twice
+
+
 def test_maintenance_compacts_the_written_days_and_keeps_every_row(spark, tmp_path):
     """OPTIMIZE bin-packs the small files a 5-second trigger leaves; rows unchanged; VACUUM runs."""
     from deltalake import DeltaTable

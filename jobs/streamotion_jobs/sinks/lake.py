@@ -20,16 +20,18 @@ between any two writes completes the batch and counts nothing twice:
    open or after a failure, possibly a replay) a MERGE on event_id inserts the missing ones: idempotent
    by itself, and an insert-nothing MERGE commits nothing (delta-io/delta v4.0.0
    OptimisticTransaction.scala ``commitIfNeeded``);
-2. when ``aggregate_interval_s`` has passed: each aggregate table, a MERGE of the sums of the on-time
-   rows of every batch of the query it does not have yet (the kept rows of this batch, or read back by
-   their tags), under Delta's transaction identifiers ``txnAppId`` = ``streamotion:<pipeline>:<query
+2. aggregates: with ``aggregate_interval_s`` 0, in the commit (the kept rows of this batch); else every
+   ``aggregate_interval_s`` by a thread of the driver beside the stream (a round: the micro-batches do
+   not wait for it; it reads the rows of the batches in the ledger back by their tags). Each aggregate
+   table, a MERGE of the sums of the on-time rows of every batch of the query it does not have yet,
+   under Delta's transaction identifiers ``txnAppId`` = ``streamotion:<pipeline>:<query
    id>`` and ``txnVersion`` = the last batch id merged: Delta records them with the commit and skips a
    later write whose version is not above the recorded one (spark/.../commands/DeltaCommand.scala
    ``hasBeenExecuted``, MergeIntoCommand.scala; the session's ``spark.databricks.delta.write.txnAppId``
    / ``txnVersion``). What each table has is read back from those records (``_txn_versions``) when the
    sink opens and after a failure, and what the ledger has but a table lacks is merged then and when
    the job stops;
-3. dead letters: MERGE on (topic, partition, offset), idempotent by its key (beside step 2);
+3. dead letters: MERGE on (topic, partition, offset), idempotent by its key;
 4. the ledger row, with the batch's end offsets (the job resumes from them when its checkpoint is
    gone) and its watermark (late = the event's window ended at or before it, as in PostgreSQL): a
    batch in the ledger is skipped whole.
@@ -147,9 +149,11 @@ class LakeSink(Sink):
         self.aggregate_interval_s = aggregate_interval_s
         self._aggregated: dict[str, dict[str, int]] | None = None
         self._aggregated_at = time.monotonic()
-        self._lock = threading.RLock()  # a commit and the idle flush never overlap
-        self._committed_at = time.monotonic()
-        self._idle: threading.Event | None = None
+        # _lock: a commit and the driver's state (ledger batches, watermark, offsets); _round_lock: the
+        # aggregate tables and what they have (_aggregated). Taken in this order, never the other way.
+        self._lock = threading.RLock()
+        self._round_lock = threading.RLock()
+        self._rounds: tuple[threading.Event, threading.Thread] | None = None
 
     # ------------------------------------------------------------------------ tables
     def uri(self, table: str) -> str:
@@ -185,53 +189,47 @@ class LakeSink(Sink):
             if partitions:
                 builder = builder.partitionedBy(*partitions)
             builder.execute()
-        self._state = None
-        self._aggregated = None
-        self._chain = None
-        self._load_state()
+        with self._lock:
+            self._state = None
+            self._chain = None
+            self._load_state()
+        with self._round_lock:
+            self._aggregated = None
         n = self.flush_aggregates()  # the rounds a crash left out (their batches are in the ledger)
         if n:
             self.log(f"lake: {n} aggregate table(s) brought up to the ledger's last batch")
-        if self.aggregate_interval_s > 0 and self._idle is None:
-            self._idle = threading.Event()
-            threading.Thread(
-                target=self._idle_flush, args=(self._idle,), name="lake-idle", daemon=True
-            ).start()
+        if self.aggregate_interval_s > 0 and self._rounds is None:
+            stop = threading.Event()
+            thread = threading.Thread(
+                target=self._round_loop, args=(stop,), name="lake-aggregates", daemon=True
+            )
+            self._rounds = (stop, thread)
+            thread.start()
 
-    def _idle_flush(self, stop: threading.Event) -> None:
-        """A stream with no new records runs no micro-batch: the aggregates of its last batches are merged
-        once ``aggregate_interval_s`` has passed without a commit and without a round (a busy stream's
-        rounds run in its commits)."""
-        tick = min(self.aggregate_interval_s, 5.0)
+    def _round_loop(self, stop: threading.Event) -> None:
+        """Every ``aggregate_interval_s``, beside the stream (its micro-batches do not wait for it): merge
+        into each aggregate table the batches in the ledger it lacks. A failed round is retried at the
+        next interval from what the tables' own transaction records say they have."""
+        tick = min(self.aggregate_interval_s, 1.0)
         while not stop.wait(tick):
-            with self._lock:
-                now = time.monotonic()
-                if (
-                    now - self._committed_at < self.aggregate_interval_s
-                    or now - self._aggregated_at < self.aggregate_interval_s
-                    or not self._pending()
-                ):
-                    continue
-                try:
-                    n = self.flush_aggregates()
-                    if n:
-                        self.log(
-                            f"lake: no micro-batch for a while: {n} aggregate table(s) brought up to date"
-                        )
-                except Exception as exc:  # the next round or start merges them
+            if self.aggregate_interval_s <= 0:
+                return  # every micro-batch's commit merges its aggregates now
+            if time.monotonic() - self._aggregated_at < self.aggregate_interval_s:
+                continue
+            try:
+                n = self.flush_aggregates(stop)
+                if n:
+                    self.log(f"lake: aggregate round: {n} table(s) brought up to date")
+            except Exception as exc:  # the next round (or the next start) merges them
+                with self._round_lock:
                     self._aggregated = None
                     self._aggregated_at = time.monotonic()
-                    self.log(f"lake: idle aggregate merge failed: {type(exc).__name__}: {exc}")
+                self.log(f"lake: aggregate round failed: {type(exc).__name__}: {exc}")
 
-    def _pending(self) -> bool:
-        """Whether a batch in the ledger is missing from an aggregate table (in memory: no Spark job)."""
-        if self._state is None or self._aggregated is None:
-            return self._state is not None
-        return any(
-            self._aggregated[t].get(self.app_id(q), -1) < last
-            for q, last in self._state["batches"].items()
-            for t in AGGREGATES
-        )
+    def _ledger_batches(self) -> dict[str, int]:
+        """The last committed batch per query (a copy, taken between commits)."""
+        with self._lock:
+            return dict(self._load_state()["batches"])
 
     def _load_state(self) -> dict:
         """Watermark (each batch's, at most its commit time minus the delay), furthest end offset per
@@ -288,12 +286,14 @@ class LakeSink(Sink):
         try:
             stats = self._commit(*staged, info, state, fast)
         except BaseException:
-            # what was written is not known: state, ledger and aggregate progress are read again
+            # what was written is not known: the state and ledger (and, when this batch ran a round, what
+            # the aggregate tables have) are read again
             self._state = None
-            self._aggregated = None
+            if self.aggregate_interval_s <= 0:
+                with self._round_lock:
+                    self._aggregated = None
             raise
         self._chain = (info.query_id, info.batch_id)
-        self._committed_at = time.monotonic()
         return stats
 
     def _commit(self, events, dead, info: BatchInfo, state: dict, fast: bool) -> dict:
@@ -337,9 +337,8 @@ class LakeSink(Sink):
                 inserted, late = int(counts["n"]), int(counts["late"])
                 new_days = sorted(counts["window_days"])
             step("counts_s")
-            due = self.aggregate_interval_s <= 0 or (
-                time.monotonic() - self._aggregated_at >= self.aggregate_interval_s
-            )
+            # aggregates every batch (interval 0) here; else by the round thread, beside the stream
+            due = self.aggregate_interval_s <= 0
             dead_n, rounds = self._merge_side_tables(info, dead, new, new_days, due)
             step("aggregates_s" if rounds else "dead_letters_s")
         finally:
@@ -488,14 +487,17 @@ class LakeSink(Sink):
         not merged into each table yet, side by side (``new``: this batch's inserted rows, kept, and
         ``new_days`` their on-time window days: used when the batch is a table's only one pending).
         Returns (dead letters, aggregate tables merged)."""
-        work = self._lacking({info.query_id: info.batch_id}) if due else []
-        sources = {} if new is None else {(info.query_id, info.batch_id - 1, info.batch_id): (new, new_days)}
-        dead_n = self._merge_rounds(
-            work,
-            sources,
-            lambda: _merge_dead_letters(self._session("dead_letters"), self.uri("dead_letters"), dead, info),
-        )
-        if due:
+        def dead_letters() -> int:
+            return _merge_dead_letters(self._session("dead_letters"), self.uri("dead_letters"), dead, info)
+
+        if not due:
+            return dead_letters(), 0
+        with self._round_lock:
+            work = self._lacking({info.query_id: info.batch_id})
+            sources = (
+                {} if new is None else {(info.query_id, info.batch_id - 1, info.batch_id): (new, new_days)}
+            )
+            dead_n = self._merge_rounds(work, sources, dead_letters)
             self._aggregated_at = time.monotonic()
         return dead_n, len(work)
 
@@ -567,30 +569,35 @@ class LakeSink(Sink):
             )
         self._aggregated[table][self.app_id(query_id)] = through
 
-    def flush_aggregates(self) -> int:
-        """Merge every batch in the ledger that an aggregate table does not have yet (the pending rounds of
-        every query, as after a crash or before a stop). Returns the tables merged."""
-        work = self._lacking(self._load_state()["batches"])
-        if work:
-            self._merge_rounds(work, {})
+    def flush_aggregates(self, stop: threading.Event | None = None) -> int:
+        """Merge every batch in the ledger that an aggregate table does not have yet (a round; the pending
+        rounds after a crash or before a stop). Returns the tables merged (0 when ``stop`` is set)."""
+        batches = self._ledger_batches()
+        with self._round_lock:
+            if stop is not None and stop.is_set():
+                return 0
+            work = self._lacking(batches)
+            if work:
+                self._merge_rounds(work, {})
             self._aggregated_at = time.monotonic()
         return len(work)
 
     def close(self) -> None:
-        """A stopping job merges what the aggregates lack (best effort: on a SIGTERM Spark may be gone
-        already; then the next start does)."""
-        if self._idle is not None:
-            self._idle.set()
-            self._idle = None
+        """A stopping job merges what the aggregates lack (after a round in progress; best effort: on a
+        SIGTERM Spark may be gone already; then the next start does)."""
+        if self._rounds is not None:
+            stop, thread = self._rounds
+            stop.set()
+            thread.join(600)
+            self._rounds = None
         if self._state is None or self._spark is None:
             return
-        with self._lock:
-            try:
-                n = self.flush_aggregates()
-                if n:
-                    self.log(f"lake: {n} aggregate table(s) brought up to the last committed batch")
-            except Exception as exc:  # the next start completes them (from the ledger and the tables' txns)
-                self.log(f"lake: aggregates not completed at stop: {type(exc).__name__}: {exc}")
+        try:
+            n = self.flush_aggregates()
+            if n:
+                self.log(f"lake: {n} aggregate table(s) brought up to the last committed batch")
+        except Exception as exc:  # the next start completes them (from the ledger and the tables' txns)
+            self.log(f"lake: aggregates not completed at stop: {type(exc).__name__}: {exc}")
 
     def _append_ledger(self, info: BatchInfo, inserted: int, late: int, dead: int, watermark_us) -> None:
         """The batch's ledger row, its last write: a replay of a batch in the ledger is skipped (the
@@ -631,7 +638,8 @@ class LakeSink(Sink):
         ):
             return
         started = time.monotonic()
-        stats = maintain(self.spark, self.location, self._days_written, self.retention_hours)
+        with self._round_lock:  # an OPTIMIZE of an aggregate table would conflict with a round's MERGE
+            stats = maintain(self.spark, self.location, self._days_written, self.retention_hours)
         self._maintained_at = time.monotonic()
         self._days_written = set()
         self.log(f"lake: maintenance in {time.monotonic() - started:.1f}s: {json.dumps(stats)}")
