@@ -487,6 +487,7 @@ class LakeSink(Sink):
         not merged into each table yet, side by side (``new``: this batch's inserted rows, kept, and
         ``new_days`` their on-time window days: used when the batch is a table's only one pending).
         Returns (dead letters, aggregate tables merged)."""
+
         def dead_letters() -> int:
             return _merge_dead_letters(self._session("dead_letters"), self.uri("dead_letters"), dead, info)
 
