@@ -36,7 +36,7 @@ GoEmotions here in about 20 s), served by the same app:
   spec's default ``aggregateInterval``), over about two minutes (``--lake-events``) and until every
   event's aggregates are stored (the last aggregate table's commit: the merges every minute and the
   last one at the stop are in the figure); lake_vs_postgres relates the two (``--no-lake`` skips both
-  lake runs); lake_every_batch_aggregates_events_per_s: the three micro-batches of the platform run
+  lake runs); lake_every_batch_aggregates_events_per_s: the six micro-batches of the platform run
   with the aggregates merged every micro-batch (``aggregateInterval: 0s``), timed the same way.
 
 The job's parse alone (``--parse-events``, in memory, no Kafka, no model, no sink):
@@ -618,7 +618,7 @@ def bench_pipeline(
         None, help="Linear model directory (default: the latest in the cache, else trained here)."
     ),
     platform_events: int = typer.Option(
-        0, help="Events for the platform saturation run (0: three micro-batches of the next option)."
+        0, help="Events for the platform saturation run (0: six micro-batches of the next option)."
     ),
     platform_max_events_per_trigger: int = typer.Option(
         50_000, help="maxEventsPerTrigger of the platform run: large, so that it does not cap throughput."
@@ -660,7 +660,7 @@ def bench_pipeline(
     defaults = ProcessingSpec()
     trigger = trigger or defaults.trigger
     fixed_max_events = max_events_per_trigger
-    platform_events = platform_events or 3 * platform_max_events_per_trigger
+    platform_events = platform_events or 6 * platform_max_events_per_trigger
     work = Path(tempfile.mkdtemp(prefix="streamotion-bench-pipeline-"))
     results: list[Result] = []
     raw_config: dict = {}
@@ -745,6 +745,8 @@ def bench_pipeline(
             if platform:
                 from streamotion_serving.server import ServeProcess
 
+                if server is not None:  # the platform runs use the linear service only: no idle Ray
+                    server.stop()  # session of the transformer's beside them on the machine's cores
                 linear = _linear_model(work, linear_model)
                 _log(f"raw linear model (in-process, best batch size): {linear}...")
                 raw_linear, _, raw_linear_config = _raw_model(linear, linear_texts)
