@@ -58,6 +58,12 @@ def test_crd_shape():
     assert "description" in sources and "description" in sources["items"]["properties"]["reddit"]
     conditions = schema["status"]["properties"]["conditions"]
     assert conditions["x-kubernetes-list-map-keys"] == ["type"]
+    # each duration field is explained by its own docstring, not by the shared type's description
+    durations = {path: s for path, s in _walk(schema["spec"]) if s.get("pattern") == m.DURATION_PATTERN}
+    assert {"spec.processing.trigger", "spec.sinks[].lake.aggregateInterval"} <= set(durations)
+    descriptions = [s.get("description", "") for s in durations.values()]
+    assert all(descriptions) and len(set(descriptions)) == len(durations)
+    assert "do not wait for it" in durations["spec.sinks[].lake.aggregateInterval"]["description"]
     assert set(conditions["items"]["required"]) >= {
         "type",
         "status",
@@ -380,3 +386,5 @@ def test_printer_columns_and_explain(control_plane, namespace):
     assert "1 to 16" in explain and "redactPII" in explain and "replicas" in explain
     explain = control_plane.kubectl("explain", "streampipeline.spec.sinks.postgres.credentialsSecret").stdout
     assert "Secret" in explain
+    explain = control_plane.kubectl("explain", "streampipeline.spec.sinks.lake.aggregateInterval").stdout
+    assert "window aggregates are merged" in " ".join(explain.split())

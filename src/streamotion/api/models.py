@@ -69,10 +69,9 @@ SecretName = Annotated[
         pattern=DNS1123_SUBDOMAIN,
     ),
 ]
-Duration = Annotated[
-    str,
-    Field(max_length=32, pattern=DURATION_PATTERN, description="A duration such as 500ms, 5s, 1m or 2h."),
-]
+# no description of its own: each field's docstring is its description (pydantic keeps an Annotated
+# description over the attribute docstring, and kubectl explain would show only that)
+Duration = Annotated[str, Field(max_length=32, pattern=DURATION_PATTERN)]
 
 
 @dataclass(frozen=True)
@@ -550,11 +549,11 @@ class LakeSink(ApiModel):
     """How long VACUUM keeps files that older table versions still use (time travel and slow readers);
     Delta refuses less than 168h unless its retention check is turned off."""
     aggregate_interval: Duration = "1m"
-    """How often the window aggregates are merged: at the first micro-batch after this much time, for
-    every batch since the last merge (each MERGE is a Delta commit per aggregate table, the lake's main
-    cost per batch). The events table is written every batch; the aggregates are at most about this
-    much behind it (also when no record comes: the job merges them then), and what a stop or crash
-    left out is merged when the job starts. 0s: every micro-batch."""
+    """How often the window aggregates are merged: every this much time, by the job's driver beside the
+    stream (micro-batches do not wait for it), for every batch since the last merge (each MERGE is a
+    Delta commit per aggregate table, the lake's main cost per batch). The events table is written
+    every batch; the aggregates are at most about this much behind it, and what a stop or crash left
+    out is merged when the job starts. 0s: every micro-batch, in its commit."""
 
 
 class Sink(ApiModel):
