@@ -864,3 +864,20 @@ def test_build_sinks_follows_spec_sinks_order_and_scopes_the_bigquery_ledger(tmp
     sinks = build_sinks(JobConfig.from_pipeline(parse(body), checkpoint=str(tmp_path)), log=lambda *_: None)
     assert [s.name for s in sinks] == ["bigquery", "postgres"]
     assert sinks[0].pipeline == "ns1/two" and sinks[0].dataset == "d"
+
+
+def test_local_driver_heap_holds_what_a_cluster_gives_driver_and_executor(monkeypatch):
+    """local[*] runs the executor's tasks in the driver JVM: its heap is the spec's default driver plus
+    one default executor (1g + 2g), not Spark's 1g for a driver alone; local-cluster keeps the driver's
+    own (its executors are JVMs of their own); STREAMOTION_SPARK_DRIVER_MEMORY still decides."""
+    from streamotion.api.models import DriverSpec, ExecutorSpec
+    from streamotion_jobs.spark import base_conf
+
+    monkeypatch.delenv("STREAMOTION_SPARK_DRIVER_MEMORY", raising=False)
+    assert (DriverSpec().memory, ExecutorSpec().memory) == ("1g", "2g")
+    assert base_conf("x", "local[*]")["spark.driver.memory"] == "3g"
+    assert base_conf("x", "local[2]")["spark.driver.memory"] == "3g"
+    assert base_conf("x", "local-cluster[2,1,1024]")["spark.driver.memory"] == "1g"
+    assert "spark.driver.memory" not in base_conf("x", None)  # spark-submit's (the SparkApplication's)
+    monkeypatch.setenv("STREAMOTION_SPARK_DRIVER_MEMORY", "768m")
+    assert base_conf("x", "local[*]")["spark.driver.memory"] == "768m"

@@ -396,6 +396,35 @@ def test_aggregate_rounds_run_beside_the_stream_and_a_failed_round_is_retried(sp
     assert hashtags["events"].sum() == sum(len(h) for h in stored["hashtags"])  # each once, none twice
 
 
+def test_aggregate_merge_reads_only_the_windows_it_adds_to(spark):
+    """An aggregate MERGE restricts its target to the window days and to the first..last window start of
+    what it adds (Delta skips the day's other files by their window_start statistics, so a MERGE does
+    not read more as the day's table grows); the bounds are UTC instants whatever the session's zone."""
+    from pyspark.sql import functions as F
+    from streamotion_jobs.sinks.lake import Windows
+
+    starts = [BASE + timedelta(minutes=m) for m in range(-3, 4)]
+    rows = spark.createDataFrame(
+        [(s, m % 2 == 0) for m, s in enumerate(starts)], "window_start timestamp, late boolean"
+    )
+    windows = Windows.from_row(rows.agg(*Windows.columns(~F.col("late"))).collect()[0])
+    on_time = [s for m, s in enumerate(starts) if m % 2]
+    assert windows.days == (BASE.date(),)
+    assert (windows.first_us, windows.last_us) == (
+        int(on_time[0].timestamp() * US),
+        int(on_time[-1].timestamp() * US),
+    )
+    zone = spark.conf.get("spark.sql.session.timeZone")
+    try:
+        spark.conf.set("spark.sql.session.timeZone", "America/New_York")
+        target = rows.withColumn("window_date", F.lit(BASE.date())).alias("t")
+        kept = target.where(windows.target_filter())
+        got = sorted(r[0] for r in kept.select(F.unix_micros("window_start")).collect())
+    finally:
+        spark.conf.set("spark.sql.session.timeZone", zone)
+    assert got == [int(s.timestamp() * US) for s in starts[1:-1]]  # the range, late rows inside it too
+
+
 def test_maintenance_compacts_the_written_days_and_keeps_every_row(spark, tmp_path):
     """OPTIMIZE bin-packs the small files a 5-second trigger leaves; rows unchanged; VACUUM runs."""
     from deltalake import DeltaTable

@@ -98,7 +98,9 @@ def base_conf(
                 # loopback only: the driver and block manager never listen on other interfaces
                 "spark.driver.host": "127.0.0.1",
                 "spark.driver.bindAddress": "127.0.0.1",
-                "spark.driver.memory": os.environ.get("STREAMOTION_SPARK_DRIVER_MEMORY", "1g"),
+                "spark.driver.memory": os.environ.get(
+                    "STREAMOTION_SPARK_DRIVER_MEMORY", local_driver_memory(master)
+                ),
                 "spark.sql.streaming.stopTimeout": "30s",
                 # a lake sink's Delta log read in as few tasks as the machine has cores (default 50)
                 "spark.databricks.delta.snapshotPartitions": "2",
@@ -129,6 +131,23 @@ def session(
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(os.environ.get("STREAMOTION_SPARK_LOG_LEVEL", "WARN"))
     return spark
+
+
+def local_driver_memory(master: str) -> str:
+    """The driver JVM's heap on one machine. ``local[...]`` runs the executor's tasks in the driver's
+    JVM, so it gets what a cluster gives both by the spec's defaults (driver 1g + one executor 2g: the
+    Delta log state and cached micro-batches of a lake sink do not fit 1g without the collector taking
+    a large share of the CPU); ``local-cluster[...]`` starts executor JVMs of their own."""
+    from streamotion.api.models import DriverSpec, ExecutorSpec
+
+    if master.startswith("local-cluster"):
+        return DriverSpec().memory
+    return f"{_gib(DriverSpec().memory) + _gib(ExecutorSpec().memory):g}g"
+
+
+def _gib(memory: str) -> float:
+    number, unit = float(memory[:-1]), memory[-1].lower()
+    return number * {"k": 1 / 1024**2, "m": 1 / 1024, "g": 1, "t": 1024}[unit]
 
 
 def local_cluster_conf(master: str) -> dict[str, str]:

@@ -46,6 +46,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from streamotion_jobs.sinks import US, BatchInfo, Sink
@@ -119,6 +120,52 @@ def _schema(spark, ddl: str):
 
 def _sql_date(d) -> str:
     return f"DATE'{d.isoformat()}'"
+
+
+def _sql_timestamp(us: int) -> str:
+    t = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=int(us))
+    return f"TIMESTAMP'{t:%Y-%m-%d %H:%M:%S.%f}+00:00'"
+
+
+@dataclass(frozen=True)
+class Windows:
+    """The windows of a set of on-time rows: their days (the target's partitions) and the first and last
+    window start (microseconds): what an aggregate MERGE reads of its table. With the range, Delta skips
+    the files of the day's other windows by their window_start statistics, so a MERGE does not read more
+    as the day's table grows."""
+
+    days: tuple = ()
+    first_us: int | None = None
+    last_us: int | None = None
+
+    @classmethod
+    def of(cls, days, first_us, last_us) -> Windows:
+        return cls(tuple(sorted(d for d in days or () if d)), first_us, last_us)
+
+    @staticmethod
+    def columns(on_time) -> list:
+        """Aggregate expressions (over the rows, with ``on_time`` a boolean column) that :meth:`of` takes."""
+        from pyspark.sql import functions as F
+
+        start = F.when(on_time, F.col("window_start"))
+        return [
+            F.collect_set(F.to_date(start)).alias("window_days"),
+            F.min(F.unix_micros(start)).alias("first_window_us"),
+            F.max(F.unix_micros(start)).alias("last_window_us"),
+        ]
+
+    @classmethod
+    def from_row(cls, row) -> Windows:
+        return cls.of(row["window_days"], row["first_window_us"], row["last_window_us"])
+
+    def target_filter(self) -> str:
+        out = _days_filter("t.window_date", self.days)
+        if self.first_us is not None and self.last_us is not None:
+            out += (
+                f" AND t.window_start >= {_sql_timestamp(self.first_us)}"
+                f" AND t.window_start <= {_sql_timestamp(self.last_us)}"
+            )
+        return out
 
 
 class LakeSink(Sink):
@@ -312,7 +359,7 @@ class LakeSink(Sink):
         # not kept: the summary is one cheap aggregate, and the rows are read once more, by the anti-join
         # (whose result is kept) or the MERGE; caching them costs more than that second read
         prepared = self._prepare(events, info, state["watermark_us"])
-        new, new_days = None, []
+        new, windows = None, Windows()
         try:
             summary = prepared.agg(
                 F.collect_set("event_date").alias("days"), F.max("created_at").alias("latest")
@@ -332,14 +379,14 @@ class LakeSink(Sink):
                 counts = new.agg(
                     F.count(F.lit(1)).alias("n"),
                     F.count(F.when(F.col("late"), True)).alias("late"),
-                    F.collect_set(F.when(~F.col("late"), F.to_date("window_start"))).alias("window_days"),
+                    *Windows.columns(~F.col("late")),
                 ).collect()[0]
                 inserted, late = int(counts["n"]), int(counts["late"])
-                new_days = sorted(counts["window_days"])
+                windows = Windows.from_row(counts)
             step("counts_s")
             # aggregates every batch (interval 0) here; else by the round thread, beside the stream
             due = self.aggregate_interval_s <= 0
-            dead_n, rounds = self._merge_side_tables(info, dead, new, new_days, due)
+            dead_n, rounds = self._merge_side_tables(info, dead, new, windows, due)
             step("aggregates_s" if rounds else "dead_letters_s")
         finally:
             if new is not None:
@@ -482,10 +529,10 @@ class LakeSink(Sink):
             self._aggregated = {table: _txn_versions(self.spark, self.uri(table)) for table in AGGREGATES}
         return self._aggregated
 
-    def _merge_side_tables(self, info: BatchInfo, dead, new, new_days, due: bool) -> tuple[int, int]:
+    def _merge_side_tables(self, info: BatchInfo, dead, new, windows: Windows, due: bool) -> tuple[int, int]:
         """The dead letters' MERGE and, when ``due``, the aggregates' MERGEs of every batch of this query
         not merged into each table yet, side by side (``new``: this batch's inserted rows, kept, and
-        ``new_days`` their on-time window days: used when the batch is a table's only one pending).
+        ``windows`` their on-time windows: used when the batch is a table's only one pending).
         Returns (dead letters, aggregate tables merged)."""
 
         def dead_letters() -> int:
@@ -496,7 +543,7 @@ class LakeSink(Sink):
         with self._round_lock:
             work = self._lacking({info.query_id: info.batch_id})
             sources = (
-                {} if new is None else {(info.query_id, info.batch_id - 1, info.batch_id): (new, new_days)}
+                {} if new is None else {(info.query_id, info.batch_id - 1, info.batch_id): (new, windows)}
             )
             dead_n = self._merge_rounds(work, sources, dead_letters)
             self._aggregated_at = time.monotonic()
@@ -525,8 +572,8 @@ class LakeSink(Sink):
             if item is None:
                 return side()
             table, query_id, after, through = item
-            rows, days = sources[(query_id, after, through)]
-            self._merge_aggregate_range(self._session(table), table, query_id, through, rows, days)
+            rows, windows = sources[(query_id, after, through)]
+            self._merge_aggregate_range(self._session(table), table, query_id, through, rows, windows)
             return 0
 
         items = [*work, None] if side is not None else work
@@ -551,22 +598,25 @@ class LakeSink(Sink):
                 continue
             rows = self._read_back(*key, columns=AGGREGATE_COLUMNS)
             read.append(rows)
-            days = sorted(
-                r[0]
-                for r in rows.where("NOT late").select(F.to_date("window_start")).distinct().collect()
-                if r[0]
-            )
-            sources[key] = (rows, days)
+            sources[key] = (rows, Windows.from_row(rows.agg(*Windows.columns(~F.col("late"))).collect()[0]))
         return read
 
-    def _merge_aggregate_range(self, session, table: str, query_id: str, through: int, rows, days) -> None:
+    def _merge_aggregate_range(
+        self, session, table: str, query_id: str, through: int, rows, windows: Windows
+    ) -> None:
         """MERGE into ``table`` the sums of the on-time ``rows`` (the query's batches the table lacks, up
         to ``through``) under transaction version ``through``: Delta skips it when the table has that
-        version or a later one for the query, so a replay adds nothing twice. Only the target's window
-        ``days`` are scanned."""
-        if days:
+        version or a later one for the query, so a replay adds nothing twice. Only the target's rows of
+        the ``windows`` are read."""
+        if windows.days:
             _merge_aggregate(
-                session, self.uri(table), table, rows.where("NOT late"), days, self.app_id(query_id), through
+                session,
+                self.uri(table),
+                table,
+                rows.where("NOT late"),
+                windows,
+                self.app_id(query_id),
+                through,
             )
         self._aggregated[table][self.app_id(query_id)] = through
 
@@ -712,15 +762,16 @@ def _txn_versions(spark, uri: str) -> dict[str, int]:
     return out
 
 
-def _merge_aggregate(session, uri: str, table: str, on_time, days, app_id: str, version: int) -> None:
+def _merge_aggregate(
+    session, uri: str, table: str, on_time, windows: Windows, app_id: str, version: int
+) -> None:
     """MERGE one aggregate table under transaction identifiers (``session``'s own settings); only the
-    target's window days are scanned."""
+    target's files of the ``windows`` are read."""
     from delta.tables import DeltaTable
 
     _, keys, sums = AGGREGATES[table]
     condition = " AND ".join(
-        [f"t.{_days_filter('window_date', days)}", "t.window_date = s.window_date"]
-        + [f"t.{k} = s.{k}" for k in keys]
+        [windows.target_filter(), "t.window_date = s.window_date"] + [f"t.{k} = s.{k}" for k in keys]
     )
     updates = {c: f"t.{c} + s.{c}" for c in sums} | {"updated_at": "s.updated_at"}
     session.conf.set(TXN_APP_ID_CONF, app_id)
