@@ -870,8 +870,9 @@ def test_local_driver_heap_holds_what_a_cluster_gives_driver_and_executor(monkey
     """local[*] runs the executor's tasks in the driver JVM: its heap is the spec's default driver plus
     one default executor (1g + 2g), not Spark's 1g for a driver alone; local-cluster keeps the driver's
     own (its executors are JVMs of their own); STREAMOTION_SPARK_DRIVER_MEMORY still decides."""
-    from streamotion.api.models import DriverSpec, ExecutorSpec
     from streamotion_jobs.spark import base_conf
+
+    from streamotion.api.models import DriverSpec, ExecutorSpec
 
     monkeypatch.delenv("STREAMOTION_SPARK_DRIVER_MEMORY", raising=False)
     assert (DriverSpec().memory, ExecutorSpec().memory) == ("1g", "2g")
