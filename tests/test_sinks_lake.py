@@ -399,9 +399,18 @@ def test_aggregate_rounds_run_beside_the_stream_and_a_failed_round_is_retried(sp
 def test_aggregate_merge_reads_only_the_windows_it_adds_to(spark):
     """An aggregate MERGE restricts its target to the window days and to the first..last window start of
     what it adds (Delta skips the day's other files by their window_start statistics, so a MERGE does
-    not read more as the day's table grows); the bounds are UTC instants whatever the session's zone."""
+    not read more as the day's table grows); the bounds are UTC instants whatever the session's zone.
+    Upstream, delta-io/delta v4.0.0: spark/src/main/scala/org/apache/spark/sql/delta/commands/merge/
+    ClassicMergeExecutor.scala prunes the target with ``deltaTxn.filterFiles(getTargetOnlyPredicates)``
+    (commands/MergeIntoCommandBase.scala: the condition's conjuncts on target columns only), and
+    stats/DataSkippingReader.scala collects statistics for the first 32 columns
+    (``DATA_SKIPPING_NUM_INDEXED_COLS_DEFAULT_VALUE``): window_start must be among them."""
     from pyspark.sql import functions as F
-    from streamotion_jobs.sinks.lake import Windows
+    from streamotion_jobs.sinks.lake import AGGREGATES, Windows
+
+    for ddl, _, _ in AGGREGATES.values():
+        columns = [c.strip().split()[0] for c in ddl.split(",")]
+        assert columns.index("window_start") < 32
 
     starts = [BASE + timedelta(minutes=m) for m in range(-3, 4)]
     rows = spark.createDataFrame(

@@ -132,15 +132,14 @@ class Windows:
     """The windows of a set of on-time rows: their days (the target's partitions) and the first and last
     window start (microseconds): what an aggregate MERGE reads of its table. With the range, Delta skips
     the files of the day's other windows by their window_start statistics, so a MERGE does not read more
-    as the day's table grows."""
+    as the day's table grows (delta-io/delta v4.0.0 commands/merge/ClassicMergeExecutor.scala filters
+    the target's files by the condition's target-only predicates, ``getTargetOnlyPredicates`` in
+    MergeIntoCommandBase.scala; statistics cover the first 32 columns, DataSkippingReader.scala
+    ``DATA_SKIPPING_NUM_INDEXED_COLS_DEFAULT_VALUE``)."""
 
     days: tuple = ()
     first_us: int | None = None
     last_us: int | None = None
-
-    @classmethod
-    def of(cls, days, first_us, last_us) -> Windows:
-        return cls(tuple(sorted(d for d in days or () if d)), first_us, last_us)
 
     @staticmethod
     def columns(on_time) -> list:
@@ -156,7 +155,8 @@ class Windows:
 
     @classmethod
     def from_row(cls, row) -> Windows:
-        return cls.of(row["window_days"], row["first_window_us"], row["last_window_us"])
+        days = tuple(sorted(d for d in row["window_days"] or () if d))
+        return cls(days, row["first_window_us"], row["last_window_us"])
 
     def target_filter(self) -> str:
         out = _days_filter("t.window_date", self.days)
@@ -384,9 +384,7 @@ class LakeSink(Sink):
                 inserted, late = int(counts["n"]), int(counts["late"])
                 windows = Windows.from_row(counts)
             step("counts_s")
-            # aggregates every batch (interval 0) here; else by the round thread, beside the stream
-            due = self.aggregate_interval_s <= 0
-            dead_n, rounds = self._merge_side_tables(info, dead, new, windows, due)
+            dead_n, rounds = self._merge_side_tables(info, dead, new, windows)
             step("aggregates_s" if rounds else "dead_letters_s")
         finally:
             if new is not None:
@@ -529,16 +527,17 @@ class LakeSink(Sink):
             self._aggregated = {table: _txn_versions(self.spark, self.uri(table)) for table in AGGREGATES}
         return self._aggregated
 
-    def _merge_side_tables(self, info: BatchInfo, dead, new, windows: Windows, due: bool) -> tuple[int, int]:
-        """The dead letters' MERGE and, when ``due``, the aggregates' MERGEs of every batch of this query
-        not merged into each table yet, side by side (``new``: this batch's inserted rows, kept, and
+    def _merge_side_tables(self, info: BatchInfo, dead, new, windows: Windows) -> tuple[int, int]:
+        """The dead letters' MERGE and, with aggregates every batch (interval 0; else the round thread
+        merges them beside the stream), the aggregates' MERGEs of every batch of this query not merged
+        into each table yet, side by side (``new``: this batch's inserted rows, kept, and
         ``windows`` their on-time windows: used when the batch is a table's only one pending).
         Returns (dead letters, aggregate tables merged)."""
 
         def dead_letters() -> int:
             return _merge_dead_letters(self._session("dead_letters"), self.uri("dead_letters"), dead, info)
 
-        if not due:
+        if self.aggregate_interval_s > 0:
             return dead_letters(), 0
         with self._round_lock:
             work = self._lacking({info.query_id: info.batch_id})
